@@ -1,0 +1,180 @@
+//! Errors: the crate's typed error, and the one place where failures become HTTP answers
+//! (`{"error", "message"?, "code"}`; 5xx bodies never carry internal text).
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use serde::Serialize;
+use tonic::Code;
+
+/// Gateway start-up and serving errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("nats: {0}")]
+    Nats(String),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// An HTTP error answer.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub error: String,
+    pub message: Option<String>,
+    pub code: &'static str,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<&'a str>,
+    code: &'a str,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, error: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            error: error.into(),
+            message: None,
+            code,
+        }
+    }
+
+    pub fn with_message(mut self, m: impl Into<String>) -> Self {
+        self.message = Some(m.into());
+        self
+    }
+
+    pub fn bad_request(error: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_argument", error)
+    }
+
+    pub fn not_found(error: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", error)
+    }
+
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "Method not allowed",
+        )
+    }
+
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "Request body too large",
+        )
+        .with_message(format!("the limit is {limit} bytes"))
+    }
+
+    /// The JSON response.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let body = serde_json::to_vec(&Body {
+            error: &self.error,
+            message: self.message.as_deref(),
+            code: self.code,
+        })
+        .unwrap_or_else(|_| br#"{"error":"Internal server error","code":"internal"}"#.to_vec());
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = self.status;
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        r
+    }
+
+    /// Maps a task-service status to an answer. `what` names the operation for the log.
+    pub fn from_status(s: &tonic::Status, what: &str) -> Self {
+        use StatusCode as S;
+        match s.code() {
+            Code::InvalidArgument => Self::bad_request(s.message()),
+            Code::NotFound => Self::not_found("Task not found"),
+            Code::AlreadyExists => Self::new(S::CONFLICT, "already_exists", s.message()),
+            Code::FailedPrecondition | Code::Aborted => {
+                Self::new(S::CONFLICT, "conflict", s.message())
+            }
+            Code::Unauthenticated => Self::new(S::UNAUTHORIZED, "unauthenticated", "Unauthorized"),
+            Code::PermissionDenied => Self::new(S::FORBIDDEN, "permission_denied", "Forbidden"),
+            Code::ResourceExhausted => Self::new(
+                S::TOO_MANY_REQUESTS,
+                "resource_exhausted",
+                "Too many requests",
+            ),
+            Code::Unavailable => {
+                tracing::warn!(op = what, status = %s, "task service unavailable");
+                Self::new(
+                    S::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "Task service unavailable",
+                )
+            }
+            Code::DeadlineExceeded | Code::Cancelled => {
+                tracing::warn!(op = what, status = %s, "task service timed out");
+                Self::new(
+                    S::GATEWAY_TIMEOUT,
+                    "deadline_exceeded",
+                    "Task service timed out",
+                )
+            }
+            _ => {
+                tracing::error!(op = what, status = %s, "task service error");
+                Self::new(
+                    S::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "Internal server error",
+                )
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_codes_map_to_http_statuses() {
+        let cases = [
+            (Code::InvalidArgument, 400),
+            (Code::NotFound, 404),
+            (Code::FailedPrecondition, 409),
+            (Code::Aborted, 409),
+            (Code::Unauthenticated, 401),
+            (Code::PermissionDenied, 403),
+            (Code::ResourceExhausted, 429),
+            (Code::Unavailable, 503),
+            (Code::DeadlineExceeded, 504),
+            (Code::Internal, 500),
+            (Code::Unknown, 500),
+        ];
+        for (code, http) in cases {
+            let e = ApiError::from_status(&tonic::Status::new(code, "x"), "test");
+            assert_eq!(e.status.as_u16(), http, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn server_errors_never_echo_internal_text() {
+        let e = ApiError::from_status(
+            &tonic::Status::internal("pq: relation \"tasks\" does not exist"),
+            "test",
+        );
+        assert_eq!(e.error, "Internal server error");
+        assert!(e.message.is_none());
+    }
+
+    #[test]
+    fn invalid_argument_passes_the_validation_message_through() {
+        let e = ApiError::from_status(&tonic::Status::invalid_argument("Title is required"), "t");
+        assert_eq!(e.error, "Title is required");
+        assert_eq!(e.code, "invalid_argument");
+    }
+}

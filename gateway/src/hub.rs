@@ -1,0 +1,172 @@
+//! The fan-out hub: one bounded broadcast channel per board with subscribers (plus one for clients
+//! that watch every board). It holds senders, never sockets; each event is one shared `Bytes`.
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use tokio::sync::broadcast;
+
+/// One event as delivered: routing data from the NATS headers and the browser JSON, shared (a
+/// clone is a reference-count bump) by every recipient.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub board_id: i64,
+    pub seq: i64,
+    pub payload: Bytes,
+}
+
+/// The hub. Cheap operations under a short std mutex; no I/O ever happens while it is held.
+pub struct Hub {
+    boards: Mutex<HashMap<i64, broadcast::Sender<Delivery>>>,
+    all: broadcast::Sender<Delivery>,
+    /// Per-subscriber queue bound: a receiver further behind than this sees `Lagged` and its
+    /// connection is closed with 1013.
+    capacity: usize,
+    clients: AtomicUsize,
+}
+
+impl Hub {
+    pub fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
+        Hub {
+            boards: Mutex::new(HashMap::new()),
+            all: broadcast::channel(capacity).0,
+            capacity,
+            clients: AtomicUsize::new(0),
+        }
+    }
+
+    /// Subscribes to one board, or to every board with `None`.
+    pub fn subscribe(&self, board: Option<i64>) -> broadcast::Receiver<Delivery> {
+        match board {
+            None => self.all.subscribe(),
+            Some(b) => {
+                let mut boards = self.boards.lock().unwrap_or_else(|p| p.into_inner());
+                boards
+                    .entry(b)
+                    .or_insert_with(|| broadcast::channel(self.capacity).0)
+                    .subscribe()
+            }
+        }
+    }
+
+    /// Hands `d` to every subscriber of its board and every all-boards subscriber; returns how
+    /// many receivers it reached. A board whose subscribers are all gone is forgotten.
+    pub fn publish(&self, d: Delivery) -> usize {
+        let mut n = 0;
+        {
+            let mut boards = self.boards.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(tx) = boards.get(&d.board_id) {
+                match tx.send(d.clone()) {
+                    Ok(k) => n += k,
+                    Err(_) => {
+                        boards.remove(&d.board_id);
+                    }
+                }
+            }
+        }
+        if let Ok(k) = self.all.send(d) {
+            n += k;
+        }
+        n
+    }
+
+    /// Boards that currently have at least one subscriber.
+    pub fn watched_boards(&self) -> Vec<i64> {
+        let boards = self.boards.lock().unwrap_or_else(|p| p.into_inner());
+        boards
+            .iter()
+            .filter(|(_, tx)| tx.receiver_count() > 0)
+            .map(|(b, _)| *b)
+            .collect()
+    }
+
+    /// Whether anyone would receive an event of `board`.
+    pub fn is_watched(&self, board: i64) -> bool {
+        if self.all.receiver_count() > 0 {
+            return true;
+        }
+        let boards = self.boards.lock().unwrap_or_else(|p| p.into_inner());
+        boards.get(&board).is_some_and(|tx| tx.receiver_count() > 0)
+    }
+
+    /// Counts a connected client; returns the new total.
+    pub fn client_connected(&self) -> usize {
+        self.clients.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Counts a disconnected client; returns the new total.
+    pub fn client_disconnected(&self) -> usize {
+        self.clients.fetch_sub(1, Ordering::Relaxed) - 1
+    }
+
+    pub fn clients(&self) -> usize {
+        self.clients.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+
+    fn d(board: i64, seq: i64) -> Delivery {
+        Delivery {
+            board_id: board,
+            seq,
+            payload: Bytes::from(format!("{{\"seq\":{seq}}}")),
+        }
+    }
+
+    #[test]
+    fn board_subscribers_get_only_their_board() {
+        let hub = Hub::new(8);
+        let mut one = hub.subscribe(Some(1));
+        let mut two = hub.subscribe(Some(2));
+        assert_eq!(hub.publish(d(1, 1)), 1);
+        assert_eq!(one.try_recv().unwrap().seq, 1);
+        assert!(matches!(two.try_recv(), Err(TryRecvError::Empty)));
+    }
+
+    #[test]
+    fn all_boards_subscribers_get_everything() {
+        let hub = Hub::new(8);
+        let mut all = hub.subscribe(None);
+        hub.publish(d(1, 1));
+        hub.publish(d(2, 1));
+        assert_eq!(all.try_recv().unwrap().board_id, 1);
+        assert_eq!(all.try_recv().unwrap().board_id, 2);
+    }
+
+    #[test]
+    fn every_recipient_shares_one_buffer() {
+        let hub = Hub::new(8);
+        let mut a = hub.subscribe(Some(1));
+        let mut b = hub.subscribe(Some(1));
+        hub.publish(d(1, 1));
+        let (x, y) = (a.try_recv().unwrap(), b.try_recv().unwrap());
+        assert_eq!(x.payload.as_ptr(), y.payload.as_ptr());
+    }
+
+    #[tokio::test]
+    async fn a_receiver_past_capacity_sees_lagged() {
+        let hub = Hub::new(2);
+        let mut slow = hub.subscribe(Some(1));
+        for s in 1..=5 {
+            hub.publish(d(1, s));
+        }
+        assert!(matches!(slow.recv().await, Err(RecvError::Lagged(3))));
+    }
+
+    #[test]
+    fn a_board_without_subscribers_is_forgotten() {
+        let hub = Hub::new(2);
+        let rx = hub.subscribe(Some(7));
+        assert_eq!(hub.watched_boards(), vec![7]);
+        drop(rx);
+        assert_eq!(hub.publish(d(7, 1)), 0);
+        assert!(hub.watched_boards().is_empty());
+        assert!(!hub.is_watched(7));
+    }
+}

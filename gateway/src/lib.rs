@@ -1,0 +1,139 @@
+//! Taskboard gateway: the REST API over the task service's gRPC, and a WebSocket fan-out of task
+//! events received from NATS.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod cors;
+mod error;
+pub mod events;
+pub mod hub;
+pub mod routes;
+mod server;
+pub mod tasks_client;
+pub mod telemetry;
+pub mod ws;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::Config;
+pub use error::{ApiError, Error};
+
+/// Everything a request handler needs.
+pub struct AppState {
+    pub config: Config,
+    pub tasks: tasks_client::TasksClient,
+    pub hub: Arc<hub::Hub>,
+    pub nats: async_nats::Client,
+    pub cors: cors::Cors,
+    pub session: ws::SessionSettings,
+    /// Cancelled on shutdown: WebSocket sessions close with 1001.
+    pub shutdown: CancellationToken,
+    /// Owns every WebSocket session and background task.
+    pub tracker: TaskTracker,
+}
+
+/// Runs the gateway on `listener` until `shutdown` resolves, then drains within the grace period.
+///
+/// # Errors
+/// Bad configuration or a NATS URL that does not parse. An unreachable task service or NATS is not
+/// an error: the gateway starts and `/ready` reports them.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    config.validate()?;
+    let cors = cors::Cors::parse(&config.cors_origins)?;
+    let tasks = tasks_client::TasksClient::new(&config.task_service_uri(), config.grpc_timeout())?;
+    let hub = Arc::new(hub::Hub::new(config.ws_queue));
+
+    // Reconnects are signalled to the intake, which then fetches what watched boards missed.
+    let (reconnected_tx, reconnected_rx) = mpsc::channel(4);
+    let nats = connect_nats(&config.nats_url, reconnected_tx).await?;
+    let subject = format!("{}.>", config.nats_subject_prefix);
+    let sub = nats
+        .subscribe(subject.clone())
+        .await
+        .map_err(|e| Error::Nats(format!("subscribe {subject}: {e}")))?;
+    tracing::info!(%subject, "✅ Hub subscribed to task events");
+
+    let token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    tracker.spawn(events::Intake::new(hub.clone(), tasks.clone()).run(
+        sub,
+        reconnected_rx,
+        token.clone(),
+    ));
+
+    let grace = Duration::from_secs(config.shutdown_grace_secs);
+    let state = Arc::new(AppState {
+        session: ws::SessionSettings {
+            ping_interval: Duration::from_millis(config.ws_ping_interval_ms),
+            write_timeout: Duration::from_millis(config.ws_write_timeout_ms.max(1)),
+        },
+        config,
+        tasks,
+        hub,
+        nats: nats.clone(),
+        cors,
+        shutdown: token.clone(),
+        tracker: tracker.clone(),
+    });
+
+    tracing::info!(addr = %listener.local_addr()?, "gateway listening (HTTP + WebSocket /ws)");
+    server::serve(state.clone(), listener, shutdown, grace).await;
+
+    token.cancel();
+    tracker.close();
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(
+            clients = state.hub.clients(),
+            "WebSocket sessions still open after the grace period"
+        );
+    }
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+/// Connects to NATS in the background and reconnects forever, telling `reconnected` each time a
+/// connection is established.
+async fn connect_nats(
+    urls: &str,
+    reconnected: mpsc::Sender<()>,
+) -> Result<async_nats::Client, Error> {
+    let addrs = urls
+        .split(',')
+        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::Config(format!("invalid NATS_URL {urls:?}: {e}")))?;
+    async_nats::ConnectOptions::new()
+        .name("taskboard-gateway")
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .reconnect_delay_callback(|attempt| {
+            Duration::from_millis(100u64 << attempt.min(4)).min(Duration::from_secs(2))
+        })
+        .event_callback(move |ev| {
+            let reconnected = reconnected.clone();
+            async move {
+                match ev {
+                    async_nats::Event::Connected => {
+                        tracing::info!("Connected to NATS successfully");
+                        let _ = reconnected.try_send(());
+                    }
+                    async_nats::Event::Disconnected => tracing::warn!("NATS disconnected"),
+                    other => tracing::info!(event = %other, "NATS event"),
+                }
+            }
+        })
+        .connect(addrs)
+        .await
+        .map_err(|e| Error::Nats(e.to_string()))
+}

@@ -1,0 +1,86 @@
+//! The accept loop: HTTP/1.1 connections with upgrades, header-read timeout, and graceful
+//! shutdown (stop accepting, let in-flight requests finish, then stop WebSocket sessions).
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::{routes, AppState};
+
+/// The original's read timeout, applied to request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(15);
+/// Pause after an accept error (e.g. out of file descriptors) so the loop does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// Accepts until `shutdown` resolves, then waits up to `grace` for open HTTP exchanges.
+pub async fn serve(
+    state: Arc<AppState>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+    grace: Duration,
+) {
+    // Connections are tracked so shutdown can wait for their in-flight exchanges.
+    let conns = TaskTracker::new();
+    let stop = CancellationToken::new();
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(true);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        if let Some(n) = state.config.ws_send_buffer {
+            if let Err(e) = socket2::SockRef::from(&stream).set_send_buffer_size(n) {
+                tracing::warn!(error = %e, "setting SO_SNDBUF failed");
+            }
+        }
+        let st = state.clone();
+        let svc = service_fn(move |req| {
+            let st = st.clone();
+            async move { Ok::<_, std::convert::Infallible>(routes::handle(st, req, peer).await) }
+        });
+        let conn = http
+            .serve_connection(TokioIo::new(stream), svc)
+            .with_upgrades();
+        let stop = stop.clone();
+        conns.spawn(async move {
+            tokio::pin!(conn);
+            let r = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = stop.cancelled() => {
+                    // Finish the request in flight (if any), then close.
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = r {
+                tracing::debug!(peer.addr = %peer, error = %e, "connection error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!("shutdown: no longer accepting; finishing in-flight requests");
+    // WebSocket sessions are told to close at once (1001); plain HTTP exchanges get the grace.
+    state.shutdown.cancel();
+    stop.cancel();
+    conns.close();
+    if tokio::time::timeout(grace, conns.wait()).await.is_err() {
+        tracing::warn!(?grace, "grace period over with HTTP connections still open");
+    }
+}

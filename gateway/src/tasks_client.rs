@@ -1,0 +1,118 @@
+//! The gRPC client of the task service: one lazily connected channel (the gateway starts before the
+//! task service is up), a deadline on every call, and a readiness probe.
+use std::time::Duration;
+
+use taskboard_proto::v1::{self, task_service_client::TaskServiceClient};
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
+
+use crate::Error;
+
+/// A cheap-to-clone handle on the task service.
+#[derive(Clone)]
+pub struct TasksClient {
+    channel: Channel,
+    timeout: Duration,
+}
+
+impl TasksClient {
+    /// Builds the client without connecting.
+    ///
+    /// # Errors
+    /// The URI does not parse.
+    pub fn new(uri: &str, timeout: Duration) -> Result<Self, Error> {
+        let endpoint = Endpoint::from_shared(uri.to_owned())
+            .map_err(|e| Error::Config(format!("invalid TASK_SERVICE_ADDR {uri:?}: {e}")))?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true);
+        Ok(TasksClient {
+            channel: endpoint.connect_lazy(),
+            timeout,
+        })
+    }
+
+    fn client(&self) -> TaskServiceClient<Channel> {
+        TaskServiceClient::new(self.channel.clone())
+    }
+
+    /// A request carrying the deadline (sent as `grpc-timeout`, so the server sees it too).
+    fn req<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.set_timeout(self.timeout);
+        r
+    }
+
+    pub async fn create(
+        &self,
+        m: v1::CreateTaskRequest,
+    ) -> Result<v1::CreateTaskResponse, tonic::Status> {
+        Ok(self.client().create_task(self.req(m)).await?.into_inner())
+    }
+
+    pub async fn get(&self, id: i64) -> Result<v1::GetTaskResponse, tonic::Status> {
+        Ok(self
+            .client()
+            .get_task(self.req(v1::GetTaskRequest { id }))
+            .await?
+            .into_inner())
+    }
+
+    pub async fn list(
+        &self,
+        m: v1::ListTasksRequest,
+    ) -> Result<v1::ListTasksResponse, tonic::Status> {
+        Ok(self.client().list_tasks(self.req(m)).await?.into_inner())
+    }
+
+    pub async fn update(
+        &self,
+        m: v1::UpdateTaskRequest,
+    ) -> Result<v1::UpdateTaskResponse, tonic::Status> {
+        Ok(self.client().update_task(self.req(m)).await?.into_inner())
+    }
+
+    pub async fn delete(&self, id: i64) -> Result<v1::DeleteTaskResponse, tonic::Status> {
+        Ok(self
+            .client()
+            .delete_task(self.req(v1::DeleteTaskRequest { id }))
+            .await?
+            .into_inner())
+    }
+
+    /// A page of a board's events after `after_seq`.
+    pub async fn list_events(
+        &self,
+        board_id: i64,
+        after_seq: i64,
+        limit: i32,
+    ) -> Result<v1::ListEventsResponse, tonic::Status> {
+        Ok(self
+            .client()
+            .list_events(self.req(v1::ListEventsRequest {
+                board_id,
+                after_seq,
+                limit,
+            }))
+            .await?
+            .into_inner())
+    }
+
+    /// Whether the task service answers its health check with SERVING (within `deadline`).
+    pub async fn ready(&self, deadline: Duration) -> Result<(), String> {
+        let mut h = HealthClient::new(self.channel.clone());
+        let mut req = tonic::Request::new(tonic_health::pb::HealthCheckRequest {
+            service: "task.v1.TaskService".into(),
+        });
+        req.set_timeout(deadline);
+        match tokio::time::timeout(deadline, h.check(req)).await {
+            Err(_) => Err("task service: health check timed out".into()),
+            Ok(Err(s)) => Err(format!("task service: {}", s.code().description())),
+            Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32 => Ok(()),
+            Ok(Ok(_)) => Err("task service: not serving".into()),
+        }
+    }
+}

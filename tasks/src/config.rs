@@ -1,0 +1,178 @@
+//! Task service configuration: the Go original's environment variables, each also a flag.
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Default gRPC port (the original's `PORT`).
+pub const DEFAULT_PORT: u16 = 50051;
+/// Default admin (metrics) port.
+pub const DEFAULT_METRICS_PORT: u16 = 9091;
+
+/// Configuration of `taskboard-tasks`.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "taskboard-tasks",
+    version,
+    about = "Taskboard task service: gRPC (task.v1) over PostgreSQL, events relayed to NATS",
+    long_about = "Taskboard task service.\n\nServes task.v1.TaskService, grpc.health.v1 and server \
+reflection over plaintext gRPC. Every mutation commits the task row, the board's next sequence number \
+and the event in one transaction; a relay publishes committed events to NATS (tasks.created|updated|\
+deleted) in per-board seq order. Migrations run at start-up under an advisory lock, so replicas can \
+start together."
+)]
+pub struct Config {
+    /// gRPC listen port.
+    #[arg(long, env = "PORT", default_value_t = DEFAULT_PORT)]
+    pub port: u16,
+
+    /// Address to bind (all interfaces by default).
+    #[arg(long, env = "BIND_ADDR", default_value = "0.0.0.0")]
+    pub bind_addr: String,
+
+    /// Admin port reserved for /metrics.
+    #[arg(long, env = "METRICS_PORT", default_value_t = DEFAULT_METRICS_PORT)]
+    pub metrics_port: u16,
+
+    /// Full PostgreSQL URL; when set it wins over the DB_* variables.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// PostgreSQL host.
+    #[arg(long, env = "DB_HOST", default_value = "localhost")]
+    pub db_host: String,
+
+    /// PostgreSQL port (the original ignored it and always used 5432).
+    #[arg(long, env = "DB_PORT", default_value_t = 5432)]
+    pub db_port: u16,
+
+    /// PostgreSQL user.
+    #[arg(long, env = "DB_USER", default_value = "taskboard")]
+    pub db_user: String,
+
+    /// PostgreSQL password.
+    #[arg(
+        long,
+        env = "DB_PASSWORD",
+        default_value = "taskboard",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub db_password: String,
+
+    /// PostgreSQL database name.
+    #[arg(long, env = "DB_NAME", default_value = "taskboard")]
+    pub db_name: String,
+
+    /// PostgreSQL sslmode; only `disable` is supported (use a sidecar or the network for TLS).
+    #[arg(long, env = "DB_SSLMODE", default_value = "disable")]
+    pub db_sslmode: String,
+
+    /// Connections in the pool. Requests beyond that wait up to --db-acquire-timeout-ms, then get
+    /// UNAVAILABLE.
+    #[arg(long, env = "DB_POOL_SIZE", default_value_t = 16)]
+    pub db_pool_size: u32,
+
+    /// How long a request waits for a pooled connection before failing with UNAVAILABLE.
+    #[arg(long, env = "DB_ACQUIRE_TIMEOUT_MS", default_value_t = 5000)]
+    pub db_acquire_timeout_ms: u64,
+
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, env = "NATS_URL", default_value = "nats://localhost:4222")]
+    pub nats_url: String,
+
+    /// First token of the event subjects: events go to `<prefix>.created|updated|deleted`.
+    #[arg(long, env = "NATS_SUBJECT_PREFIX", default_value = "tasks")]
+    pub nats_subject_prefix: String,
+
+    /// How often the outbox relay polls even without a LISTEN/NOTIFY wake-up.
+    #[arg(long, env = "RELAY_POLL_INTERVAL_MS", default_value_t = 1000)]
+    pub relay_poll_interval_ms: u64,
+
+    /// Published events older than this are pruned from the outbox (clients further behind get a
+    /// `reset`).
+    #[arg(long, env = "EVENT_RETENTION_SECS", default_value_t = 7 * 24 * 3600)]
+    pub event_retention_secs: u64,
+
+    /// On SIGTERM, how long in-flight calls and streams get to finish.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 25)]
+    pub shutdown_grace_secs: u64,
+}
+
+impl Config {
+    /// The PostgreSQL connection settings this config names.
+    ///
+    /// # Errors
+    /// A malformed `DATABASE_URL` or an unsupported `DB_SSLMODE`.
+    pub fn pg_config(&self) -> Result<tokio_postgres::Config, crate::Error> {
+        if let Some(url) = &self.database_url {
+            return url
+                .parse()
+                .map_err(|e| crate::Error::Config(format!("invalid DATABASE_URL: {e}")));
+        }
+        if self.db_sslmode != "disable" {
+            return Err(crate::Error::Config(format!(
+                "DB_SSLMODE={} is not supported (only disable)",
+                self.db_sslmode
+            )));
+        }
+        let mut pg = tokio_postgres::Config::new();
+        pg.host(&self.db_host)
+            .port(self.db_port)
+            .user(&self.db_user)
+            .password(&self.db_password)
+            .dbname(&self.db_name)
+            .application_name("taskboard-tasks")
+            .connect_timeout(Duration::from_secs(5));
+        Ok(pg)
+    }
+
+    /// Config for tests and embedding: the defaults, with the given database and NATS. Reads no
+    /// environment variable.
+    pub fn for_urls(database_url: &str, nats_url: &str) -> Self {
+        Config {
+            port: DEFAULT_PORT,
+            bind_addr: "127.0.0.1".into(),
+            metrics_port: DEFAULT_METRICS_PORT,
+            database_url: Some(database_url.to_owned()),
+            db_host: "localhost".into(),
+            db_port: 5432,
+            db_user: "taskboard".into(),
+            db_password: String::new(),
+            db_name: "taskboard".into(),
+            db_sslmode: "disable".into(),
+            db_pool_size: 16,
+            db_acquire_timeout_ms: 5000,
+            nats_url: nats_url.to_owned(),
+            nats_subject_prefix: "tasks".into(),
+            relay_poll_interval_ms: 1000,
+            event_retention_secs: 7 * 24 * 3600,
+            shutdown_grace_secs: 25,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn for_urls_matches_the_cli_defaults() {
+        let cli = Config::parse_from(["taskboard-tasks", "--database-url", "postgres://x@h/db"]);
+        let built = Config::for_urls("postgres://x@h/db", &cli.nats_url);
+        // Everything but the bind address (tests stay on loopback) and the password must agree.
+        assert_eq!(cli.db_pool_size, built.db_pool_size);
+        assert_eq!(cli.relay_poll_interval_ms, built.relay_poll_interval_ms);
+        assert_eq!(cli.event_retention_secs, built.event_retention_secs);
+        assert_eq!(cli.nats_subject_prefix, built.nats_subject_prefix);
+        assert_eq!(cli.db_acquire_timeout_ms, built.db_acquire_timeout_ms);
+    }
+
+    #[test]
+    fn unsupported_sslmode_is_a_config_error() {
+        let mut c = Config::for_urls("postgres://x@h/db", "nats://h");
+        c.database_url = None;
+        c.db_sslmode = "require".into();
+        let err = c.pg_config().unwrap_err().to_string();
+        assert!(err.contains("DB_SSLMODE=require"), "{err}");
+    }
+}

@@ -1,0 +1,59 @@
+//! The task service's error type and its single mapping to gRPC statuses.
+use tonic::Status;
+
+/// Everything that can go wrong in the task service.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed; the message is safe to show to the caller.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The task (or board) does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// Bad configuration (reported at start-up, exit code 64).
+    #[error("configuration: {0}")]
+    Config(String),
+    /// A query failed.
+    #[error("database: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    /// No pooled connection could be had in time, or connecting failed.
+    #[error("database pool: {0}")]
+    Pool(#[from] bb8::RunError<tokio_postgres::Error>),
+    /// A migration failed.
+    #[error("migration {version}: {source}")]
+    Migration {
+        version: i32,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// NATS could not be reached or configured.
+    #[error("nats: {0}")]
+    Nats(String),
+    /// Binding or serving failed.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        match e {
+            Error::InvalidArgument(m) => Status::invalid_argument(m),
+            Error::NotFound(m) => Status::not_found(m),
+            // Internal details go to the log, never to the caller.
+            Error::Pool(ref inner) => {
+                tracing::warn!(error = %inner, "database pool unavailable");
+                Status::unavailable("database unavailable")
+            }
+            Error::Db(ref inner) if inner.is_closed() || inner.as_db_error().is_none() => {
+                tracing::warn!(error = %inner, "database connection error");
+                Status::unavailable("database unavailable")
+            }
+            other => {
+                tracing::error!(error = %other, "internal error");
+                Status::internal("internal error")
+            }
+        }
+    }
+}

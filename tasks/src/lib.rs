@@ -1,0 +1,206 @@
+//! Taskboard task service: `task.v1` over gRPC, PostgreSQL storage with a transactional outbox,
+//! and a relay that publishes committed events to NATS.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod db;
+mod error;
+pub mod outbox;
+pub mod service;
+pub mod telemetry;
+pub mod validate;
+
+use std::future::Future;
+use std::time::Duration;
+
+use taskboard_proto::v1::task_service_server::TaskServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::server::TcpIncoming;
+
+pub use config::Config;
+pub use error::Error;
+
+/// How long start-up keeps retrying an unreachable database before giving up.
+const DB_STARTUP_PATIENCE: Duration = Duration::from_secs(30);
+/// How often the health service re-checks the database.
+const HEALTH_PROBE_EVERY: Duration = Duration::from_secs(2);
+
+/// Runs the task service on `listener` until `shutdown` resolves, then drains within the grace
+/// period.
+///
+/// # Errors
+/// Bad configuration, a database that stays unreachable at start-up, a failed migration, or a
+/// transport failure.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let pg = config.pg_config()?;
+    migrate_with_retry(&pg).await?;
+    let pool = db::pool(
+        pg.clone(),
+        config.db_pool_size,
+        Duration::from_millis(config.db_acquire_timeout_ms),
+    );
+    let nats = connect_nats(&config.nats_url).await?;
+
+    let token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let (wake_tx, wake_rx) = watch::channel(0u64);
+    let poll = Duration::from_millis(config.relay_poll_interval_ms.max(10));
+
+    tracker.spawn(
+        outbox::Relay {
+            pool: pool.clone(),
+            pg: pg.clone(),
+            nats: nats.clone(),
+            subject_prefix: config.nats_subject_prefix.clone(),
+            poll,
+            retention: Duration::from_secs(config.event_retention_secs),
+            wake: wake_tx,
+            shutdown: token.clone(),
+        }
+        .run(),
+    );
+
+    let svc = service::Service {
+        pool: pool.clone(),
+        wake: wake_rx,
+        poll,
+        shutdown: token.clone(),
+        tracker: tracker.clone(),
+    };
+
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    tracker.spawn(probe_health(health.clone(), pool.clone(), token.clone()));
+
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(taskboard_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| Error::Config(format!("reflection: {e}")))?;
+
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "task service listening (gRPC)");
+
+    // The signal cancels long-lived streams at once (so graceful shutdown is not held up by them)
+    // and starts the grace clock.
+    let started = std::sync::Arc::new(Notify::new());
+    let on_signal = {
+        let token = token.clone();
+        let started = started.clone();
+        let health = health.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutdown: no longer accepting; finishing in-flight calls");
+            health
+                .set_not_serving::<TaskServiceServer<service::Service>>()
+                .await;
+            token.cancel();
+            started.notify_one();
+        }
+    };
+    let serve = tonic::transport::Server::builder()
+        .add_service(health_svc)
+        .add_service(reflection)
+        .add_service(TaskServiceServer::new(svc))
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            on_signal,
+        );
+
+    let grace = Duration::from_secs(config.shutdown_grace_secs);
+    let result = tokio::select! {
+        r = serve => r.map_err(Error::from),
+        _ = async { started.notified().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(?grace, "shutdown grace period over; dropping remaining calls");
+            Ok(())
+        }
+    };
+    token.cancel();
+    tracker.close();
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!("background tasks did not stop within the grace period");
+    }
+    if let Err(e) = tokio::time::timeout(Duration::from_secs(2), nats.flush()).await {
+        tracing::warn!(error = %e, "NATS flush at shutdown timed out");
+    }
+    tracing::info!("task service stopped");
+    result
+}
+
+async fn migrate_with_retry(pg: &tokio_postgres::Config) -> Result<(), Error> {
+    let deadline = tokio::time::Instant::now() + DB_STARTUP_PATIENCE;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match db::migrate(pg).await {
+            Ok(()) => return Ok(()),
+            Err(e @ Error::Migration { .. }) => return Err(e),
+            Err(e) if tokio::time::Instant::now() + delay > deadline => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, ?delay, "database not ready; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// Connects to NATS in the background (start-up does not wait for it) and reconnects forever.
+///
+/// # Errors
+/// The URL does not parse.
+pub async fn connect_nats(urls: &str) -> Result<async_nats::Client, Error> {
+    let addrs = urls
+        .split(',')
+        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::Config(format!("invalid NATS_URL {urls:?}: {e}")))?;
+    async_nats::ConnectOptions::new()
+        .name("taskboard-tasks")
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .reconnect_delay_callback(|attempt| {
+            Duration::from_millis(100u64 << attempt.min(4)).min(Duration::from_secs(2))
+        })
+        .connect(addrs)
+        .await
+        .map_err(|e| Error::Nats(e.to_string()))
+}
+
+/// Keeps the gRPC health status in step with the database: NOT_SERVING while it is unreachable.
+async fn probe_health(
+    health: tonic_health::server::HealthReporter,
+    pool: db::Pool,
+    token: CancellationToken,
+) {
+    let mut serving = None;
+    loop {
+        let ok = match tokio::time::timeout(Duration::from_secs(2), pool.get()).await {
+            Ok(Ok(c)) => c.client.simple_query("").await.is_ok(),
+            _ => false,
+        };
+        if serving != Some(ok) {
+            if ok {
+                health
+                    .set_serving::<TaskServiceServer<service::Service>>()
+                    .await;
+                tracing::info!("health: SERVING");
+            } else {
+                health
+                    .set_not_serving::<TaskServiceServer<service::Service>>()
+                    .await;
+                tracing::warn!("health: NOT_SERVING (database unreachable)");
+            }
+            serving = Some(ok);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(HEALTH_PROBE_EVERY) => {}
+            _ = token.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! The outbox relay: publishes committed events to NATS in per-board seq order and marks them
+//! published. One leader at a time across replicas (session advisory lock); every replica LISTENs
+//! so its WatchTasks streams wake as soon as an event commits.
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::connection::State;
+use futures_util::StreamExt;
+use tokio::sync::{watch, Notify};
+use tokio_postgres::AsyncMessage;
+use tokio_util::sync::CancellationToken;
+
+use crate::db::{self, EventRow, Pool};
+use crate::Error;
+
+/// Advisory-lock key of relay leadership ("taskrly" in ASCII).
+const LEADER_LOCK: i64 = 0x0074_6173_6b72_6c79;
+/// Events published per round trip: large enough to amortise the flush and the UPDATE, small
+/// enough that one board's backlog does not hold the others back for long.
+const BATCH: i64 = 256;
+/// How long a NATS flush may take before the batch is retried (it stays unpublished meanwhile).
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a leader prunes events past retention.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// Wait before reopening a failed LISTEN session.
+const RECONNECT_DELAY: Duration = Duration::from_secs(1);
+
+/// The relay and its settings.
+pub struct Relay {
+    pub pool: Pool,
+    pub pg: tokio_postgres::Config,
+    pub nats: async_nats::Client,
+    pub subject_prefix: String,
+    pub poll: Duration,
+    pub retention: Duration,
+    /// Bumped on every NOTIFY: WatchTasks streams wait on it.
+    pub wake: watch::Sender<u64>,
+    pub shutdown: CancellationToken,
+}
+
+impl Relay {
+    /// Runs until shutdown, reopening its database session whenever it fails.
+    pub async fn run(self) {
+        loop {
+            match self.session().await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbox relay session failed; reconnecting");
+                    tokio::select! {
+                        _ = tokio::time::sleep(RECONNECT_DELAY) => {}
+                        _ = self.shutdown.cancelled() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// One LISTEN session: tries for leadership each round, publishes while leader.
+    async fn session(&self) -> Result<(), Error> {
+        let (client, mut conn) = db::connect(&self.pg).await?;
+        let notified = Arc::new(Notify::new());
+        let wake = self.wake.clone();
+        let on_notify = notified.clone();
+        // The connection must be polled for the client's queries to complete, so it gets its own
+        // task; it ends when `client` is dropped at the end of this session.
+        let mut driver = tokio::spawn(async move {
+            let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+            while let Some(m) = messages.next().await {
+                match m {
+                    Ok(AsyncMessage::Notification(_)) => {
+                        wake.send_modify(|n| *n = n.wrapping_add(1));
+                        on_notify.notify_one();
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        });
+        client.batch_execute("LISTEN taskboard_events").await?;
+        let mut leader = false;
+        let mut last_prune: Option<Instant> = None;
+        let result = loop {
+            if !leader {
+                leader = client
+                    .query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK])
+                    .await?
+                    .get(0);
+                if leader {
+                    tracing::info!("outbox relay: this replica is the leader");
+                }
+            }
+            if leader {
+                self.publish_pending().await?;
+                if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+                    let n = db::prune(&self.pool, self.retention).await?;
+                    if n > 0 {
+                        tracing::info!(pruned = n, "pruned events past retention");
+                    }
+                    last_prune = Some(Instant::now());
+                }
+            }
+            // Wake on NOTIFY, or poll anyway so nothing waits forever (a lost notification, NATS
+            // coming back, leadership becoming free).
+            tokio::select! {
+                _ = notified.notified() => {}
+                _ = tokio::time::sleep(self.poll) => {}
+                _ = self.shutdown.cancelled() => break Ok(()),
+                r = &mut driver => {
+                    break Err(match r {
+                        Ok(Err(e)) => Error::Db(e),
+                        _ => Error::Nats("listen session ended".into()),
+                    });
+                }
+            }
+        };
+        driver.abort();
+        result
+    }
+
+    /// Publishes unpublished events until none are left or NATS is not connected.
+    async fn publish_pending(&self) -> Result<(), Error> {
+        loop {
+            if self.nats.connection_state() != State::Connected {
+                tracing::debug!("outbox relay: NATS not connected; events wait in the outbox");
+                return Ok(());
+            }
+            let batch = db::unpublished(&self.pool, BATCH).await?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            for ev in &batch {
+                self.nats
+                    .publish_with_headers(self.subject(ev), headers(ev), ev.payload.clone())
+                    .await
+                    .map_err(|e| Error::Nats(e.to_string()))?;
+            }
+            match tokio::time::timeout(FLUSH_TIMEOUT, self.nats.flush()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(Error::Nats(format!("flush: {e}"))),
+                Err(_) => {
+                    tracing::warn!("outbox relay: NATS flush timed out; batch will be retried");
+                    return Ok(());
+                }
+            }
+            db::mark_published(&self.pool, &batch).await?;
+            for ev in &batch {
+                tracing::info!(
+                    "📤 Published event: {} (task_id={}, board_id={}, seq={})",
+                    self.subject(ev),
+                    ev.task_id,
+                    ev.board_id,
+                    ev.seq
+                );
+            }
+            if (batch.len() as i64) < BATCH {
+                return Ok(());
+            }
+        }
+    }
+
+    fn subject(&self, ev: &EventRow) -> String {
+        format!("{}.{}", self.subject_prefix, ev.kind)
+    }
+}
+
+/// NATS headers of an event: routing data for the gateway, so it never parses the payload.
+fn headers(ev: &EventRow) -> async_nats::HeaderMap {
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("Taskboard-Board", ev.board_id.to_string().as_str());
+    h.insert("Taskboard-Seq", ev.seq.to_string().as_str());
+    h.insert("Taskboard-Task", ev.task_id.to_string().as_str());
+    h.insert(
+        "Taskboard-Committed-At-Us",
+        ev.committed_at.timestamp_micros().to_string().as_str(),
+    );
+    h.insert(
+        "Nats-Msg-Id",
+        format!("{}-{}", ev.board_id, ev.seq).as_str(),
+    );
+    h
+}

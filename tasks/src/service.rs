@@ -1,0 +1,273 @@
+//! The `task.v1.TaskService` gRPC implementation.
+use std::time::Duration;
+
+use taskboard_proto::v1::{self, task_service_server::TaskService};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::{Request, Response, Status};
+
+use crate::db::{self, EventRow, Pool};
+use crate::{validate, Error};
+
+/// Events buffered per WatchTasks stream; a slow reader applies back-pressure to its own stream
+/// only (the producer waits), never to the database or other streams.
+const WATCH_BUFFER: usize = 64;
+/// Events fetched per query by WatchTasks.
+const WATCH_PAGE: i64 = 500;
+
+/// Shared state of the service.
+#[derive(Clone)]
+pub struct Service {
+    pub pool: Pool,
+    /// Changes whenever an event commits (fed by the relay's LISTEN session).
+    pub wake: watch::Receiver<u64>,
+    pub poll: Duration,
+    pub shutdown: CancellationToken,
+    pub tracker: TaskTracker,
+}
+
+/// Whether a reader at `after_seq` has missed events that are no longer kept (or is ahead of the
+/// board): then it must reload and continue from `head`.
+fn needs_reset(after_seq: i64, head: i64, events: &[EventRow]) -> bool {
+    if after_seq > head {
+        return true;
+    }
+    after_seq < head && events.first().is_none_or(|e| e.seq != after_seq + 1)
+}
+
+/// The `reset` event: "reload the board, then continue from `head`".
+fn reset_event(board_id: i64, head: i64) -> v1::Event {
+    v1::Event {
+        board_id,
+        seq: head,
+        kind: "reset".into(),
+        payload: format!(r#"{{"type":"reset","board_id":{board_id},"seq":{head}}}"#).into(),
+        committed_at: None,
+        task_id: 0,
+    }
+}
+
+#[tonic::async_trait]
+impl TaskService for Service {
+    #[tracing::instrument(skip_all, fields(board.id = req.get_ref().board_id))]
+    async fn create_task(
+        &self,
+        req: Request<v1::CreateTaskRequest>,
+    ) -> Result<Response<v1::CreateTaskResponse>, Status> {
+        let r = req.get_ref();
+        let new = validate::new_task(r.board_id, &r.title, &r.description, r.created_by)?;
+        let (task, seq) = db::create(&self.pool, &new).await?;
+        Ok(Response::new(v1::CreateTaskResponse {
+            task: Some(task),
+            seq,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(task.id = req.get_ref().id))]
+    async fn get_task(
+        &self,
+        req: Request<v1::GetTaskRequest>,
+    ) -> Result<Response<v1::GetTaskResponse>, Status> {
+        let id = validate::task_id(req.get_ref().id)?;
+        match db::get(&self.pool, id).await? {
+            Some(task) => Ok(Response::new(v1::GetTaskResponse { task: Some(task) })),
+            None => Err(not_found(id)),
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(board.id = req.get_ref().board_id))]
+    async fn list_tasks(
+        &self,
+        req: Request<v1::ListTasksRequest>,
+    ) -> Result<Response<v1::ListTasksResponse>, Status> {
+        let r = req.get_ref();
+        let board = validate::board_id(r.board_id)?;
+        let (page, size) = validate::paging(r.page_number, r.page_size);
+        let offset = (i64::from(page) - 1) * i64::from(size);
+        let (tasks, total) =
+            db::list(&self.pool, board, r.completed, i64::from(size), offset).await?;
+        Ok(Response::new(v1::ListTasksResponse {
+            tasks,
+            total_count: i32::try_from(total).unwrap_or(i32::MAX),
+            page_number: page,
+            page_size: size,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(task.id = req.get_ref().id))]
+    async fn update_task(
+        &self,
+        req: Request<v1::UpdateTaskRequest>,
+    ) -> Result<Response<v1::UpdateTaskResponse>, Status> {
+        let r = req.get_ref();
+        let ch = validate::change(
+            r.id,
+            r.title.as_deref(),
+            r.description.as_deref(),
+            r.completed,
+        )?;
+        if ch.title.is_none() && ch.description.is_none() && ch.completed.is_none() {
+            // Nothing to change: answer with the task as it is, and emit no event.
+            return match db::get(&self.pool, ch.id).await? {
+                Some(task) => Ok(Response::new(v1::UpdateTaskResponse {
+                    task: Some(task),
+                    seq: 0,
+                })),
+                None => Err(not_found(ch.id)),
+            };
+        }
+        match db::update(&self.pool, &ch).await? {
+            Some((task, seq)) => Ok(Response::new(v1::UpdateTaskResponse {
+                task: Some(task),
+                seq,
+            })),
+            None => Err(not_found(ch.id)),
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(task.id = req.get_ref().id))]
+    async fn delete_task(
+        &self,
+        req: Request<v1::DeleteTaskRequest>,
+    ) -> Result<Response<v1::DeleteTaskResponse>, Status> {
+        let id = validate::task_id(req.get_ref().id)?;
+        match db::delete(&self.pool, id).await? {
+            Some((_, seq)) => Ok(Response::new(v1::DeleteTaskResponse { success: true, seq })),
+            None => Err(not_found(id)),
+        }
+    }
+
+    type WatchTasksStream = ReceiverStream<Result<v1::Event, Status>>;
+
+    #[tracing::instrument(skip_all, fields(board.id = req.get_ref().board_id))]
+    async fn watch_tasks(
+        &self,
+        req: Request<v1::WatchTasksRequest>,
+    ) -> Result<Response<Self::WatchTasksStream>, Status> {
+        let board = validate::board_id(req.get_ref().board_id)?;
+        let since = req.get_ref().since_seq;
+        if since < 0 {
+            return Err(Status::invalid_argument("since_seq must not be negative"));
+        }
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let svc = self.clone();
+        self.tracker
+            .spawn(async move { svc.watch(board, since, tx).await });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    #[tracing::instrument(skip_all, fields(board.id = req.get_ref().board_id))]
+    async fn list_events(
+        &self,
+        req: Request<v1::ListEventsRequest>,
+    ) -> Result<Response<v1::ListEventsResponse>, Status> {
+        let r = req.get_ref();
+        let board = validate::board_id(r.board_id)?;
+        if r.after_seq < 0 {
+            return Err(Status::invalid_argument("after_seq must not be negative"));
+        }
+        let limit = validate::events_limit(r.limit);
+        let (events, head) =
+            db::list_events(&self.pool, board, r.after_seq, i64::from(limit)).await?;
+        let reset = needs_reset(r.after_seq, head, &events);
+        Ok(Response::new(v1::ListEventsResponse {
+            events: if reset {
+                Vec::new()
+            } else {
+                events.iter().map(EventRow::to_proto).collect()
+            },
+            head_seq: head,
+            reset,
+        }))
+    }
+}
+
+impl Service {
+    /// Feeds one WatchTasks stream until the client goes away or the service shuts down.
+    async fn watch(self, board: i64, mut cursor: i64, tx: mpsc::Sender<Result<v1::Event, Status>>) {
+        let mut wake = self.wake.clone();
+        loop {
+            // Mark the current notification as seen before querying, so one that arrives while
+            // the query runs is not missed.
+            wake.borrow_and_update();
+            let (events, head) = match db::list_events(&self.pool, board, cursor, WATCH_PAGE).await
+            {
+                Ok(x) => x,
+                Err(e) => {
+                    let _ = tx.send(Err(Status::from(e))).await;
+                    return;
+                }
+            };
+            if needs_reset(cursor, head, &events) {
+                cursor = head;
+                if tx.send(Ok(reset_event(board, head))).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            let full = events.len() as i64 == WATCH_PAGE;
+            for e in &events {
+                cursor = e.seq;
+                if tx.send(Ok(e.to_proto())).await.is_err() {
+                    return;
+                }
+            }
+            if full {
+                continue;
+            }
+            tokio::select! {
+                _ = wake.changed() => {}
+                _ = tokio::time::sleep(self.poll) => {}
+                _ = tx.closed() => return,
+                _ = self.shutdown.cancelled() => {
+                    let _ = tx.send(Err(Status::unavailable("server shutting down"))).await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn not_found(id: i64) -> Status {
+    Status::from(Error::NotFound(format!("Task {id} not found")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(seq: i64) -> EventRow {
+        EventRow {
+            board_id: 1,
+            seq,
+            kind: "created".into(),
+            task_id: 1,
+            payload: bytes::Bytes::new(),
+            committed_at: chrono::Utc::now(),
+        }
+    }
+
+    #[test]
+    fn reader_at_head_needs_no_reset() {
+        assert!(!needs_reset(5, 5, &[]));
+        assert!(!needs_reset(0, 0, &[]));
+    }
+
+    #[test]
+    fn contiguous_events_need_no_reset() {
+        assert!(!needs_reset(3, 5, &[ev(4), ev(5)]));
+    }
+
+    #[test]
+    fn pruned_events_need_a_reset() {
+        assert!(needs_reset(3, 9, &[ev(7), ev(8), ev(9)]));
+        assert!(needs_reset(3, 9, &[]));
+    }
+
+    #[test]
+    fn a_reader_ahead_of_the_board_needs_a_reset() {
+        assert!(needs_reset(10, 4, &[]));
+    }
+}

@@ -1,0 +1,196 @@
+//! Request validation. Messages are the Go original's REST error strings, so the gateway can pass
+//! them through unchanged.
+use crate::db::{Change, NewTask};
+use crate::Error;
+
+/// Longest title accepted, in characters.
+pub const MAX_TITLE_CHARS: usize = 500;
+/// Longest description accepted, in characters.
+pub const MAX_DESCRIPTION_CHARS: usize = 10_000;
+/// Default and largest page size of ListTasks.
+pub const DEFAULT_PAGE_SIZE: i32 = 10;
+pub const MAX_PAGE_SIZE: i32 = 100;
+/// Default and largest page of ListEvents.
+pub const MAX_EVENTS_PAGE: i32 = 1000;
+
+fn invalid(m: impl Into<String>) -> Error {
+    Error::InvalidArgument(m.into())
+}
+
+fn check_title(title: &str) -> Result<(), Error> {
+    if title.trim().is_empty() {
+        return Err(invalid("Title is required"));
+    }
+    if title.chars().count() > MAX_TITLE_CHARS {
+        return Err(invalid(format!(
+            "Title is too long (at most {MAX_TITLE_CHARS} characters)"
+        )));
+    }
+    Ok(())
+}
+
+fn check_description(d: &str) -> Result<(), Error> {
+    if d.chars().count() > MAX_DESCRIPTION_CHARS {
+        return Err(invalid(format!(
+            "Description is too long (at most {MAX_DESCRIPTION_CHARS} characters)"
+        )));
+    }
+    Ok(())
+}
+
+/// A board id must be a positive integer (the original let a missing one become 0 or 1).
+pub fn board_id(board_id: i64) -> Result<i64, Error> {
+    match board_id {
+        0 => Err(invalid("Board ID is required")),
+        b if b < 0 => Err(invalid("Board ID must be a positive integer")),
+        b => Ok(b),
+    }
+}
+
+/// A task id must be a positive integer.
+pub fn task_id(id: i64) -> Result<i64, Error> {
+    if id <= 0 {
+        return Err(invalid("Invalid task ID"));
+    }
+    Ok(id)
+}
+
+/// Validates a CreateTask request (title first, as the original did).
+pub fn new_task<'a>(
+    board: i64,
+    title: &'a str,
+    description: &'a str,
+    created_by: i64,
+) -> Result<NewTask<'a>, Error> {
+    check_title(title)?;
+    let board_id = board_id(board)?;
+    check_description(description)?;
+    if created_by <= 0 {
+        return Err(invalid("Created by must be a positive user ID"));
+    }
+    Ok(NewTask {
+        board_id,
+        title,
+        description,
+        created_by,
+    })
+}
+
+/// Validates an UpdateTask request.
+pub fn change<'a>(
+    id: i64,
+    title: Option<&'a str>,
+    description: Option<&'a str>,
+    completed: Option<bool>,
+) -> Result<Change<'a>, Error> {
+    let id = task_id(id)?;
+    if let Some(t) = title {
+        check_title(t)?;
+    }
+    if let Some(d) = description {
+        check_description(d)?;
+    }
+    Ok(Change {
+        id,
+        title,
+        description,
+        completed,
+    })
+}
+
+/// Normalises ListTasks paging: page size defaults to 10 and is capped at 100, page defaults to 1.
+/// Returns (page, page_size).
+pub fn paging(page: i32, page_size: i32) -> (i32, i32) {
+    let size = match page_size {
+        s if s <= 0 => DEFAULT_PAGE_SIZE,
+        s => s.min(MAX_PAGE_SIZE),
+    };
+    (page.max(1), size)
+}
+
+/// Normalises a ListEvents limit: default and cap 1000.
+pub fn events_limit(limit: i32) -> i32 {
+    if limit <= 0 {
+        MAX_EVENTS_PAGE
+    } else {
+        limit.min(MAX_EVENTS_PAGE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(e: Error) -> String {
+        e.to_string()
+    }
+
+    #[test]
+    fn title_is_checked_before_board_id() {
+        let e = new_task(0, "", "", 1).err().unwrap();
+        assert_eq!(msg(e), "Title is required");
+    }
+
+    #[test]
+    fn blank_title_is_rejected() {
+        assert_eq!(
+            msg(new_task(1, "   ", "", 1).err().unwrap()),
+            "Title is required"
+        );
+    }
+
+    #[test]
+    fn missing_or_negative_board_id_is_rejected() {
+        assert_eq!(
+            msg(new_task(0, "t", "", 1).err().unwrap()),
+            "Board ID is required"
+        );
+        assert_eq!(
+            msg(new_task(-3, "t", "", 1).err().unwrap()),
+            "Board ID must be a positive integer"
+        );
+    }
+
+    #[test]
+    fn zero_created_by_is_rejected() {
+        assert!(msg(new_task(1, "t", "", 0).err().unwrap()).starts_with("Created by"));
+    }
+
+    #[test]
+    fn long_fields_are_rejected_by_characters_not_bytes() {
+        let ok = "é".repeat(MAX_TITLE_CHARS);
+        assert!(new_task(1, &ok, "", 1).is_ok());
+        let long = "a".repeat(MAX_TITLE_CHARS + 1);
+        assert!(msg(new_task(1, &long, "", 1).err().unwrap()).starts_with("Title is too long"));
+        let d = "a".repeat(MAX_DESCRIPTION_CHARS + 1);
+        assert!(msg(new_task(1, "t", &d, 1).err().unwrap()).starts_with("Description is too long"));
+    }
+
+    #[test]
+    fn update_validates_only_present_fields() {
+        assert!(change(1, None, None, Some(true)).is_ok());
+        assert_eq!(
+            msg(change(1, Some(""), None, None).err().unwrap()),
+            "Title is required"
+        );
+        assert_eq!(
+            msg(change(0, None, None, None).err().unwrap()),
+            "Invalid task ID"
+        );
+        assert_eq!(
+            msg(change(-1, None, None, None).err().unwrap()),
+            "Invalid task ID"
+        );
+    }
+
+    #[test]
+    fn paging_defaults_and_caps() {
+        assert_eq!(paging(0, 0), (1, 10));
+        assert_eq!(paging(-5, -1), (1, 10));
+        assert_eq!(paging(3, 1000), (3, 100));
+        assert_eq!(paging(2, 25), (2, 25));
+        assert_eq!(events_limit(0), 1000);
+        assert_eq!(events_limit(5), 5);
+        assert_eq!(events_limit(5000), 1000);
+    }
+}
