@@ -422,7 +422,7 @@ mod tests {
             seconds: 1_795_801_831,
             nanos: 123_456_000,
         };
-        assert_eq!(rfc3339(Some(t)), "2026-11-27T17:10:31.123456Z");
+        assert_eq!(rfc3339(Some(t)), "2026-11-27T17:50:31.123456Z");
     }
 
     #[test]

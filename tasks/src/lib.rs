@@ -8,6 +8,8 @@ mod error;
 pub mod outbox;
 pub mod service;
 pub mod telemetry;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod validate;
 
 use std::future::Future;

@@ -1,0 +1,169 @@
+//! Failure handling: NATS outages, a missing task service, graceful shutdown.
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use taskboard_tasks::testing;
+
+use crate::helpers::*;
+
+/// A private nats-server on a fixed free port, killed on drop.
+struct PrivateNats {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateNats {
+    async fn start() -> PrivateNats {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut n = PrivateNats { port, child: None };
+        n.restart().await;
+        n
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    async fn restart(&mut self) {
+        let bin = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into());
+        let child = Command::new(bin)
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server must be installed (scripts/test.sh installs it)");
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nats-server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test]
+async fn events_committed_while_nats_is_down_are_delivered_once_it_is_back() {
+    let mut nats = PrivateNats::start().await;
+    let url = nats.url();
+    let app = spawn_app_with(|t| t.nats_url = url.clone(), |g| g.nats_url = url.clone()).await;
+    let mut ws = app.ws("board_id=1").await;
+    app.create(1, "before outage").await;
+    assert_eq!(seq(&ws.event().await.unwrap()), 1);
+
+    nats.kill();
+    // Writes still succeed: the events wait in the outbox.
+    for i in 0..3 {
+        app.create(1, &format!("during outage {i}")).await;
+    }
+    // /ready reports NATS as down.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let r = app.http.get(app.url("/ready")).send().await.unwrap();
+        if r.status() == 503 {
+            let b: Value = r.json().await.unwrap();
+            assert!(b["message"].as_str().unwrap().contains("nats"), "{b}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/ready never noticed NATS was gone"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    nats.restart().await;
+    let evs = ws.events(3).await.unwrap();
+    assert_eq!(evs.iter().map(seq).collect::<Vec<_>>(), [2, 3, 4]);
+    assert_eq!(evs[0]["title"], "during outage 0");
+    app.create(1, "after").await;
+    assert_eq!(seq(&ws.event().await.unwrap()), 5);
+    ws.expect_silence(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn the_gateway_starts_without_the_task_service_and_reports_it_in_ready() {
+    // Nothing listens on this port.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cfg = gw_config(
+        &format!("127.0.0.1:{port}"),
+        &testing::unique("tbt"),
+        &testing::nats_url(),
+    );
+    cfg.grpc_timeout_ms = 500;
+    let app = spawn_gateway(cfg).await;
+    let r = app.http.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = app.http.get(app.url("/ready")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let b: Value = r.json().await.unwrap();
+    assert!(
+        b["message"].as_str().unwrap().contains("task service"),
+        "{b}"
+    );
+    // REST calls fail cleanly with 503 and no internal detail.
+    let r = app.http.get(app.url("/api/tasks/1")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(
+        b,
+        json!({"error": "Task service unavailable", "code": "unavailable"})
+    );
+}
+
+#[tokio::test]
+async fn shutdown_closes_websockets_with_1001_and_returns_promptly() {
+    let mut app = spawn_app().await;
+    let mut ws = app.ws("board_id=1").await;
+    app.create(1, "x").await;
+    ws.event().await.unwrap();
+    let started = tokio::time::Instant::now();
+    let stop = tokio::spawn(async move {
+        let r = app.stop_gateway().await;
+        (r, app)
+    });
+    match ws.next().await.unwrap() {
+        Next::Close(code, reason) => {
+            assert_eq!(code, 1001);
+            assert_eq!(reason, "server shutting down");
+        }
+        other => panic!("expected close, got {other:?}"),
+    }
+    let (r, app) = stop.await.unwrap();
+    r.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    // The listener is gone.
+    assert!(tokio::net::TcpStream::connect(app.addr).await.is_err());
+    app.tasks.unwrap().stop().await.unwrap();
+}

@@ -1,0 +1,429 @@
+//! The REST contract: the original's routes, status codes and error strings, and its defects fixed.
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn health_answers_ok_as_plain_text_for_any_method() {
+    let app = spawn_app().await;
+    for m in [
+        reqwest::Method::GET,
+        reqwest::Method::POST,
+        reqwest::Method::HEAD,
+    ] {
+        let r = app
+            .http
+            .request(m.clone(), app.url("/health"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{m}");
+        assert!(r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain"));
+        if m != reqwest::Method::HEAD {
+            assert_eq!(r.text().await.unwrap(), "OK");
+        }
+    }
+}
+
+#[tokio::test]
+async fn task_crud_round_trip_with_the_original_status_codes() {
+    let app = spawn_app().await;
+    let r = app
+        .http
+        .post(app.url("/api/tasks"))
+        .json(&json!({"board_id": 1, "title": "My first task", "description": "Testing the API", "created_by": 100}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    assert_eq!(r.headers()["access-control-allow-origin"], "*");
+    assert_eq!(r.headers()["taskboard-seq"], "1");
+    let t: Value = r.json().await.unwrap();
+    for k in [
+        "id",
+        "board_id",
+        "title",
+        "description",
+        "completed",
+        "created_by",
+        "created_at",
+        "updated_at",
+    ] {
+        assert!(t.get(k).is_some(), "missing {k} in {t}");
+    }
+    assert_eq!(t["title"], "My first task");
+    assert_eq!(t["completed"], false);
+    assert_eq!(t["created_by"], 100);
+    let created_at = t["created_at"].as_str().unwrap();
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(created_at).is_ok(),
+        "{created_at}"
+    );
+    assert!(created_at.ends_with('Z'));
+    let id = t["id"].as_i64().unwrap();
+
+    let got: Value = app
+        .http
+        .get(app.url(&format!("/api/tasks/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got, t);
+
+    let r = app.update(id, json!({"completed": true})).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["taskboard-seq"], "2");
+    let u: Value = r.json().await.unwrap();
+    assert_eq!(u["completed"], true);
+    assert_eq!(u["title"], "My first task", "absent fields stay unchanged");
+    assert_eq!(u["version"], 2);
+
+    let r = app
+        .update(id, json!({"title": "Renamed", "description": null}))
+        .await;
+    let u: Value = r.json().await.unwrap();
+    assert_eq!(u["title"], "Renamed");
+    assert_eq!(u["description"], "Testing the API", "null means unchanged");
+    assert_eq!(u["completed"], true);
+
+    let r = app.delete(id).await;
+    assert_eq!(r.status(), 204);
+    assert!(r.bytes().await.unwrap().is_empty());
+    let r = app
+        .http
+        .get(app.url(&format!("/api/tasks/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+#[tokio::test]
+async fn missing_tasks_are_404_on_get_put_and_delete() {
+    let app = spawn_app().await;
+    let get = app
+        .http
+        .get(app.url("/api/tasks/999999"))
+        .send()
+        .await
+        .unwrap();
+    let put = app.update(999999, json!({"completed": true})).await;
+    let del = app.delete(999999).await;
+    for r in [get, put, del] {
+        assert_eq!(r.status(), 404);
+        let b: Value = r.json().await.unwrap();
+        assert_eq!(b["error"], "Task not found");
+        assert_eq!(b["code"], "not_found");
+    }
+}
+
+async fn error_of(r: reqwest::Response) -> (u16, Value) {
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn bad_input_gets_400_with_the_original_error_strings() {
+    let app = spawn_app().await;
+    let post = |body: String| {
+        app.http
+            .post(app.url("/api/tasks"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let (s, b) = error_of(post("{not json".into()).await.unwrap()).await;
+    assert_eq!(
+        (s, b["error"].as_str().unwrap()),
+        (400, "Invalid request body")
+    );
+    assert!(b["message"].is_string());
+
+    let (s, b) = error_of(
+        post(r#"{"board_id":1,"title":"","created_by":1}"#.into())
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"].as_str().unwrap()),
+        (400, "Title is required")
+    );
+
+    // Title is checked first, as the original did.
+    let (_, b) = error_of(post(r#"{"title":""}"#.into()).await.unwrap()).await;
+    assert_eq!(b["error"], "Title is required");
+
+    let (s, b) = error_of(
+        post(r#"{"title":"x","created_by":1}"#.into())
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"].as_str().unwrap()),
+        (400, "Board ID is required")
+    );
+
+    let (s, b) = error_of(
+        post(r#"{"title":"x","board_id":-4,"created_by":1}"#.into())
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert_eq!(b["error"], "Board ID must be a positive integer");
+
+    let (s, _) = error_of(post(r#"{"title":"x","board_id":1}"#.into()).await.unwrap()).await;
+    assert_eq!(s, 400, "created_by is required");
+
+    let (s, b) = error_of(
+        post(r#"{"title":"x","board_id":"one","created_by":1}"#.into())
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"].as_str().unwrap()),
+        (400, "Invalid request body")
+    );
+
+    let long = "x".repeat(501);
+    let (s, b) = error_of(
+        post(json!({"title": long, "board_id": 1, "created_by": 1}).to_string())
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert!(b["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("Title is too long"));
+
+    for path in [
+        "/api/tasks/abc",
+        "/api/tasks/0",
+        "/api/tasks/-1",
+        "/api/tasks/",
+    ] {
+        let (s, b) = error_of(app.http.get(app.url(path)).send().await.unwrap()).await;
+        assert_eq!(
+            (s, b["error"].as_str().unwrap()),
+            (400, "Invalid task ID"),
+            "{path}"
+        );
+    }
+
+    let (s, b) = error_of(app.update(1, json!({"completed": "yes"})).await).await;
+    assert_eq!(
+        (s, b["error"].as_str().unwrap()),
+        (400, "Invalid request body")
+    );
+}
+
+#[tokio::test]
+async fn oversized_bodies_get_413() {
+    let app = spawn_app().await;
+    let big = format!(
+        r#"{{"board_id":1,"created_by":1,"title":"{}"}}"#,
+        "x".repeat(70 * 1024)
+    );
+    let r = app
+        .http
+        .post(app.url("/api/tasks"))
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(b["error"], "Request body too large");
+}
+
+#[tokio::test]
+async fn unknown_paths_and_methods_are_404_and_405() {
+    let app = spawn_app().await;
+    let r = app.http.get(app.url("/nope")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let r = app.http.patch(app.url("/api/tasks")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "GET, POST, OPTIONS");
+    let r = app.http.post(app.url("/api/tasks/1")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["access-control-allow-origin"], "*");
+}
+
+#[tokio::test]
+async fn options_is_a_cors_preflight() {
+    let app = spawn_app().await;
+    for path in ["/api/tasks", "/api/tasks/5"] {
+        let r = app
+            .http
+            .request(reqwest::Method::OPTIONS, app.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["access-control-allow-origin"], "*");
+        assert_eq!(
+            r.headers()["access-control-allow-methods"],
+            "GET, POST, PUT, DELETE, OPTIONS"
+        );
+        assert_eq!(
+            r.headers()["access-control-allow-headers"],
+            "Content-Type, Authorization"
+        );
+    }
+}
+
+#[tokio::test]
+async fn cors_origins_restricts_api_and_websocket_origins() {
+    let app = spawn_app_with(|_| {}, |g| g.cors_origins = "https://board.example".into()).await;
+    let r = app
+        .http
+        .get(app.url("/api/tasks?board_id=1"))
+        .header("origin", "https://board.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://board.example"
+    );
+    let r = app
+        .http
+        .get(app.url("/api/tasks?board_id=1"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    let r = app
+        .http
+        .get(app.url("/ws"))
+        .header("origin", "https://evil.example")
+        .header("upgrade", "websocket")
+        .header("connection", "upgrade")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("sec-websocket-version", "13")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+}
+
+#[tokio::test]
+async fn list_is_newest_first_paged_stable_and_empty_is_an_array() {
+    let app = spawn_app().await;
+    let r: Value = app
+        .http
+        .get(app.url("/api/tasks?board_id=77"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        r,
+        json!({"tasks": [], "total_count": 0, "page": 1, "page_size": 10})
+    );
+
+    let mut ids = Vec::new();
+    for i in 0..25 {
+        ids.push(
+            app.create(77, &format!("t{i}")).await["id"]
+                .as_i64()
+                .unwrap(),
+        );
+    }
+    app.create(78, "other board").await;
+    let first = ids[0];
+    app.update(first, json!({"completed": true})).await;
+
+    let mut seen = Vec::new();
+    for page in 1..=3 {
+        let r: Value = app
+            .http
+            .get(app.url(&format!("/api/tasks?board_id=77&page={page}&page_size=10")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(r["total_count"], 25);
+        assert_eq!(r["page"], page);
+        seen.extend(
+            r["tasks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["id"].as_i64().unwrap()),
+        );
+    }
+    let mut newest_first = ids.clone();
+    newest_first.reverse();
+    assert_eq!(
+        seen, newest_first,
+        "pages cover every task once, newest first"
+    );
+
+    let r: Value = app
+        .http
+        .get(app.url("/api/tasks?board_id=77&completed=true"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["total_count"], 1);
+    assert_eq!(r["tasks"][0]["id"], first);
+
+    // Page size is capped at 100 and the answer says what was used.
+    let r: Value = app
+        .http
+        .get(app.url("/api/tasks?board_id=77&page_size=1000&page=0"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (r["page"].as_i64(), r["page_size"].as_i64()),
+        (Some(1), Some(100))
+    );
+
+    for q in [
+        "board_id=x",
+        "board_id=1&page=two",
+        "board_id=1&completed=maybe",
+        "",
+    ] {
+        let r = app
+            .http
+            .get(app.url(&format!("/api/tasks?{q}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{q}");
+    }
+}
+
+#[tokio::test]
+async fn a_plain_get_of_ws_is_426() {
+    let app = spawn_app().await;
+    let r = app.http.get(app.url("/ws")).send().await.unwrap();
+    assert_eq!(r.status(), 426);
+    assert_eq!(r.headers()["upgrade"], "websocket");
+}
