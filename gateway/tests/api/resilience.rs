@@ -167,3 +167,75 @@ async fn shutdown_closes_websockets_with_1001_and_returns_promptly() {
     assert!(tokio::net::TcpStream::connect(app.addr).await.is_err());
     app.tasks.unwrap().stop().await.unwrap();
 }
+
+/// The real binary, stopped with a real SIGTERM.
+#[tokio::test]
+async fn the_gateway_binary_drains_on_sigterm_and_exits_zero() {
+    let tasks = testing::spawn_tasks(testing::test_config().await).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_taskboard-gateway"))
+        .env_clear()
+        .env("HTTP_PORT", port.to_string())
+        .env("BIND_ADDR", "127.0.0.1")
+        .env("TASK_SERVICE_ADDR", tasks.grpc_addr())
+        .env("NATS_URL", testing::nats_url())
+        .env("NATS_SUBJECT_PREFIX", &tasks.subject_prefix)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut ws = loop {
+        match ws_connect(addr, "board_id=1").await {
+            Ok(ws) => break ws,
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("gateway binary never accepted a WebSocket: {e}"),
+        }
+    };
+    let pid = child.id().unwrap().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(killed.success());
+    match ws.next().await.unwrap() {
+        Next::Close(code, _) => assert_eq!(code, 1001),
+        other => panic!("expected close 1001, got {other:?}"),
+    }
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .expect("exited in time")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    tasks.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn help_explains_every_setting_and_a_bad_config_exits_64() {
+    let out = Command::new(env!("CARGO_BIN_EXE_taskboard-gateway"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    for var in [
+        "HTTP_PORT",
+        "TASK_SERVICE_ADDR",
+        "NATS_URL",
+        "METRICS_PORT",
+        "CORS_ORIGINS",
+        "WS_QUEUE",
+    ] {
+        assert!(help.contains(var), "--help does not mention {var}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_taskboard-gateway"))
+        .env_clear()
+        .env("WS_QUEUE", "0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("WS_QUEUE"));
+}

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Runs Taskboard on this machine: PostgreSQL and NATS (the running ones, or private ones started
+# from the system binaries, installed from Debian when missing), then the task service and the
+# gateway, built in release mode. Prints the URLs; Ctrl-C stops everything it started.
+#
+# Usage: scripts/run.sh [--debug]
+#   HTTP_PORT (8080) and PORT (50051) choose the ports; DB_NAME (taskboard) the database.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/services.sh
+. scripts/services.sh
+
+profile=release
+case "${1:-}" in
+  --debug) profile=debug ;;
+  -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  "") ;;
+  *) die "unknown option $1 (try --help)" ;;
+esac
+
+pids=()
+# shellcheck disable=SC2317 # invoked by the trap
+cleanup() {
+  trap - INT TERM EXIT
+  if [ ${#pids[@]} -gt 0 ]; then
+    log "stopping services"
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+    wait "${pids[@]}" 2>/dev/null || true
+  fi
+  stop_private_services
+}
+trap cleanup INT TERM EXIT
+
+command -v cargo >/dev/null || die "cargo not found: install the Rust toolchain (rustup)"
+ensure_postgres
+ensure_nats
+
+http_port=${HTTP_PORT:-8080}
+grpc_port=${PORT:-50051}
+port_open 127.0.0.1 "$http_port" && die "port $http_port is taken (set HTTP_PORT)"
+port_open 127.0.0.1 "$grpc_port" && die "port $grpc_port is taken (set PORT)"
+
+db=${DB_NAME:-taskboard}
+ensure_database "$PG_ADMIN_URL" "$db"
+
+log "building ($profile; the first build takes a few minutes)"
+if [ "$profile" = release ]; then
+  cargo build --release --quiet -p taskboard-tasks -p taskboard-gateway
+else
+  cargo build --quiet -p taskboard-tasks -p taskboard-gateway
+fi
+bin=target/$profile
+
+DATABASE_URL=$(database_url "$PG_ADMIN_URL" "$db") NATS_URL=$NATS_URL PORT=$grpc_port \
+  BIND_ADDR=127.0.0.1 "$bin/taskboard-tasks" &
+pids+=($!)
+HTTP_PORT=$http_port TASK_SERVICE_ADDR=127.0.0.1:$grpc_port NATS_URL=$NATS_URL \
+  BIND_ADDR=127.0.0.1 "$bin/taskboard-gateway" &
+pids+=($!)
+
+for _ in $(seq 1 300); do
+  if curl -fsS "http://127.0.0.1:$http_port/ready" >/dev/null 2>&1; then
+    cat >&2 <<MSG
+
+  Taskboard is running.
+    Board page   http://localhost:$http_port/
+    REST API     http://localhost:$http_port/api/tasks?board_id=1
+    WebSocket    ws://localhost:$http_port/ws?board_id=1
+    Health       http://localhost:$http_port/health   http://localhost:$http_port/ready
+    gRPC         127.0.0.1:$grpc_port (task.v1.TaskService, reflection on)
+
+  Press Ctrl-C to stop.
+MSG
+    wait -n "${pids[@]}" || true
+    die "a service exited; see the log above"
+  fi
+  for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null || die "a service failed to start; see the log above"; done
+  sleep 0.1
+done
+die "the gateway did not become ready within 30 s"

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: starts PostgreSQL and NATS when they are not reachable
+# (installing Debian's packages when missing), then formatting, lints and every test (debug
+# profile). Usage: scripts/test.sh [extra cargo-nextest arguments]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/services.sh
+. scripts/services.sh
+trap stop_private_services EXIT
+
+command -v cargo >/dev/null || die "cargo not found: install the Rust toolchain (rustup)"
+ensure_postgres
+ensure_nats
+ensure_nats_binary # the resilience tests start and kill a private nats-server
+command -v shellcheck >/dev/null || apt_install shellcheck || true
+
+export TASKBOARD_TEST_PG=$PG_ADMIN_URL
+export TASKBOARD_TEST_NATS=$NATS_URL
+export NATS_SERVER_BIN
+NATS_SERVER_BIN=$(command -v nats-server)
+
+# Test databases of earlier runs (each test makes its own tb_t_* database).
+old=$(psql "$PG_ADMIN_URL" -Atqc "SELECT datname FROM pg_database WHERE datname LIKE 'tb\_t\_%'" || true)
+if [ -n "$old" ]; then
+  log "dropping $(echo "$old" | wc -l) test databases of earlier runs"
+  for d in $old; do psql "$PG_ADMIN_URL" -qc "DROP DATABASE IF EXISTS \"$d\"" >/dev/null 2>&1 || true; done
+fi
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+if command -v shellcheck >/dev/null; then
+  log "shellcheck"
+  shellcheck -x scripts/*.sh .ci/run
+fi
+
+log "tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast "$@"
+else
+  log "cargo-nextest not installed; using cargo test"
+  cargo test --workspace --no-fail-fast "$@"
+fi

@@ -1,0 +1,326 @@
+//! The gRPC contract: codes, validation, atomic updates, stable listing, events, health, reflection.
+use std::collections::BTreeSet;
+
+use taskboard_proto::v1;
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn missing_tasks_are_not_found_and_bad_ids_invalid_argument() {
+    let mut t = spawn().await;
+    let c = &mut t.client;
+    let e = c
+        .get_task(v1::GetTaskRequest { id: 4242 })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    assert_eq!(e.message(), "Task 4242 not found");
+    let e = c
+        .update_task(v1::UpdateTaskRequest {
+            id: 4242,
+            completed: Some(true),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let e = c
+        .delete_task(v1::DeleteTaskRequest { id: 4242 })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    for id in [0, -1] {
+        let e = c.get_task(v1::GetTaskRequest { id }).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+    }
+    let e = c
+        .create_task(v1::CreateTaskRequest {
+            board_id: 1,
+            title: "".into(),
+            created_by: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (Code::InvalidArgument, "Title is required")
+    );
+    let e = c
+        .list_tasks(v1::ListTasksRequest {
+            board_id: 0,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (Code::InvalidArgument, "Board ID is required")
+    );
+}
+
+#[tokio::test]
+async fn concurrent_updates_are_atomic_and_every_one_is_an_event() {
+    let mut t = spawn().await;
+    let (task, _) = t.create(1, "counter").await;
+    let mut joins = Vec::new();
+    for i in 0..40 {
+        let mut c = t.client.clone();
+        joins.push(tokio::spawn(async move {
+            let req = if i % 2 == 0 {
+                v1::UpdateTaskRequest {
+                    id: task.id,
+                    completed: Some(i % 4 == 0),
+                    ..Default::default()
+                }
+            } else {
+                v1::UpdateTaskRequest {
+                    id: task.id,
+                    title: Some(format!("title {i}")),
+                    ..Default::default()
+                }
+            };
+            c.update_task(req).await.unwrap().into_inner().seq
+        }));
+    }
+    let mut seqs = BTreeSet::new();
+    for j in joins {
+        seqs.insert(j.await.unwrap());
+    }
+    assert_eq!(seqs, (2..=41).collect(), "each update got its own seq");
+    let now = t
+        .client
+        .get_task(v1::GetTaskRequest { id: task.id })
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    assert_eq!(now.version, 41, "no update was lost");
+    let events = t
+        .client
+        .list_events(v1::ListEventsRequest {
+            board_id: 1,
+            after_seq: 0,
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(events.head_seq, 41);
+    assert_eq!(
+        events.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1..=41).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn an_empty_update_changes_nothing_and_emits_no_event() {
+    let mut t = spawn().await;
+    let (task, _) = t.create(1, "same").await;
+    let r = t
+        .client
+        .update_task(v1::UpdateTaskRequest {
+            id: task.id,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.task.unwrap(), task);
+    assert_eq!(r.seq, 0);
+    let ev = t
+        .client
+        .list_events(v1::ListEventsRequest {
+            board_id: 1,
+            after_seq: 0,
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ev.head_seq, 1);
+}
+
+#[tokio::test]
+async fn listing_is_stable_across_pages_even_with_equal_timestamps() {
+    let mut t = spawn().await;
+    for i in 0..12 {
+        t.create(5, &format!("t{i}")).await;
+    }
+    // Give every task the same created_at: only the id tiebreak orders them now.
+    t.db()
+        .await
+        .execute("UPDATE tasks SET created_at = '2026-01-01T00:00:00Z'", &[])
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for page in 1..=3 {
+        let r = t
+            .client
+            .list_tasks(v1::ListTasksRequest {
+                board_id: 5,
+                page_size: 5,
+                page_number: page,
+                completed: None,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.total_count, 12);
+        ids.extend(r.tasks.iter().map(|t| t.id));
+    }
+    let mut sorted = ids.clone();
+    sorted.sort_unstable_by(|a, b| b.cmp(a));
+    assert_eq!(ids, sorted, "newest (highest id) first");
+    assert_eq!(
+        ids.iter().collect::<BTreeSet<_>>().len(),
+        12,
+        "no task twice, none missing"
+    );
+}
+
+#[tokio::test]
+async fn list_events_pages_and_reports_a_reset_after_pruning() {
+    let mut t = spawn().await;
+    for i in 0..5 {
+        t.create(8, &format!("e{i}")).await;
+    }
+    let page = t
+        .client
+        .list_events(v1::ListEventsRequest {
+            board_id: 8,
+            after_seq: 1,
+            limit: 2,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        page.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [2, 3]
+    );
+    assert_eq!(page.head_seq, 5);
+    assert!(!page.reset);
+    let e = &page.events[0];
+    assert_eq!(e.kind, "created");
+    let payload: serde_json::Value = serde_json::from_slice(&e.payload).unwrap();
+    assert_eq!(payload["seq"], 2);
+    assert_eq!(payload["type"], "created");
+
+    // Retention removed events 1..3: a reader at 1 can no longer be caught up event by event.
+    t.db()
+        .await
+        .execute("DELETE FROM events WHERE board_id = 8 AND seq <= 3", &[])
+        .await
+        .unwrap();
+    let page = t
+        .client
+        .list_events(v1::ListEventsRequest {
+            board_id: 8,
+            after_seq: 1,
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(page.reset);
+    assert!(page.events.is_empty());
+    let page = t
+        .client
+        .list_events(v1::ListEventsRequest {
+            board_id: 8,
+            after_seq: 3,
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!page.reset);
+    assert_eq!(page.events.len(), 2);
+}
+
+async fn next(s: &mut tonic::Streaming<v1::Event>) -> v1::Event {
+    tokio::time::timeout(WAIT, s.next())
+        .await
+        .expect("event in time")
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn watch_tasks_streams_history_then_live_events() {
+    let mut t = spawn().await;
+    t.create(3, "old 1").await;
+    t.create(3, "old 2").await;
+    let mut stream = t
+        .client
+        .watch_tasks(v1::WatchTasksRequest {
+            board_id: 3,
+            since_seq: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(next(&mut stream).await.seq, 2);
+    let (task, _) = t.create(3, "live").await;
+    let e = next(&mut stream).await;
+    assert_eq!((e.seq, e.kind.as_str(), e.task_id), (3, "created", task.id));
+    t.client
+        .delete_task(v1::DeleteTaskRequest { id: task.id })
+        .await
+        .unwrap();
+    assert_eq!(next(&mut stream).await.kind, "deleted");
+}
+
+#[tokio::test]
+async fn health_and_reflection_are_served() {
+    let t = spawn().await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", t.handle.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut h = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let r = h
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "task.v1.TaskService".into(),
+            })
+            .await;
+        if let Ok(r) = r {
+            if r.into_inner().status
+                == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+            {
+                break;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never SERVING");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    use tonic_reflection::pb::v1::{
+        server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        ServerReflectionRequest,
+    };
+    let mut r = ServerReflectionClient::new(channel);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut resp = r
+        .server_reflection_info(tokio_stream::iter([req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let msg = resp.next().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else {
+        panic!("{msg:?}")
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"task.v1.TaskService"), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+}

@@ -1,0 +1,233 @@
+//! The outbox relay and migrations across replicas.
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use taskboard_tasks::testing;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn events_are_published_with_routing_headers_and_marked_published() {
+    let mut t = spawn().await;
+    let nats = async_nats::connect(testing::nats_url()).await.unwrap();
+    let mut sub = nats
+        .subscribe(format!("{}.>", t.handle.subject_prefix))
+        .await
+        .unwrap();
+    nats.flush().await.unwrap();
+    let (task, seq) = t.create(4, "published").await;
+    let m = tokio::time::timeout(WAIT, sub.next())
+        .await
+        .expect("published in time")
+        .unwrap();
+    assert_eq!(
+        m.subject.as_str(),
+        format!("{}.created", t.handle.subject_prefix)
+    );
+    let h = m.headers.expect("headers");
+    assert_eq!(h.get("Taskboard-Board").unwrap().as_str(), "4");
+    assert_eq!(h.get("Taskboard-Seq").unwrap().as_str(), seq.to_string());
+    assert_eq!(h.get("Nats-Msg-Id").unwrap().as_str(), format!("4-{seq}"));
+    let body: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+    assert_eq!(body["task_id"], task.id);
+    assert_eq!(body["completed"], false);
+
+    let db = t.db().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let pending: i64 = db
+            .query_one(
+                "SELECT count(*) FROM events WHERE published_at IS NULL",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if pending == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "event never marked published"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn two_replicas_on_one_database_publish_each_event_once_in_order() {
+    let config = testing::test_config().await;
+    let second_config = config.clone();
+    let a = testing::spawn_tasks(config).await;
+    let b = testing::spawn_tasks(second_config).await;
+    let nats = async_nats::connect(testing::nats_url()).await.unwrap();
+    let mut sub = nats
+        .subscribe(format!("{}.>", a.subject_prefix))
+        .await
+        .unwrap();
+    nats.flush().await.unwrap();
+    let mut ca = connect(&a).await;
+    let mut cb = connect(&b).await;
+    for i in 0..20 {
+        let c = if i % 2 == 0 { &mut ca } else { &mut cb };
+        c.create_task(taskboard_proto::v1::CreateTaskRequest {
+            board_id: 1,
+            title: format!("r{i}"),
+            description: String::new(),
+            created_by: 1,
+        })
+        .await
+        .unwrap();
+    }
+    let mut seqs = Vec::new();
+    while seqs.len() < 20 {
+        let m = tokio::time::timeout(WAIT, sub.next())
+            .await
+            .expect("in time")
+            .unwrap();
+        seqs.push(
+            m.headers
+                .unwrap()
+                .get("Taskboard-Seq")
+                .unwrap()
+                .as_str()
+                .parse::<i64>()
+                .unwrap(),
+        );
+    }
+    assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
+    // Nothing is published twice: no further message arrives.
+    assert!(tokio::time::timeout(Duration::from_millis(500), sub.next())
+        .await
+        .is_err());
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn replicas_starting_together_migrate_once() {
+    let url = testing::fresh_database().await;
+    let pg: tokio_postgres::Config = url.parse().unwrap();
+    let runs = (0..4).map(|_| {
+        let pg = pg.clone();
+        tokio::spawn(async move { taskboard_tasks::db::migrate(&pg).await })
+    });
+    for r in futures_util::future::join_all(runs).await {
+        r.unwrap().unwrap();
+    }
+    let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM schema_migrations", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+}
+
+#[tokio::test]
+async fn shutdown_returns_promptly_even_with_an_open_watch_stream() {
+    let mut t = spawn().await;
+    let _stream = t
+        .client
+        .watch_tasks(taskboard_proto::v1::WatchTasksRequest {
+            board_id: 1,
+            since_seq: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let started = tokio::time::Instant::now();
+    t.handle.stop().await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+/// The real binary: migrates, serves, and exits 0 on SIGTERM.
+#[tokio::test]
+async fn the_binary_serves_and_exits_zero_on_sigterm() {
+    let db = testing::fresh_database().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_taskboard-tasks"))
+        .env_clear()
+        .env("PORT", port.to_string())
+        .env("BIND_ADDR", "127.0.0.1")
+        .env("DATABASE_URL", &db)
+        .env("NATS_URL", testing::nats_url())
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut client = loop {
+        match taskboard_proto::v1::task_service_client::TaskServiceClient::connect(format!(
+            "http://127.0.0.1:{port}"
+        ))
+        .await
+        {
+            Ok(c) => break c,
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("binary never served: {e}"),
+        }
+    };
+    let r = client
+        .create_task(taskboard_proto::v1::CreateTaskRequest {
+            board_id: 1,
+            title: "via binary".into(),
+            description: String::new(),
+            created_by: 1,
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.into_inner().seq, 1);
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .expect("exited in time")
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
+async fn help_lists_the_original_env_vars_and_bad_sslmode_exits_64() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_taskboard-tasks"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    for var in [
+        "PORT",
+        "DB_HOST",
+        "DB_PORT",
+        "DB_USER",
+        "DB_PASSWORD",
+        "DB_NAME",
+        "DATABASE_URL",
+        "NATS_URL",
+        "METRICS_PORT",
+        "DB_POOL_SIZE",
+    ] {
+        assert!(help.contains(var), "--help does not mention {var}");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_taskboard-tasks"))
+        .env_clear()
+        .env("DB_SSLMODE", "require")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
