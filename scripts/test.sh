@@ -35,10 +35,17 @@ if command -v shellcheck >/dev/null; then
   shellcheck -x scripts/*.sh .ci/run
 fi
 
-log "tests"
+log "Rust tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
 else
   log "cargo-nextest not installed; using cargo test"
   cargo test --workspace --no-fail-fast "$@"
 fi
+
+log "browser tests (headless Chromium)"
+[ -x /usr/bin/chromium ] || apt_install chromium
+command -v node >/dev/null || apt_install nodejs npm
+cargo build --quiet --bins
+(cd gateway/tests/browser && npm ci --no-audit --no-fund --silent && npm test)
+log "browser test screenshots: gateway/tests/browser/artifacts/"

@@ -7,6 +7,7 @@ pub mod cors;
 mod error;
 pub mod events;
 pub mod hub;
+mod page;
 pub mod routes;
 mod server;
 pub mod tasks_client;

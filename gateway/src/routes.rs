@@ -66,6 +66,8 @@ struct ListJson {
     total_count: i32,
     page: i32,
     page_size: i32,
+    /// The board's latest event seq in the same snapshot: follow `/ws?since=head_seq` from here.
+    head_seq: i64,
 }
 
 /// POST /api/tasks body; absent or null fields become empty/zero and are then validated.
@@ -114,7 +116,11 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAd
                 .unwrap_or_else(ApiError::into_response);
             state.cors.apply(origin.as_ref(), r)
         }
-        _ => ApiError::not_found("Not found").into_response(),
+        p => match *req.method() {
+            Method::GET | Method::HEAD => crate::page::file(p),
+            _ => None,
+        }
+        .unwrap_or_else(|| ApiError::not_found("Not found").into_response()),
     }
 }
 
@@ -307,6 +313,7 @@ async fn list(state: &AppState, query: Option<&str>) -> Result<Resp, ApiError> {
             total_count: r.total_count,
             page: r.page_number,
             page_size: r.page_size,
+            head_seq: r.head_seq,
         },
     ))
 }

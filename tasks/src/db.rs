@@ -80,11 +80,13 @@ impl Statements {
             &format!("DELETE FROM tasks WHERE id = $1 RETURNING {TASK_COLS}"),
             "deleted",
         );
-        // Count and page in one statement, hence one snapshot; always returns at least one row.
+        // Count, head seq and page in one statement, hence one snapshot; always returns at least
+        // one row.
         let list = format!(
-            "SELECT c.total, {cols} FROM \
-               (SELECT count(*) AS total FROM tasks \
-                WHERE board_id = $1 AND ($2::bool IS NULL OR completed = $2)) c \
+            "SELECT c.total, c.head, {cols} FROM \
+               (SELECT count(*) AS total, \
+                       COALESCE((SELECT last_seq FROM boards WHERE id = $1), 0) AS head \
+                FROM tasks WHERE board_id = $1 AND ($2::bool IS NULL OR completed = $2)) c \
              LEFT JOIN LATERAL \
                (SELECT {TASK_COLS} FROM tasks WHERE board_id = $1 AND ($2::bool IS NULL OR completed = $2) \
                 ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4) t ON true",
@@ -319,8 +321,15 @@ pub async fn get(pool: &Pool, id: i64) -> Result<Option<v1::Task>, Error> {
     Ok(row.map(|r| task_from_row(&r, 0)))
 }
 
-/// A page of a board's tasks, newest first (id breaks ties), and the total matching count, from
-/// one snapshot.
+/// A page of a board's tasks, newest first (id breaks ties), with the total matching count and the
+/// board's head seq, all from one snapshot.
+pub struct TaskPage {
+    pub tasks: Vec<v1::Task>,
+    pub total: i64,
+    pub head_seq: i64,
+}
+
+/// Reads a [`TaskPage`].
 ///
 /// # Errors
 /// Database or pool failure.
@@ -330,19 +339,24 @@ pub async fn list(
     completed: Option<bool>,
     limit: i64,
     offset: i64,
-) -> Result<(Vec<v1::Task>, i64), Error> {
+) -> Result<TaskPage, Error> {
     let c = pool.get().await?;
     let rows = c
         .client
         .query(&c.stmts.list, &[&board_id, &completed, &limit, &offset])
         .await?;
     let total: i64 = rows.first().map(|r| r.get(0)).unwrap_or(0);
+    let head_seq: i64 = rows.first().map(|r| r.get(1)).unwrap_or(0);
     let tasks = rows
         .iter()
-        .filter(|r| r.get::<_, Option<i64>>(1).is_some())
-        .map(|r| task_from_row(r, 1))
+        .filter(|r| r.get::<_, Option<i64>>(2).is_some())
+        .map(|r| task_from_row(r, 2))
         .collect();
-    Ok((tasks, total))
+    Ok(TaskPage {
+        tasks,
+        total,
+        head_seq,
+    })
 }
 
 /// Applies `change` atomically; `None` when the task does not exist.

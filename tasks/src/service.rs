@@ -86,13 +86,13 @@ impl TaskService for Service {
         let board = validate::board_id(r.board_id)?;
         let (page, size) = validate::paging(r.page_number, r.page_size);
         let offset = (i64::from(page) - 1) * i64::from(size);
-        let (tasks, total) =
-            db::list(&self.pool, board, r.completed, i64::from(size), offset).await?;
+        let p = db::list(&self.pool, board, r.completed, i64::from(size), offset).await?;
         Ok(Response::new(v1::ListTasksResponse {
-            tasks,
-            total_count: i32::try_from(total).unwrap_or(i32::MAX),
+            tasks: p.tasks,
+            total_count: i32::try_from(p.total).unwrap_or(i32::MAX),
             page_number: page,
             page_size: size,
+            head_seq: p.head_seq,
         }))
     }
 

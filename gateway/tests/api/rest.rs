@@ -334,7 +334,7 @@ async fn list_is_newest_first_paged_stable_and_empty_is_an_array() {
         .unwrap();
     assert_eq!(
         r,
-        json!({"tasks": [], "total_count": 0, "page": 1, "page_size": 10})
+        json!({"tasks": [], "total_count": 0, "page": 1, "page_size": 10, "head_seq": 0})
     );
 
     let mut ids = Vec::new();
@@ -362,6 +362,7 @@ async fn list_is_newest_first_paged_stable_and_empty_is_an_array() {
             .unwrap();
         assert_eq!(r["total_count"], 25);
         assert_eq!(r["page"], page);
+        assert_eq!(r["head_seq"], 26, "25 creates and one update");
         seen.extend(
             r["tasks"]
                 .as_array()

@@ -1,0 +1,66 @@
+//! The board page: static files embedded in the binary (no CDN, works offline, no build step).
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+
+const INDEX: &str = include_str!("../static/index.html");
+const APP_JS: &str = include_str!("../static/app.js");
+const STYLE: &str = include_str!("../static/style.css");
+
+/// The page only talks to its own origin; inline scripts and styles are not allowed, which keeps
+/// any injected markup inert.
+const CSP: &str = "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; \
+                   object-src 'none'; base-uri 'none'; frame-ancestors 'none'";
+
+/// The embedded file at `path`, if there is one.
+pub fn file(path: &str) -> Option<Response<Full<Bytes>>> {
+    let (body, kind) = match path {
+        "/" | "/index.html" => (INDEX, "text/html; charset=utf-8"),
+        "/static/app.js" => (APP_JS, "text/javascript; charset=utf-8"),
+        "/static/style.css" => (STYLE, "text/css; charset=utf-8"),
+        _ => return None,
+    };
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = StatusCode::OK;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+    // Small files: always revalidate, so a new gateway version is picked up at once.
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    Some(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_page_and_its_assets_are_served_with_types() {
+        for (p, t) in [
+            ("/", "text/html"),
+            ("/static/app.js", "text/javascript"),
+            ("/static/style.css", "text/css"),
+        ] {
+            let r = file(p).unwrap();
+            assert!(r.headers()[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with(t));
+        }
+        assert!(file("/static/nope.js").is_none());
+    }
+
+    #[test]
+    fn the_page_never_writes_user_text_as_html() {
+        assert!(!APP_JS.contains("innerHTML"));
+        assert!(!APP_JS.contains("insertAdjacentHTML"));
+        assert!(!APP_JS.contains("outerHTML"));
+    }
+}

@@ -1,0 +1,307 @@
+// Taskboard page: a board's tasks over REST, kept live over WebSocket (resuming with since=<seq>).
+// User text is only ever inserted with textContent.
+"use strict";
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const MAX_FEED = 30;
+  const PAGE = 100;
+
+  const state = {
+    board: 0,
+    tasks: new Map(), // id -> task
+    lastSeq: 0, // highest event seq applied for this board
+    ws: null,
+    retries: 0,
+    timer: 0,
+    generation: 0, // bumps when the board changes, so stale callbacks do nothing
+    editing: 0, // id of the task whose title is being edited
+  };
+  const els = new Map(); // id -> <li>
+
+  const userId = (() => {
+    let id = Number(localStorage.getItem("taskboard.user"));
+    if (!Number.isInteger(id) || id <= 0) {
+      id = 1 + Math.floor(Math.random() * 1e6);
+      localStorage.setItem("taskboard.user", String(id));
+    }
+    return id;
+  })();
+
+  function boardFromHash() {
+    const m = /board=(\d+)/.exec(location.hash);
+    const b = m ? Number(m[1]) : 1;
+    return b > 0 ? b : 1;
+  }
+
+  async function api(method, path, body) {
+    let res;
+    try {
+      res = await fetch(path, {
+        method,
+        headers: body ? { "Content-Type": "application/json" } : {},
+        body: body ? JSON.stringify(body) : undefined,
+      });
+    } catch {
+      throw new Error("Cannot reach the server. Check your connection and try again.");
+    }
+    if (res.status === 204) return null;
+    let data = null;
+    try { data = await res.json(); } catch { /* not JSON */ }
+    if (!res.ok) {
+      if (data && data.error) throw new Error(data.message ? `${data.error}: ${data.message}` : data.error);
+      throw new Error(`The server answered ${res.status}.`);
+    }
+    return data;
+  }
+
+  function showError(msg) {
+    const e = $("error");
+    e.textContent = msg || "";
+    e.hidden = !msg;
+  }
+
+  function setConn(s) {
+    const c = $("conn");
+    c.className = `conn ${s}`;
+    c.textContent = s;
+  }
+
+  // ---- loading and live updates ----
+
+  async function loadBoard(board) {
+    const gen = ++state.generation;
+    stopSocket();
+    state.board = board;
+    $("board-id").value = String(board);
+    document.title = `Board ${board} · Taskboard`;
+    try {
+      const tasks = [];
+      let head = null;
+      for (let page = 1; page <= 50; page++) {
+        const r = await api("GET", `/api/tasks?board_id=${board}&page=${page}&page_size=${PAGE}`);
+        if (gen !== state.generation) return;
+        if (head === null) head = r.head_seq;
+        tasks.push(...r.tasks);
+        if (page * PAGE >= r.total_count || r.tasks.length === 0) break;
+      }
+      state.tasks.clear();
+      for (const t of tasks) if (!state.tasks.has(t.id)) state.tasks.set(t.id, t);
+      state.lastSeq = head || 0;
+      showError("");
+      render();
+      connect(gen);
+    } catch (e) {
+      if (gen !== state.generation) return;
+      showError(e.message);
+      retryLater(gen, () => loadBoard(board));
+    }
+  }
+
+  function stopSocket() {
+    clearTimeout(state.timer);
+    if (state.ws) {
+      state.ws.onclose = null;
+      state.ws.close(1000);
+      state.ws = null;
+    }
+  }
+
+  function connect(gen) {
+    const proto = location.protocol === "https:" ? "wss:" : "ws:";
+    const ws = new WebSocket(`${proto}//${location.host}/ws?board_id=${state.board}&since=${state.lastSeq}`);
+    state.ws = ws;
+    ws.onopen = () => {
+      if (gen !== state.generation) return;
+      state.retries = 0;
+      setConn("connected");
+    };
+    ws.onmessage = (m) => {
+      if (gen !== state.generation) return;
+      let ev;
+      try { ev = JSON.parse(m.data); } catch { return; }
+      onEvent(ev);
+    };
+    ws.onclose = (c) => {
+      if (gen !== state.generation) return;
+      state.ws = null;
+      // 1013: we fell behind; the server told us to resume, so do it at once.
+      const soon = c.code === 1013;
+      retryLater(gen, () => connect(gen), soon);
+    };
+  }
+
+  function retryLater(gen, fn, soon = false) {
+    state.retries += 1;
+    setConn(state.retries > 6 || !navigator.onLine ? "offline" : "reconnecting");
+    const base = soon ? 100 : Math.min(10000, 500 * 2 ** Math.min(state.retries - 1, 5));
+    const delay = base / 2 + Math.random() * base / 2;
+    clearTimeout(state.timer);
+    state.timer = setTimeout(() => { if (gen === state.generation) fn(); }, delay);
+  }
+
+  function onEvent(ev) {
+    if (ev.type === "reset") {
+      // Events we missed are no longer kept: reload, then follow from the new head.
+      loadBoard(state.board);
+      return;
+    }
+    if (ev.board_id !== state.board) return;
+    if (typeof ev.seq === "number") {
+      if (ev.seq <= state.lastSeq) return; // already applied
+      state.lastSeq = ev.seq;
+    }
+    if (ev.type === "deleted") {
+      state.tasks.delete(ev.task_id);
+    } else if (ev.task) {
+      applyTask(ev.task);
+    }
+    addFeed(ev);
+    render();
+    const li = els.get(ev.task_id);
+    if (li) { li.classList.remove("flash"); void li.offsetWidth; li.classList.add("flash"); }
+  }
+
+  // Keeps the newest version of a task (REST answers and events may arrive in either order).
+  function applyTask(t) {
+    const cur = state.tasks.get(t.id);
+    if (!cur || (t.version || 0) >= (cur.version || 0)) state.tasks.set(t.id, t);
+  }
+
+  function addFeed(ev) {
+    const li = document.createElement("li");
+    const when = new Date((ev.timestamp || Date.now() / 1000) * 1000).toLocaleTimeString();
+    li.textContent = `${when} ${ev.type} “${ev.title}” (#${ev.task_id}, seq ${ev.seq})`;
+    const feed = $("feed");
+    feed.prepend(li);
+    while (feed.children.length > MAX_FEED) feed.lastElementChild.remove();
+  }
+
+  // ---- rendering (keyed: elements are updated in place, so an edit in progress survives) ----
+
+  function render() {
+    const all = [...state.tasks.values()].sort(
+      (a, b) => (b.created_at > a.created_at ? 1 : b.created_at < a.created_at ? -1 : b.id - a.id));
+    const open = all.filter((t) => !t.completed);
+    const done = all.filter((t) => t.completed);
+    sync($("open-list"), open);
+    sync($("done-list"), done);
+    for (const id of [...els.keys()]) {
+      if (!state.tasks.has(id)) { els.get(id).remove(); els.delete(id); }
+    }
+    $("open-count").textContent = String(open.length);
+    $("done-count").textContent = String(done.length);
+  }
+
+  function sync(ul, tasks) {
+    tasks.forEach((t, i) => {
+      let li = els.get(t.id);
+      if (!li) { li = build(t.id); els.set(t.id, li); }
+      fill(li, t);
+      if (ul.children[i] !== li) ul.insertBefore(li, ul.children[i] || null);
+    });
+    while (ul.children.length > tasks.length) ul.lastElementChild.remove();
+  }
+
+  function build(id) {
+    const li = $("task-template").content.firstElementChild.cloneNode(true);
+    li.dataset.id = String(id);
+    li.querySelector(".toggle").addEventListener("change", (e) => toggle(id, e.target.checked));
+    li.querySelector(".title").addEventListener("click", () => startEdit(id));
+    li.querySelector(".delete").addEventListener("click", () => remove(id));
+    return li;
+  }
+
+  function fill(li, t) {
+    li.classList.toggle("done", t.completed);
+    const box = li.querySelector(".toggle");
+    box.checked = t.completed;
+    box.setAttribute("aria-label", `${t.completed ? "Reopen" : "Mark done"}: ${t.title}`);
+    const title = li.querySelector(".title");
+    if (title) title.textContent = t.title;
+    li.querySelector(".description").textContent = t.description || "";
+    li.querySelector(".delete").setAttribute("aria-label", `Delete: ${t.title}`);
+  }
+
+  // ---- actions ----
+
+  async function mutate(fn) {
+    try {
+      await fn();
+      showError("");
+    } catch (e) {
+      showError(e.message);
+      render();
+    }
+  }
+
+  function toggle(id, completed) {
+    mutate(async () => applyTask(await api("PUT", `/api/tasks/${id}`, { completed }))).then(render);
+  }
+
+  function remove(id) {
+    mutate(async () => {
+      await api("DELETE", `/api/tasks/${id}`);
+      state.tasks.delete(id);
+    }).then(render);
+  }
+
+  function startEdit(id) {
+    const li = els.get(id);
+    const t = state.tasks.get(id);
+    if (!li || !t || state.editing) return;
+    state.editing = id;
+    const btn = li.querySelector(".title");
+    const input = document.createElement("input");
+    input.className = "edit";
+    input.value = t.title;
+    input.maxLength = 500;
+    input.setAttribute("aria-label", "Edit title");
+    btn.replaceWith(input);
+    input.focus();
+    input.select();
+    let finished = false;
+    const finish = async (save) => {
+      if (finished) return;
+      finished = true;
+      const title = input.value.trim();
+      if (save && title && title !== t.title) {
+        await mutate(async () => applyTask(await api("PUT", `/api/tasks/${id}`, { title })));
+      }
+      state.editing = 0;
+      input.replaceWith(btn);
+      render();
+      btn.focus();
+    };
+    input.addEventListener("keydown", (e) => {
+      if (e.key === "Enter") { e.preventDefault(); finish(true); }
+      if (e.key === "Escape") { e.preventDefault(); finish(false); }
+    });
+    input.addEventListener("blur", () => finish(true));
+  }
+
+  $("create-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const form = e.target;
+    const title = form.title.value.trim();
+    if (!title) { showError("Title is required"); return; }
+    mutate(async () => {
+      const t = await api("POST", "/api/tasks", {
+        board_id: state.board, title, description: form.description.value, created_by: userId,
+      });
+      applyTask(t);
+      form.reset();
+      form.title.focus();
+    }).then(render);
+  });
+
+  $("board-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const b = Number($("board-id").value);
+    if (!Number.isInteger(b) || b <= 0) { showError("Board ID must be a positive integer"); return; }
+    location.hash = `board=${b}`;
+  });
+
+  window.addEventListener("hashchange", () => loadBoard(boardFromHash()));
+  window.addEventListener("online", () => { if (!state.ws) loadBoard(state.board); });
+  loadBoard(boardFromHash());
+})();
