@@ -401,14 +401,14 @@ async fn websocket(state: &Arc<AppState>, mut req: Request<Incoming>, peer: Sock
                 .into_response()
         }
     };
-    let session = ws::Session {
-        hub: state.hub.clone(),
-        tasks: state.tasks.clone(),
-        settings: state.session,
+    let session = ws::Session::subscribe(
+        state.hub.clone(),
+        state.tasks.clone(),
+        state.session,
         sub,
-        shutdown: state.shutdown.clone(),
+        state.shutdown.clone(),
         peer,
-    };
+    );
     state.tracker.spawn(async move {
         match upgrade.await {
             Ok(ws) => session.run(ws).await,

@@ -40,14 +40,20 @@ pub struct SessionSettings {
     pub write_timeout: Duration,
 }
 
-/// A connection's state, before it is upgraded.
+/// A connection, subscribed and waiting for its upgrade to complete.
 pub struct Session {
-    pub hub: Arc<Hub>,
-    pub tasks: TasksClient,
-    pub settings: SessionSettings,
-    pub sub: Subscription,
-    pub shutdown: CancellationToken,
-    pub peer: SocketAddr,
+    ctx: Ctx,
+    feed: Feed,
+}
+
+/// What a running session reads from.
+struct Ctx {
+    hub: Arc<Hub>,
+    tasks: TasksClient,
+    settings: SessionSettings,
+    sub: Subscription,
+    shutdown: CancellationToken,
+    peer: SocketAddr,
 }
 
 /// Why a session ended (logged; the close code already told the client).
@@ -136,24 +142,50 @@ impl Feed {
 }
 
 impl Session {
-    /// Runs the session on the upgraded socket until it ends.
-    pub async fn run(self, ws: WebSocket<Io>) {
-        let total = self.hub.client_connected();
-        tracing::info!(peer.addr = %self.peer, boards = ?self.sub.boards, "➕ Client connected. Total clients: {total}");
-        let end = self.serve(ws).await;
-        let total = self.hub.client_disconnected();
-        tracing::info!(peer.addr = %self.peer, reason = %end, "➖ Client disconnected. Total clients: {total}");
+    /// Subscribes to the hub at once, before the upgrade is answered: a client that has its 101
+    /// never misses an event published after it. Anything older comes from `since`.
+    pub fn subscribe(
+        hub: Arc<Hub>,
+        tasks: TasksClient,
+        settings: SessionSettings,
+        sub: Subscription,
+        shutdown: CancellationToken,
+        peer: SocketAddr,
+    ) -> Session {
+        let feed = Feed::new(&hub, &sub.boards);
+        Session {
+            ctx: Ctx {
+                hub,
+                tasks,
+                settings,
+                sub,
+                shutdown,
+                peer,
+            },
+            feed,
+        }
     }
 
-    async fn serve(&self, ws: WebSocket<Io>) -> End {
+    /// Runs the session on the upgraded socket until it ends.
+    pub async fn run(self, ws: WebSocket<Io>) {
+        let Session { ctx, feed } = self;
+        let total = ctx.hub.client_connected();
+        tracing::info!(peer.addr = %ctx.peer, boards = ?ctx.sub.boards, "➕ Client connected. Total clients: {total}");
+        let end = ctx.serve(ws, feed).await;
+        let total = ctx.hub.client_disconnected();
+        tracing::info!(peer.addr = %ctx.peer, reason = %end, "➖ Client disconnected. Total clients: {total}");
+    }
+}
+
+impl Ctx {
+    async fn serve(&self, ws: WebSocket<Io>, mut feed: Feed) -> End {
         let (mut rd, mut wr) = ws.split(tokio::io::split);
         rd.set_auto_close(false);
         rd.set_auto_pong(false);
         rd.set_max_message_size(MAX_INBOUND);
 
-        // Subscribe before replaying, so nothing committed in between is missed; live events the
-        // replay already covered are skipped by seq.
-        let mut feed = Feed::new(&self.hub, &self.sub.boards);
+        // The feed was subscribed before the replay, so nothing committed in between is missed;
+        // live events the replay already covered are skipped by seq.
         let mut last: HashMap<i64, i64> = HashMap::new();
 
         let (ctl_tx, mut ctl_rx) = mpsc::channel(4);

@@ -1,0 +1,550 @@
+//! `fanout`: N WebSocket subscribers over B boards, publishers creating events at a fixed rate,
+//! latency from the intended send time (coordinated-omission aware) to the frame's arrival, and
+//! exact delivery accounting. Targets: our gateway, the original's contract, or nats-server's own
+//! WebSocket listener as the reference fan-out server.
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use fastwebsockets::{Frame, OpCode, Payload};
+use serde::Serialize;
+use tokio::sync::{watch, Semaphore};
+
+use crate::accounting::{Totals, Tracker};
+use crate::extract;
+use crate::natsproto::{self, Op};
+use crate::procstat::Sampler;
+use crate::report::{Latencies, LatencySummary, RunResult};
+use crate::wsclient;
+
+/// Which server the subscribers talk to.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Target {
+    /// Our gateway: `/ws?board_id=B`, events checked by per-board seq.
+    Gateway,
+    /// Any implementation of the original's contract: plain `/ws` (every board), events checked by
+    /// task id.
+    Original,
+    /// nats-server's WebSocket listener: subscribers SUB to a subject per board, the harness
+    /// publishes over core NATS.
+    NatsWs,
+}
+
+impl Target {
+    /// The name `--target` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Gateway => "gateway",
+            Target::Original => "original",
+            Target::NatsWs => "nats-ws",
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct FanoutArgs {
+    /// Base URL of the gateway (REST for publishing, /ws for subscribers).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// What the subscribers connect to.
+    #[arg(long, value_enum, default_value = "gateway")]
+    pub target: Target,
+    /// nats-server WebSocket address (target nats-ws).
+    #[arg(long, default_value = "127.0.0.1:8222")]
+    pub nats_ws: String,
+    /// NATS URL the harness publishes to (target nats-ws).
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// WebSocket subscribers.
+    #[arg(long, default_value_t = 1000)]
+    pub subscribers: usize,
+    /// Boards the subscribers are spread over (subscriber i watches board i mod B).
+    #[arg(long, default_value_t = 1)]
+    pub boards: usize,
+    /// Events per second, over all boards.
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// Seconds of publishing.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Concurrent publishers (HTTP requests in flight).
+    #[arg(long, default_value_t = 32)]
+    pub publishers: usize,
+    /// Loopback source addresses to spread connections over (127.0.0.1, .2, …).
+    #[arg(long, default_value_t = 16)]
+    pub source_ips: usize,
+    /// New connections per second while connecting (0: as fast as possible).
+    #[arg(long, default_value_t = 2000)]
+    pub connect_rate: u32,
+    /// Server process(es) whose CPU and memory are measured (repeatable).
+    #[arg(long)]
+    pub server_pid: Vec<u32>,
+    /// Write the JSON result here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Payload size of the events published in nats-ws mode (ours are about this big).
+    #[arg(long, default_value_t = 520)]
+    pub payload_bytes: usize,
+    /// First board id (default: a fresh range derived from the clock, so seqs start at 1).
+    #[arg(long)]
+    pub board_base: Option<i64>,
+    /// Longest wait for the last deliveries after publishing ends, seconds.
+    #[arg(long, default_value_t = 15.0)]
+    pub drain: f64,
+}
+
+impl FanoutArgs {
+    /// The defaults `--help` shows, for building arguments in code.
+    pub fn defaults() -> Self {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            a: FanoutArgs,
+        }
+        Wrap::parse_from(["fanout"]).a
+    }
+}
+
+/// Shared counters of a run.
+struct Shared {
+    base: Instant,
+    delivered: AtomicU64,
+    lat: Latencies,
+    stop: watch::Receiver<bool>,
+}
+
+impl Shared {
+    fn now_us(&self) -> u64 {
+        self.base.elapsed().as_micros() as u64
+    }
+
+    /// Records one delivered frame for a subscriber of `board`.
+    fn on_frame(&self, t: &mut Tracker, shard: usize, board: i64, target: Target, frame: &[u8]) {
+        let f = extract::fields(frame);
+        if let Some(sent) = f.sent_us {
+            self.lat.record(shard, self.now_us().saturating_sub(sent));
+        }
+        match (target, f.seq, f.task_id) {
+            (Target::Original, _, Some(id)) => t.observe(0, id),
+            (Target::Gateway | Target::NatsWs, Some(seq), _) => {
+                t.observe(f.board_id.unwrap_or(board), seq)
+            }
+            _ => t.unparsed(),
+        }
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Runs a fan-out measurement.
+///
+/// # Errors
+/// Bad arguments, or no subscriber could connect.
+pub async fn run(args: FanoutArgs) -> Result<RunResult> {
+    if args.subscribers == 0 || args.boards == 0 || args.rate <= 0.0 {
+        bail!("--subscribers, --boards and --rate must be positive");
+    }
+    let board_base = args.board_base.unwrap_or_else(|| {
+        // Fresh boards per run (seconds since 2020 × 1000 leaves room for 1000 boards per run).
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        ((secs - 1_577_836_800) as i64) * 1000
+    });
+    let boards: Vec<i64> = (0..args.boards as i64).map(|i| board_base + i).collect();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        base: Instant::now(),
+        delivered: AtomicU64::new(0),
+        lat: Latencies::new(64),
+        stop: stop_rx,
+    });
+
+    // 1. Subscribers.
+    let ready = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let permits = Arc::new(Semaphore::new(256));
+    let mut subs = Vec::with_capacity(args.subscribers);
+    let started_connecting = Instant::now();
+    let addr = target_addr(&args)?;
+    for i in 0..args.subscribers {
+        if args.connect_rate > 0 {
+            let due =
+                started_connecting + Duration::from_secs_f64(i as f64 / args.connect_rate as f64);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let board = boards[i % boards.len()];
+        let permit = permits.clone().acquire_owned().await?;
+        let (shared, ready, failed) = (shared.clone(), ready.clone(), failed.clone());
+        let (target, source) = (args.target, wsclient::source_ip(i, args.source_ips));
+        let prefix = nats_prefix(board_base);
+        subs.push(tokio::spawn(async move {
+            let mut t = Tracker::default();
+            let r = subscribe(
+                &shared,
+                &mut t,
+                addr,
+                target,
+                board,
+                source,
+                &prefix,
+                i,
+                move || {
+                    drop(permit);
+                    ready.fetch_add(1, Ordering::Relaxed);
+                },
+            )
+            .await;
+            if let Err(e) = r {
+                failed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "subscriber ended");
+            }
+            t
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ready.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) < args.subscribers {
+        if Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let connected = ready.load(Ordering::Relaxed);
+    println!(
+        "{connected} of {} subscribers connected in {:.1} s ({} failed)",
+        args.subscribers,
+        started_connecting.elapsed().as_secs_f64(),
+        failed.load(Ordering::Relaxed)
+    );
+    if connected == 0 {
+        bail!("no subscriber could connect to {addr}");
+    }
+
+    // 2. Publish at the fixed rate, measuring the server meanwhile.
+    let sampler = Sampler::start(&args.server_pid);
+    let start_rss = sampler.rss_now();
+    let total = (args.rate * args.duration).round() as u64;
+    let published: Arc<Vec<AtomicU64>> =
+        Arc::new(boards.iter().map(|_| AtomicU64::new(0)).collect());
+    let errors = Arc::new(AtomicU64::new(0));
+    let run_start = Instant::now();
+    let progress = spawn_progress(shared.clone(), published.clone(), errors.clone());
+    let pub_base = Instant::now();
+    match args.target {
+        Target::NatsWs => {
+            publish_nats(
+                &args, &boards, board_base, &shared, pub_base, total, &published, &errors,
+            )
+            .await?
+        }
+        _ => {
+            publish_rest(
+                &args, &boards, &shared, pub_base, total, &published, &errors,
+            )
+            .await?
+        }
+    }
+
+    // 3. Wait for the last deliveries.
+    let per_board: HashMap<i64, u64> = boards
+        .iter()
+        .zip(published.iter())
+        .map(|(b, n)| (*b, n.load(Ordering::Relaxed)))
+        .collect();
+    let all_events: u64 = per_board.values().sum();
+    let expected_total: u64 = (0..args.subscribers)
+        .map(|i| match args.target {
+            Target::Original => all_events,
+            _ => per_board[&boards[i % boards.len()]],
+        })
+        .sum::<u64>()
+        * connected as u64
+        / args.subscribers as u64;
+    let drain_deadline = Instant::now() + Duration::from_secs_f64(args.drain);
+    while shared.delivered.load(Ordering::Relaxed) < expected_total
+        && Instant::now() < drain_deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = run_start.elapsed().as_secs_f64();
+    let server = sampler.finish(&start_rss);
+    let _ = stop_tx.send(true);
+    progress.abort();
+
+    // 4. Account.
+    let mut totals = Totals::default();
+    for (i, s) in subs.into_iter().enumerate() {
+        let t = s.await?;
+        let watched = match args.target {
+            Target::Original => vec![0],
+            _ => vec![boards[i % boards.len()]],
+        };
+        let expected = match args.target {
+            Target::Original => HashMap::from([(0, all_events)]),
+            _ => per_board.clone(),
+        };
+        t.settle(&expected, &watched, &mut totals);
+    }
+    let latency = LatencySummary::of(&shared.lat.merged());
+    let cpu: f64 = server.iter().map(|s| s.cpu_seconds).sum();
+    let publish_errors = errors.load(Ordering::Relaxed);
+    let ok = totals.missing == 0
+        && totals.duplicates == 0
+        && totals.out_of_order == 0
+        && publish_errors == 0
+        && failed.load(Ordering::Relaxed) == 0;
+    Ok(RunResult {
+        mode: "fanout".into(),
+        target: args.target.name().to_owned(),
+        params: serde_json::to_value(&args)?,
+        duration_s: elapsed,
+        published: all_events,
+        publish_errors,
+        deliveries_per_s: totals.delivered as f64 / elapsed,
+        deliveries: totals,
+        latency,
+        connections: connected as u64,
+        connect_errors: failed.load(Ordering::Relaxed) as u64,
+        server_cpu_seconds: cpu,
+        deliveries_per_server_cpu_s: (cpu > 0.0).then(|| totals.delivered as f64 / cpu),
+        server,
+        bytes_per_connection: None,
+        cpu_us_per_connection_s: None,
+        ok,
+    })
+}
+
+/// The address the subscribers connect to.
+pub fn target_addr(args: &FanoutArgs) -> Result<SocketAddr> {
+    let hostport = match args.target {
+        Target::NatsWs => args.nats_ws.trim_start_matches("ws://").to_owned(),
+        _ => args
+            .url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned(),
+    };
+    use std::net::ToSocketAddrs;
+    hostport
+        .to_socket_addrs()
+        .with_context(|| format!("address {hostport}"))?
+        .find(|a| a.is_ipv4())
+        .with_context(|| format!("no IPv4 address for {hostport}"))
+}
+
+fn nats_prefix(board_base: i64) -> String {
+    format!("bench{board_base}")
+}
+
+/// Connects one subscriber and reads until told to stop.
+#[allow(clippy::too_many_arguments)]
+async fn subscribe(
+    shared: &Shared,
+    t: &mut Tracker,
+    addr: SocketAddr,
+    target: Target,
+    board: i64,
+    source: std::net::Ipv4Addr,
+    prefix: &str,
+    shard: usize,
+    on_ready: impl FnOnce(),
+) -> Result<()> {
+    let path = match target {
+        Target::Gateway => format!("/ws?board_id={board}"),
+        Target::Original => "/ws".to_owned(),
+        Target::NatsWs => "/".to_owned(),
+    };
+    let mut ws = wsclient::connect(addr, &path, source).await?;
+    let mut stop = shared.stop.clone();
+    let mut nats = natsproto::Parser::default();
+    if target == Target::NatsWs {
+        let hello = natsproto::hello(&format!("{prefix}.{board}"));
+        ws.write_frame(Frame::binary(Payload::Owned(hello))).await?;
+        // Wait for the PONG that confirms the subscription.
+        loop {
+            let f = ws.read_frame().await?;
+            if std::str::from_utf8(&f.payload).is_ok_and(|s| s.contains("PONG")) {
+                break;
+            }
+            if let Ok(s) = std::str::from_utf8(&f.payload) {
+                if s.contains("-ERR") {
+                    bail!("nats-server: {s}");
+                }
+            }
+        }
+    }
+    on_ready();
+    loop {
+        let frame = tokio::select! {
+            biased;
+            _ = stop.changed() => return Ok(()),
+            f = ws.read_frame() => f?,
+        };
+        match frame.opcode {
+            OpCode::Close => return Ok(()),
+            OpCode::Text | OpCode::Binary if target == Target::NatsWs => {
+                nats.push(&frame.payload);
+                let mut pongs = 0;
+                while let Some(op) = nats.next_op() {
+                    match op {
+                        Op::Msg(p) => shared.on_frame(t, shard, board, target, &p),
+                        Op::Ping => pongs += 1,
+                        Op::Err(e) => bail!("nats-server: {e}"),
+                        Op::Other => {}
+                    }
+                }
+                for _ in 0..pongs {
+                    ws.write_frame(Frame::binary(Payload::Borrowed(b"PONG\r\n")))
+                        .await?;
+                }
+            }
+            OpCode::Text | OpCode::Binary => {
+                shared.on_frame(t, shard, board, target, &frame.payload)
+            }
+            _ => {}
+        }
+    }
+}
+
+fn spawn_progress(
+    shared: Arc<Shared>,
+    published: Arc<Vec<AtomicU64>>,
+    errors: Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last = 0;
+        let start = Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let d = shared.delivered.load(Ordering::Relaxed);
+            let p: u64 = published.iter().map(|a| a.load(Ordering::Relaxed)).sum();
+            let p99 = shared.lat.merged().value_at_quantile(0.99) as f64 / 1000.0;
+            println!(
+                "t={:>4.0}s published={p} errors={} delivered={d} ({}/s) p99={p99:.1}ms",
+                start.elapsed().as_secs_f64(),
+                errors.load(Ordering::Relaxed),
+                d - last
+            );
+            last = d;
+        }
+    })
+}
+
+/// Creates tasks through the REST API at the fixed rate; title carries the intended send time.
+async fn publish_rest(
+    args: &FanoutArgs,
+    boards: &[i64],
+    shared: &Arc<Shared>,
+    pub_base: Instant,
+    total: u64,
+    published: &Arc<Vec<AtomicU64>>,
+    errors: &Arc<AtomicU64>,
+) -> Result<()> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.publishers)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let url = format!("{}/api/tasks", args.url.trim_end_matches('/'));
+    let next = Arc::new(AtomicU64::new(0));
+    let interval = 1.0 / args.rate;
+    let mut workers = Vec::new();
+    for _ in 0..args.publishers.max(1) {
+        let (client, url, next) = (client.clone(), url.clone(), next.clone());
+        let (boards, shared, published, errors) = (
+            boards.to_vec(),
+            shared.clone(),
+            published.clone(),
+            errors.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                if k >= total {
+                    return;
+                }
+                let intended = pub_base + Duration::from_secs_f64(k as f64 * interval);
+                tokio::time::sleep_until(intended.into()).await;
+                let bi = (k as usize) % boards.len();
+                let sent_us = intended.duration_since(shared.base).as_micros() as u64;
+                let body = format!(
+                    r#"{{"board_id":{},"title":"{}{sent_us}","created_by":1}}"#,
+                    boards[bi],
+                    extract::TITLE_MARK
+                );
+                let ok = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 201);
+                if ok {
+                    published[bi].fetch_add(1, Ordering::Relaxed);
+                } else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for w in workers {
+        w.await?;
+    }
+    Ok(())
+}
+
+/// Publishes over core NATS at the fixed rate, numbering events per board.
+#[allow(clippy::too_many_arguments)]
+async fn publish_nats(
+    args: &FanoutArgs,
+    boards: &[i64],
+    board_base: i64,
+    shared: &Arc<Shared>,
+    pub_base: Instant,
+    total: u64,
+    published: &Arc<Vec<AtomicU64>>,
+    errors: &Arc<AtomicU64>,
+) -> Result<()> {
+    let client = async_nats::connect(&args.nats_url)
+        .await
+        .with_context(|| format!("connect {}", args.nats_url))?;
+    let prefix = nats_prefix(board_base);
+    let mut seqs = vec![0i64; boards.len()];
+    let interval = 1.0 / args.rate;
+    for k in 0..total {
+        let intended = pub_base + Duration::from_secs_f64(k as f64 * interval);
+        tokio::time::sleep_until(intended.into()).await;
+        let bi = (k as usize) % boards.len();
+        seqs[bi] += 1;
+        let sent_us = intended.duration_since(shared.base).as_micros() as u64;
+        let mut body = format!(
+            r#"{{"type":"created","board_id":{},"seq":{},"title":"{}{sent_us}","pad":""#,
+            boards[bi],
+            seqs[bi],
+            extract::TITLE_MARK
+        );
+        while body.len() + 2 < args.payload_bytes {
+            body.push('x');
+        }
+        body.push_str("\"}");
+        match client
+            .publish(format!("{prefix}.{}", boards[bi]), body.into())
+            .await
+        {
+            Ok(()) => {
+                published[bi].fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    client.flush().await?;
+    Ok(())
+}

@@ -1,0 +1,15 @@
+//! Taskboard's load suite: the WebSocket fan-out harness (against the gateway, the original's
+//! contract, or nats-server's WebSocket listener), idle connections, the kernel's ceiling, and the
+//! Goose REST scenarios.
+#![forbid(unsafe_code)]
+
+pub mod accounting;
+pub mod connections;
+pub mod extract;
+pub mod fanout;
+pub mod limit;
+pub mod natsproto;
+pub mod plot;
+pub mod procstat;
+pub mod report;
+pub mod wsclient;

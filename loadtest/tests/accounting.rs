@@ -1,0 +1,135 @@
+//! The harness's own accounting, against a scripted server that loses, repeats and reorders
+//! events on purpose: the report must say exactly that.
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use fastwebsockets::{Frame, Payload};
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use taskboard_loadtest::fanout::{self, FanoutArgs, Target};
+use tokio::sync::broadcast;
+
+const BOARD: i64 = 77;
+
+/// Seqs sent for the k-th create: 2 twice (duplicate), nothing for 3 until after 4 (reordered),
+/// and 5 never (missing).
+fn script(k: usize) -> Vec<i64> {
+    match k {
+        1 => vec![1],
+        2 => vec![2, 2],
+        3 => vec![],
+        4 => vec![4, 3],
+        _ => vec![],
+    }
+}
+
+async fn fake_gateway() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, _) = broadcast::channel::<Bytes>(64);
+    let posts = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = listener.accept().await.unwrap();
+            let (tx, posts) = (tx.clone(), posts.clone());
+            tokio::spawn(async move {
+                let svc = service_fn(move |mut req: Request<hyper::body::Incoming>| {
+                    let (tx, posts) = (tx.clone(), posts.clone());
+                    async move {
+                        if req.uri().path() == "/ws" {
+                            let (resp, fut) = fastwebsockets::upgrade::upgrade(&mut req).unwrap();
+                            let mut rx = tx.subscribe();
+                            tokio::spawn(async move {
+                                let mut ws = fut.await.unwrap();
+                                while let Ok(f) = rx.recv().await {
+                                    if ws
+                                        .write_frame(Frame::text(Payload::Borrowed(&f)))
+                                        .await
+                                        .is_err()
+                                    {
+                                        return;
+                                    }
+                                }
+                            });
+                            let (parts, _) = resp.into_parts();
+                            return Ok::<_, std::convert::Infallible>(Response::from_parts(
+                                parts,
+                                Full::new(Bytes::new()),
+                            ));
+                        }
+                        // POST /api/tasks: answer 201 and emit this create's scripted frames.
+                        let k = posts.fetch_add(1, Ordering::SeqCst) + 1;
+                        for seq in script(k) {
+                            let _ = tx.send(Bytes::from(format!(
+                                r#"{{"type":"created","task_id":{seq},"board_id":{BOARD},"title":"lt 1","seq":{seq}}}"#
+                            )));
+                        }
+                        let mut r = Response::new(Full::new(Bytes::from_static(b"{}")));
+                        *r.status_mut() = hyper::StatusCode::CREATED;
+                        Ok(r)
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn gaps_duplicates_and_reordering_injected_by_a_server_are_reported() {
+    let addr = fake_gateway().await;
+    let mut args = FanoutArgs::defaults();
+    args.url = format!("http://{addr}");
+    args.target = Target::Gateway;
+    args.subscribers = 1;
+    args.boards = 1;
+    args.board_base = Some(BOARD);
+    args.rate = 50.0;
+    args.duration = 0.1; // 5 creates
+    args.publishers = 1;
+    args.drain = 1.0;
+    let r = fanout::run(args).await.unwrap();
+    assert_eq!(r.published, 5);
+    let d = r.deliveries;
+    assert_eq!(d.delivered, 5, "1, 2, 2, 4, 3");
+    assert_eq!(d.duplicates, 1);
+    assert_eq!(d.out_of_order, 1);
+    assert_eq!(d.missing, 1, "seq 5 never arrived");
+    assert!(!r.ok);
+}
+
+#[tokio::test]
+async fn a_clean_run_against_the_limit_server_is_ok() {
+    // The limit mode re-executes its own binary as the writer, so the test runs the real binary.
+    let exe = env!("CARGO_BIN_EXE_taskboard-loadtest");
+    let out = tokio::process::Command::new(exe)
+        .args([
+            "limit",
+            "--subscribers",
+            "5",
+            "--rate",
+            "200",
+            "--duration",
+            "0.25",
+            "--frame-bytes",
+            "64",
+        ])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("deliveries          250 of 250 expected"),
+        "{text}"
+    );
+    assert!(text.contains("missing/dup/order   0 / 0 / 0"), "{text}");
+}
