@@ -12,4 +12,5 @@ pub mod natsproto;
 pub mod plot;
 pub mod procstat;
 pub mod report;
+pub mod rest;
 pub mod wsclient;

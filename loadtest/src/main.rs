@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use taskboard_loadtest::{connections, fanout, limit, plot};
+use taskboard_loadtest::{connections, fanout, limit, plot, rest};
 
 #[derive(Parser)]
 #[command(
@@ -18,6 +18,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// A Goose attack on the REST API: board readers and task writers over many boards or one
+    /// (Goose's options included, e.g. --users 64 --increase-rate 64 --run-time 30s
+    /// --report-file report.html).
+    Rest(Box<rest::RestArgs>),
     /// WebSocket fan-out: N subscribers over B boards, events published at a fixed rate; latency
     /// (publish → frame) and exactly-once, in-order delivery checks.
     Fanout(fanout::FanoutArgs),
@@ -65,6 +69,7 @@ fn main() -> anyhow::Result<()> {
                 (limit::run(a).await?, json)
             }
             Cmd::Plot { out, files } => return plot::write(&out, &files),
+            Cmd::Rest(a) => return rest::run(*a).await,
             Cmd::LimitServer(_) => unreachable!("handled above"),
         };
         result.print();

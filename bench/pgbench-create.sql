@@ -1,0 +1,5 @@
+-- The SQL work of one create, exactly the statement tasks/src/db.rs prepares for CreateTask: the
+-- task row, the board's next seq and the outbox event with its JSON payload, in one statement.
+-- scripts/bench.sh runs it with pgbench as the ceiling for REST create throughput.
+\set board random(:board_lo, :board_hi)
+WITH t AS (INSERT INTO tasks (board_id, title, description, created_by) VALUES (:board, 'pgbench task', 'load test', 1) RETURNING id, board_id, title, description, completed, created_by, created_at, updated_at, version), b AS (INSERT INTO boards AS b (id, last_seq) SELECT board_id, 1 FROM t ON CONFLICT (id) DO UPDATE SET last_seq = b.last_seq + 1 RETURNING last_seq), e AS (INSERT INTO events (board_id, seq, kind, task_id, payload) SELECT t.board_id, b.last_seq, 'created', t.id, taskboard_event_payload('created', b.last_seq, t::tasks) FROM t, b RETURNING seq) SELECT t.id, t.board_id, t.title, t.description, t.completed, t.created_by, t.created_at, t.updated_at, t.version, e.seq FROM t, e;

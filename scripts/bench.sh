@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# Benchmarks, side by side in one run: our gateway's WebSocket fan-out against nats-server's own
+# WebSocket fan-out (the peer) and against the kernel's ceiling (plain TCP writes), idle
+# connections, REST create throughput against pgbench doing the same SQL. Builds in release mode,
+# starts what it needs, writes bench/results/<timestamp>.json and .html.
+#
+# Usage: scripts/bench.sh [--quick]     (--quick: a small matrix, under two minutes once built)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/services.sh
+. scripts/services.sh
+
+quick=0
+case "${1:-}" in
+  --quick) quick=1 ;;
+  -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  "") ;;
+  *) die "unknown option $1 (try --help)" ;;
+esac
+
+pids=()
+# shellcheck disable=SC2317 # invoked by the trap
+cleanup() {
+  trap - INT TERM EXIT
+  [ ${#pids[@]} -gt 0 ] && kill -TERM "${pids[@]}" 2>/dev/null
+  wait 2>/dev/null || true
+  stop_private_services
+}
+trap cleanup INT TERM EXIT
+
+# Many sockets: raise the descriptor limit and widen the ephemeral port range where allowed.
+ulimit -n 1048576 2>/dev/null || ulimit -n 262144 2>/dev/null || ulimit -n 65536 2>/dev/null || true
+if [ "$(id -u)" = 0 ]; then
+  sysctl -qw net.ipv4.ip_local_port_range="1024 65000" 2>/dev/null || true
+  sysctl -qw net.core.somaxconn=65535 2>/dev/null || true
+  sysctl -qw net.ipv4.tcp_max_syn_backlog=65535 2>/dev/null || true
+fi
+
+ensure_postgres
+ensure_nats
+ensure_nats_binary
+command -v pgbench >/dev/null || apt_install postgresql-contrib postgresql-client
+
+log "building (release)"
+cargo build --release --quiet -p taskboard-tasks -p taskboard-gateway -p taskboard-loadtest
+bin=target/release
+lt=$bin/taskboard-loadtest
+
+ts=$(date -u +%Y%m%dT%H%M%SZ)
+out=bench/results/$ts
+mkdir -p "$out"
+db=tb_bench_${ts,,}
+ensure_database "$PG_ADMIN_URL" "$db"
+db_url=$(database_url "$PG_ADMIN_URL" "$db")
+
+grpc_port=$(free_port)
+http_port=$(free_port)
+RUST_LOG=warn DATABASE_URL=$db_url NATS_URL=$NATS_URL NATS_SUBJECT_PREFIX="bench$ts" PORT=$grpc_port \
+  BIND_ADDR=127.0.0.1 DB_POOL_SIZE=32 "$bin/taskboard-tasks" &
+tasks_pid=$!
+pids+=("$tasks_pid")
+RUST_LOG=warn HTTP_PORT=$http_port TASK_SERVICE_ADDR=127.0.0.1:$grpc_port NATS_URL=$NATS_URL \
+  NATS_SUBJECT_PREFIX="bench$ts" BIND_ADDR=127.0.0.1 "$bin/taskboard-gateway" &
+gw_pid=$!
+pids+=("$gw_pid")
+
+# The peer: nats-server with its WebSocket listener, a private instance used only for this.
+peer_port=$(free_port)
+peer_ws=$(free_port)
+cat >"$TB_STATE_DIR/peer.conf" <<CONF
+listen: 127.0.0.1:$peer_port
+websocket { host: 127.0.0.1, port: $peer_ws, no_tls: true }
+CONF
+nats-server -c "$TB_STATE_DIR/peer.conf" -l "$TB_STATE_DIR/peer.log" &
+peer_pid=$!
+pids+=("$peer_pid")
+
+for _ in $(seq 1 200); do curl -fsS "http://127.0.0.1:$http_port/ready" >/dev/null 2>&1 && break; sleep 0.1; done
+curl -fsS "http://127.0.0.1:$http_port/ready" >/dev/null || die "gateway not ready"
+wait_port 127.0.0.1 "$peer_ws" "nats-server (peer)"
+
+gw_url=http://127.0.0.1:$http_port
+{
+  echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -r)"
+  echo "gateway pid $gw_pid, task service pid $tasks_pid, peer nats-server pid $peer_pid"
+  nats-server --version
+  psql "$PG_ADMIN_URL" -Atc 'select version()'
+} | tee "$out/machine.txt"
+
+run() { # name, loadtest args…
+  local name=$1
+  shift
+  log "$name"
+  "$lt" "$@" --json "$out/$name.json" >"$out/$name.log" 2>&1 || log "$name reported a failure (see $out/$name.log)"
+  grep -E 'deliveries |missing|latency|server-CPU|bytes/conn|connections |result' "$out/$name.log" | sed 's/^/    /' >&2 || true
+}
+
+fanout_pair() { # name subscribers boards rate seconds
+  local name=$1 subs=$2 boards=$3 rate=$4 secs=$5
+  run "$name-limit" limit --subscribers "$subs" --rate "$rate" --duration "$secs" --source-ips 32
+  run "$name-gateway" fanout --url "$gw_url" --subscribers "$subs" --boards "$boards" --rate "$rate" \
+    --duration "$secs" --source-ips 32 --server-pid "$gw_pid"
+  run "$name-nats-ws" fanout --target nats-ws --nats-ws "127.0.0.1:$peer_ws" \
+    --nats-url "nats://127.0.0.1:$peer_port" --subscribers "$subs" --boards "$boards" --rate "$rate" \
+    --duration "$secs" --source-ips 32 --server-pid "$peer_pid"
+}
+
+pgbench_run() { # name clients seconds board_lo board_hi
+  local name=$1 clients=$2 secs=$3 lo=$4 hi=$5
+  log "$name"
+  pgbench -n -c "$clients" -j 2 -T "$secs" -D board_lo="$lo" -D board_hi="$hi" \
+    -f bench/pgbench-create.sql "$db_url" >"$out/$name.log" 2>&1 || log "$name failed (see $out/$name.log)"
+  local tps
+  tps=$(awk '/^tps = /{print $3; exit}' "$out/$name.log")
+  printf '{"mode":"pgbench","target":"postgresql","params":{"clients":%s,"seconds":%s,"boards":%s},"creates_per_s":%s}\n' \
+    "$clients" "$secs" "$((hi - lo + 1))" "${tps:-0}" >"$out/$name.json"
+  echo "    creates/s $tps" >&2
+}
+
+rest_run() { # name boards users seconds
+  local name=$1 boards=$2 users=$3 secs=$4
+  log "$name"
+  "$lt" rest --create-only --boards "$boards" --board-base $((RANDOM * 1000 + 5000000)) --host "$gw_url" \
+    --users "$users" --increase-rate "$users" --run-time "${secs}s" --quiet \
+    --report-file "$out/$name.html" >"$out/$name.log" 2>&1 || log "$name failed (see $out/$name.log)"
+  local rps
+  rps=$(awk -F'|' '/Aggregated/ && NF>=4 {gsub(/ /,"",$4); print $4; exit}' "$out/$name.log")
+  printf '{"mode":"rest","target":"gateway","params":{"boards":%s,"users":%s,"seconds":%s},"creates_per_s":%s}\n' \
+    "$boards" "$users" "$secs" "${rps:-0}" >"$out/$name.json"
+  echo "    creates/s $rps" >&2
+}
+
+if [ "$quick" = 1 ]; then
+  fanout_pair fanout-1k-1board-100ps 1000 1 100 5
+  run fanout-1k-100boards-100ps-gateway fanout --url "$gw_url" --subscribers 1000 --boards 100 --rate 100 \
+    --duration 5 --server-pid "$gw_pid"
+  run idle-5k-gateway connections --url "$gw_url" --connections 5000 --ramp 5000 --hold 3 --server-pid "$gw_pid"
+  rest_run rest-creates-100boards 100 32 5
+  pgbench_run pgbench-creates-100boards 32 5 1 100
+else
+  fanout_pair fanout-1k-1board-100ps 1000 1 100 10
+  fanout_pair fanout-1k-100boards-100ps 1000 100 100 10
+  fanout_pair fanout-10k-1board-10ps 10000 1 10 10
+  fanout_pair fanout-10k-100boards-100ps 10000 100 100 10
+  fanout_pair fanout-1k-1board-1000ps 1000 1 1000 10
+  fanout_pair fanout-10k-1board-100ps 10000 1 100 10
+  run idle-100k-gateway connections --url "$gw_url" --connections 100000 --ramp 5000 --hold 10 \
+    --source-ips 64 --server-pid "$gw_pid"
+  run idle-100k-nats-ws connections --target nats-ws --nats-ws "127.0.0.1:$peer_ws" --connections 100000 \
+    --ramp 5000 --hold 10 --source-ips 64 --server-pid "$peer_pid"
+  rest_run rest-creates-1board 1 64 15
+  rest_run rest-creates-100boards 100 64 15
+  pgbench_run pgbench-creates-1board 64 15 900000001 900000001
+  pgbench_run pgbench-creates-100boards 64 15 900000101 900000200
+fi
+
+python3 - "$out" "bench/results/$ts.json" <<'PY'
+import json, pathlib, sys
+src, dst = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+runs = {p.stem: json.loads(p.read_text()) for p in sorted(src.glob("*.json"))}
+machine = (src / "machine.txt").read_text()
+json.dump({"machine": machine, "runs": runs}, dst.open("w"), indent=1)
+PY
+"$lt" plot --out "bench/results/$ts.html" "$out"/*-limit.json "$out"/*-gateway.json "$out"/*-nats-ws.json 2>/dev/null \
+  || "$lt" plot --out "bench/results/$ts.html" "$out"/*.json
+log "results: bench/results/$ts.json, bench/results/$ts.html, logs in $out/"
