@@ -42,7 +42,9 @@ ensure_nats_binary
 command -v pgbench >/dev/null || apt_install postgresql-contrib postgresql-client
 
 log "building (release)"
-cargo build --release --quiet -p taskboard-tasks -p taskboard-gateway -p taskboard-loadtest
+# Two invocations, so the services' build is the very one scripts/run.sh makes (same features).
+cargo build --release --quiet -p taskboard-tasks -p taskboard-gateway
+cargo build --release --quiet -p taskboard-loadtest
 bin=target/release
 lt=$bin/taskboard-loadtest
 
@@ -108,7 +110,7 @@ fanout_pair() { # name subscribers boards rate seconds
 pgbench_run() { # name clients seconds board_lo board_hi
   local name=$1 clients=$2 secs=$3 lo=$4 hi=$5
   log "$name"
-  pgbench -n -c "$clients" -j 2 -T "$secs" -D board_lo="$lo" -D board_hi="$hi" \
+  pgbench -n -M prepared -c "$clients" -j 2 -T "$secs" -D board_lo="$lo" -D board_hi="$hi" \
     -f bench/pgbench-create.sql "$db_url" >"$out/$name.log" 2>&1 || log "$name failed (see $out/$name.log)"
   local tps
   tps=$(awk '/^tps = /{print $3; exit}' "$out/$name.log")
@@ -124,7 +126,9 @@ rest_run() { # name boards users seconds
     --users "$users" --increase-rate "$users" --run-time "${secs}s" --quiet \
     --report-file "$out/$name.html" >"$out/$name.log" 2>&1 || log "$name failed (see $out/$name.log)"
   local rps
-  rps=$(awk -F'|' '/Aggregated/ && NF>=4 {gsub(/ /,"",$4); print $4; exit}' "$out/$name.log")
+  # The final report's request table: "POST /api/tasks | # reqs | # fails | req/s | fail/s".
+  rps=$(grep -A4 'PER REQUEST METRICS' "$out/$name.log" | grep 'POST /api/tasks' | tail -1 \
+    | awk -F'|' '{gsub(/[ ,]/,"",$4); print $4}')
   printf '{"mode":"rest","target":"gateway","params":{"boards":%s,"users":%s,"seconds":%s},"creates_per_s":%s}\n' \
     "$boards" "$users" "$secs" "${rps:-0}" >"$out/$name.json"
   echo "    creates/s $rps" >&2

@@ -108,11 +108,7 @@ impl Intake {
             _ => {}
         }
         self.remember(board, seq);
-        Some(self.hub.publish(Delivery {
-            board_id: board,
-            seq,
-            payload,
-        }))
+        Some(self.hub.publish(Delivery::new(board, seq, &payload)))
     }
 
     fn remember(&mut self, board: i64, seq: i64) {
@@ -136,11 +132,7 @@ impl Intake {
                         }
                         cursor = e.seq;
                         self.remember(board, e.seq);
-                        self.hub.publish(Delivery {
-                            board_id: board,
-                            seq: e.seq,
-                            payload: e.payload,
-                        });
+                        self.hub.publish(Delivery::new(board, e.seq, &e.payload));
                     }
                 }
                 Ok(_) => return,

@@ -7,13 +7,43 @@ use std::sync::Mutex;
 use bytes::Bytes;
 use tokio::sync::broadcast;
 
-/// One event as delivered: routing data from the NATS headers and the browser JSON, shared (a
-/// clone is a reference-count bump) by every recipient.
+/// One event as delivered: routing data from the NATS headers and the complete WebSocket text
+/// frame (header and browser JSON), built once and shared (a clone is a reference-count bump) by
+/// every recipient, which writes it to its socket as is.
 #[derive(Clone, Debug)]
 pub struct Delivery {
     pub board_id: i64,
     pub seq: i64,
-    pub payload: Bytes,
+    pub frame: Bytes,
+}
+
+impl Delivery {
+    /// Builds the frame around `payload` (the one copy of an event the gateway makes).
+    pub fn new(board_id: i64, seq: i64, payload: &[u8]) -> Self {
+        Delivery {
+            board_id,
+            seq,
+            frame: text_frame(payload),
+        }
+    }
+}
+
+/// A final, unmasked WebSocket text frame (server to client) carrying `payload`.
+pub fn text_frame(payload: &[u8]) -> Bytes {
+    let len = payload.len();
+    let mut f = Vec::with_capacity(len + 10);
+    f.push(0x81); // FIN + text
+    if len < 126 {
+        f.push(len as u8);
+    } else if len <= u16::MAX as usize {
+        f.push(126);
+        f.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        f.push(127);
+        f.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    f.extend_from_slice(payload);
+    Bytes::from(f)
 }
 
 /// The hub. Cheap operations under a short std mutex; no I/O ever happens while it is held.
@@ -112,11 +142,18 @@ mod tests {
     use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
     fn d(board: i64, seq: i64) -> Delivery {
-        Delivery {
-            board_id: board,
-            seq,
-            payload: Bytes::from(format!("{{\"seq\":{seq}}}")),
-        }
+        Delivery::new(board, seq, format!("{{\"seq\":{seq}}}").as_bytes())
+    }
+
+    #[test]
+    fn frames_have_the_right_length_encoding() {
+        assert_eq!(&text_frame(b"hi")[..], b"\x81\x02hi");
+        let mid = text_frame(&[b'a'; 300]);
+        assert_eq!(&mid[..4], &[0x81, 126, 1, 44]);
+        assert_eq!(mid.len(), 304);
+        let big = text_frame(&vec![b'a'; 70_000]);
+        assert_eq!(big[1], 127);
+        assert_eq!(u64::from_be_bytes(big[2..10].try_into().unwrap()), 70_000);
     }
 
     #[test]
@@ -146,7 +183,7 @@ mod tests {
         let mut b = hub.subscribe(Some(1));
         hub.publish(d(1, 1));
         let (x, y) = (a.try_recv().unwrap(), b.try_recv().unwrap());
-        assert_eq!(x.payload.as_ptr(), y.payload.as_ptr());
+        assert_eq!(x.frame.as_ptr(), y.frame.as_ptr());
     }
 
     #[tokio::test]

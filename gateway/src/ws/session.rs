@@ -1,30 +1,31 @@
 //! One WebSocket connection: replays from `since`, then forwards live events in per-board seq
 //! order (never twice, gaps fetched from the task service), pings, and closes with a code that
 //! says why (1001 shutdown or ping timeout, 1013 too slow or replay unavailable).
+//!
+//! Events arrive as complete pre-built frames shared by every recipient; the session writes them to
+//! its socket as they are, several at once with one vectored write when more are queued. Only the
+//! reading side (pongs, close) goes through fastwebsockets' frame parser.
 use std::collections::HashMap;
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fastwebsockets::{
-    Frame, OpCode, Payload, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite,
-};
+use bytes::Bytes;
+use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocket, WebSocketError, WebSocketRead};
 use futures_util::StreamExt;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::{ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::{errors::BroadcastStreamRecvError, BroadcastStream};
 use tokio_stream::StreamMap;
 use tokio_util::sync::CancellationToken;
 
 use super::Subscription;
-use crate::hub::{Delivery, Hub};
+use crate::hub::{text_frame, Delivery, Hub};
 use crate::tasks_client::TasksClient;
-
-type Io = TokioIo<Upgraded>;
-type Writer = WebSocketWrite<WriteHalf<Io>>;
-type Reader = WebSocketRead<ReadHalf<Io>>;
 
 /// Largest message accepted from a client (clients have nothing to say but pongs and close).
 const MAX_INBOUND: usize = 4096;
@@ -32,6 +33,9 @@ const MAX_INBOUND: usize = 4096;
 const REPLAY_PAGE: i32 = 1000;
 /// How long a close handshake may take before the socket is dropped.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// Most queued events written with one vectored write (the kernel's IOV_MAX is 1024; 64 frames
+/// of a few hundred bytes already fill a socket buffer's worth).
+const MAX_BATCH: usize = 64;
 
 /// Timing settings of every session.
 #[derive(Clone, Copy, Debug)]
@@ -65,7 +69,7 @@ enum End {
     PingTimeout,
     ReplayUnavailable,
     WriteTimeout,
-    Io(WebSocketError),
+    Io(String),
 }
 
 impl std::fmt::Display for End {
@@ -139,6 +143,18 @@ impl Feed {
             },
         }
     }
+
+    /// An event that is already queued, without waiting (`None` when there is none, or when the
+    /// receiver lagged: the next `recv` reports that).
+    fn try_recv(&mut self) -> Option<Delivery> {
+        match self {
+            Feed::One(rx) => rx.try_recv().ok(),
+            Feed::Many(m) => match futures_util::FutureExt::now_or_never(m.next()) {
+                Some(Some((_, Ok(d)))) => Some(d),
+                _ => None,
+            },
+        }
+    }
 }
 
 impl Session {
@@ -167,22 +183,104 @@ impl Session {
     }
 
     /// Runs the session on the upgraded socket until it ends.
-    pub async fn run(self, ws: WebSocket<Io>) {
+    pub async fn run(self, ws: WebSocket<TokioIo<Upgraded>>) {
         let Session { ctx, feed } = self;
         let total = ctx.hub.client_connected();
         tracing::info!(peer.addr = %ctx.peer, boards = ?ctx.sub.boards, "➕ Client connected. Total clients: {total}");
-        let end = ctx.serve(ws, feed).await;
+        let upgraded = ws.into_inner().into_inner();
+        // The plain TCP socket splits without a lock (bytes hyper read past the request, if any,
+        // are read first); anything else (never, with hyper's server over TCP) goes through
+        // tokio's generic split.
+        let end = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                let (r, w) = parts.io.into_inner().into_split();
+                let r = std::io::Cursor::new(parts.read_buf).chain(r);
+                ctx.serve(r, w, feed).await
+            }
+            Err(upgraded) => {
+                let (r, w) = tokio::io::split(TokioIo::new(upgraded));
+                ctx.serve(r, w, feed).await
+            }
+        };
         let total = ctx.hub.client_disconnected();
         tracing::info!(peer.addr = %ctx.peer, reason = %end, "➖ Client disconnected. Total clients: {total}");
     }
 }
 
+/// The writing side: raw frames to the socket, with a deadline on every write.
+struct Writer<W> {
+    io: W,
+    timeout: Duration,
+    /// Scratch space for control frames.
+    scratch: Vec<u8>,
+}
+
+impl<W: AsyncWrite + Unpin> Writer<W> {
+    async fn bytes(&mut self, b: &[u8]) -> Result<(), End> {
+        match tokio::time::timeout(self.timeout, self.io.write_all(b)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(End::Io(e.to_string())),
+            Err(_) => Err(End::WriteTimeout),
+        }
+    }
+
+    /// Writes several frames with as few syscalls as the socket allows.
+    async fn frames(&mut self, frames: &[Bytes]) -> Result<(), End> {
+        let write_all = async {
+            let mut first = 0; // first frame not completely written
+            let mut offset = 0; // bytes of it already written
+            while first < frames.len() {
+                let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(frames.len() - first);
+                slices.push(IoSlice::new(&frames[first][offset..]));
+                slices.extend(frames[first + 1..].iter().map(|f| IoSlice::new(f)));
+                let mut n = self.io.write_vectored(&slices).await?;
+                if n == 0 {
+                    return Err(std::io::Error::from(std::io::ErrorKind::WriteZero));
+                }
+                while first < frames.len() && n > 0 {
+                    let left = frames[first].len() - offset;
+                    if n >= left {
+                        n -= left;
+                        first += 1;
+                        offset = 0;
+                    } else {
+                        offset += n;
+                        n = 0;
+                    }
+                }
+            }
+            Ok::<(), std::io::Error>(())
+        };
+        match tokio::time::timeout(self.timeout, write_all).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(End::Io(e.to_string())),
+            Err(_) => Err(End::WriteTimeout),
+        }
+    }
+
+    async fn control(&mut self, mut frame: Frame<'_>) -> Result<(), End> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let r = self.bytes(frame.write(&mut scratch)).await;
+        self.scratch = scratch;
+        r
+    }
+}
+
 impl Ctx {
-    async fn serve(&self, ws: WebSocket<Io>, mut feed: Feed) -> End {
-        let (mut rd, mut wr) = ws.split(tokio::io::split);
+    async fn serve<R, W>(&self, r: R, w: W, mut feed: Feed) -> End
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let (mut rd, _) = fastwebsockets::after_handshake_split(r, tokio::io::sink(), Role::Server);
         rd.set_auto_close(false);
         rd.set_auto_pong(false);
         rd.set_max_message_size(MAX_INBOUND);
+        let mut wr = Writer {
+            io: w,
+            timeout: self.settings.write_timeout,
+            scratch: Vec::new(),
+        };
 
         // The feed was subscribed before the replay, so nothing committed in between is missed;
         // live events the replay already covered are skipped by seq.
@@ -207,31 +305,30 @@ impl Ctx {
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
         let mut awaiting_pong = false;
+        let mut batch: Vec<Bytes> = Vec::new();
 
         loop {
             let end = tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => End::Shutdown,
-                r = &mut reader => {
-                    match r {
-                        ReadEnd::Close(code, reason) => {
-                            tracing::debug!(peer.addr = %self.peer, code, %reason, "client sent close");
-                            // Answer the client's close with the same code, then stop.
-                            let _ = self.write(&mut wr, Frame::close(sendable(code), b"")).await;
-                            return End::ClientClosed(code);
-                        }
-                        ReadEnd::Error(e) => return End::Io(e),
+                r = &mut reader => match r {
+                    ReadEnd::Close(code, reason) => {
+                        tracing::debug!(peer.addr = %self.peer, code, %reason, "client sent close");
+                        // Answer the client's close with the same code, then stop.
+                        let _ = wr.control(Frame::close(sendable(code), b"")).await;
+                        return End::ClientClosed(code);
                     }
-                }
+                    ReadEnd::Error(e) => return End::Io(e.to_string()),
+                },
                 Some(c) = ctl_rx.recv() => match c {
-                    Control::Ping(p) => match self.write(&mut wr, Frame::pong(Payload::Owned(p))).await {
+                    Control::Ping(p) => match wr.control(Frame::pong(Payload::Owned(p))).await {
                         Ok(()) => continue,
                         Err(e) => e,
                     },
                     Control::Pong => { awaiting_pong = false; continue; }
                 },
                 d = feed.recv() => match d {
-                    Ok(d) => match self.deliver(&mut wr, d, &mut last).await {
+                    Ok(d) => match self.deliver(&mut wr, &mut feed, d, &mut last, &mut batch).await {
                         Ok(()) => continue,
                         Err(e) => e,
                     },
@@ -243,7 +340,7 @@ impl Ctx {
                         End::PingTimeout
                     } else {
                         awaiting_pong = true;
-                        match self.write(&mut wr, Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b""))).await {
+                        match wr.control(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b""))).await {
                             Ok(()) => continue,
                             Err(e) => e,
                         }
@@ -256,9 +353,9 @@ impl Ctx {
 
     /// Sends the close frame `end` calls for, then waits (briefly) for the client's answer so the
     /// frame is not lost to a reset.
-    async fn close_for(
+    async fn close_for<W: AsyncWrite + Unpin>(
         &self,
-        wr: &mut Writer,
+        wr: &mut Writer<W>,
         reader: &mut std::pin::Pin<&mut impl std::future::Future<Output = ReadEnd>>,
         end: End,
         last: &HashMap<i64, i64>,
@@ -271,8 +368,9 @@ impl Ctx {
             // The socket cannot take a close frame (or the client is gone).
             End::WriteTimeout | End::Io(_) | End::ClientClosed(_) => return end,
         };
-        let frame = Frame::close(code, reason.as_bytes());
-        if tokio::time::timeout(CLOSE_WAIT, wr.write_frame(frame))
+        let mut close = Vec::new();
+        let bytes = Frame::close(code, reason.as_bytes()).write(&mut close);
+        if tokio::time::timeout(CLOSE_WAIT, wr.io.write_all(bytes))
             .await
             .is_ok_and(|r| r.is_ok())
         {
@@ -281,42 +379,53 @@ impl Ctx {
         end
     }
 
-    async fn write(&self, wr: &mut Writer, frame: Frame<'_>) -> Result<(), End> {
-        match tokio::time::timeout(self.settings.write_timeout, wr.write_frame(frame)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(End::Io(e)),
-            Err(_) => Err(End::WriteTimeout),
-        }
-    }
-
-    /// Writes a live event unless it was already sent; fetches a gap first.
-    async fn deliver(
+    /// Writes a live event, and whatever else is already queued, unless already sent; fetches a
+    /// gap first.
+    async fn deliver<W: AsyncWrite + Unpin>(
         &self,
-        wr: &mut Writer,
-        d: Delivery,
+        wr: &mut Writer<W>,
+        feed: &mut Feed,
+        first: Delivery,
         last: &mut HashMap<i64, i64>,
+        batch: &mut Vec<Bytes>,
     ) -> Result<(), End> {
-        match last.get(&d.board_id).copied() {
-            Some(l) if d.seq <= l => return Ok(()),
-            Some(l) if d.seq > l + 1 => {
-                self.replay(wr, d.board_id, last).await?;
-                if last.get(&d.board_id).is_some_and(|l| d.seq <= *l) {
-                    return Ok(());
+        batch.clear();
+        let mut next = Some(first);
+        while let Some(d) = next.take() {
+            match last.get(&d.board_id).copied() {
+                Some(l) if d.seq <= l => {}
+                Some(l) if d.seq > l + 1 => {
+                    // A gap: flush what is batched, fetch the gap, then carry on.
+                    wr.frames(batch).await?;
+                    batch.clear();
+                    self.replay(wr, d.board_id, last).await?;
+                    if last.get(&d.board_id).is_none_or(|l| d.seq > *l) {
+                        batch.push(d.frame);
+                        last.insert(d.board_id, d.seq);
+                    }
+                }
+                _ => {
+                    batch.push(d.frame);
+                    last.insert(d.board_id, d.seq);
                 }
             }
-            _ => {}
+            if batch.len() < MAX_BATCH {
+                next = feed.try_recv();
+            }
         }
-        self.write(wr, Frame::text(Payload::Borrowed(&d.payload)))
-            .await?;
-        last.insert(d.board_id, d.seq);
-        Ok(())
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let r = wr.frames(batch).await;
+        batch.clear();
+        r
     }
 
     /// Sends the board's events after `last[board]` from the task service, until it has no more.
     /// A `reset` (events pruned) is passed on as `{"type":"reset",...}`.
-    async fn replay(
+    async fn replay<W: AsyncWrite + Unpin>(
         &self,
-        wr: &mut Writer,
+        wr: &mut Writer<W>,
         board: i64,
         last: &mut HashMap<i64, i64>,
     ) -> Result<(), End> {
@@ -335,15 +444,14 @@ impl Ctx {
                     r#"{{"type":"reset","board_id":{board},"seq":{}}}"#,
                     page.head_seq
                 );
-                self.write(wr, Frame::text(Payload::Borrowed(reset.as_bytes())))
-                    .await?;
+                wr.bytes(&text_frame(reset.as_bytes())).await?;
                 last.insert(board, page.head_seq);
                 return Ok(());
             }
             let n = page.events.len();
-            for e in page.events {
-                self.write(wr, Frame::text(Payload::Borrowed(&e.payload)))
-                    .await?;
+            let frames: Vec<Bytes> = page.events.iter().map(|e| text_frame(&e.payload)).collect();
+            wr.frames(&frames).await?;
+            if let Some(e) = page.events.last() {
                 last.insert(board, e.seq);
             }
             if n < REPLAY_PAGE as usize {
@@ -356,17 +464,18 @@ impl Ctx {
 /// A close reason telling a slow client where to resume (fits the 123-byte limit).
 fn resume_hint(what: &str, last: &HashMap<i64, i64>) -> String {
     let mut s = format!("{what}; resume with since=");
-    if let [(b, seq)] = last.iter().collect::<Vec<_>>().as_slice() {
-        let _ = b;
-        s.push_str(&seq.to_string());
-    } else {
-        s.push_str("BOARD:SEQ");
+    match last.values().collect::<Vec<_>>().as_slice() {
+        [seq] => s.push_str(&seq.to_string()),
+        _ => s.push_str("BOARD:SEQ"),
     }
     s
 }
 
 /// Reads client frames until close or error, passing pings and pongs to the writer.
-async fn read_loop(mut rd: Reader, ctl: mpsc::Sender<Control>) -> ReadEnd {
+async fn read_loop<R: AsyncRead + Unpin>(
+    mut rd: WebSocketRead<R>,
+    ctl: mpsc::Sender<Control>,
+) -> ReadEnd {
     // auto_pong and auto_close are off, so the library never has a frame of its own to send.
     let mut no_obligations = |_: Frame<'_>| async { Ok::<(), std::io::Error>(()) };
     loop {
@@ -409,5 +518,37 @@ mod tests {
         );
         let many = HashMap::from([(4, 17), (5, 1)]);
         assert!(resume_hint("slow consumer", &many).ends_with("since=BOARD:SEQ"));
+    }
+
+    #[test]
+    fn only_sendable_close_codes_are_echoed() {
+        assert_eq!(sendable(1000), 1000);
+        assert_eq!(sendable(4001), 4001);
+        assert_eq!(sendable(1005), 1000);
+        assert_eq!(sendable(1006), 1000);
+    }
+
+    #[tokio::test]
+    async fn batched_frames_arrive_whole_and_in_order_through_partial_writes() {
+        // A pipe with a tiny buffer forces many partial vectored writes.
+        let (a, mut b) = tokio::io::duplex(7);
+        let mut wr = Writer {
+            io: a,
+            timeout: Duration::from_secs(5),
+            scratch: Vec::new(),
+        };
+        let frames: Vec<Bytes> = (0..20)
+            .map(|i| text_frame(format!("event number {i}").as_bytes()))
+            .collect();
+        let expected: Vec<u8> = frames.iter().flat_map(|f| f.to_vec()).collect();
+        let reader = tokio::spawn(async move {
+            let mut got = vec![0u8; expected.len()];
+            tokio::io::AsyncReadExt::read_exact(&mut b, &mut got)
+                .await
+                .unwrap();
+            assert_eq!(got, expected);
+        });
+        wr.frames(&frames).await.map_err(|e| e.to_string()).unwrap();
+        reader.await.unwrap();
     }
 }
