@@ -1,4 +1,5 @@
 //! `/ws`: query parsing and the upgrade; the connection itself lives in `session`.
+mod inbound;
 mod session;
 
 use std::collections::BTreeMap;

@@ -3,8 +3,8 @@
 //! says why (1001 shutdown or ping timeout, 1013 too slow or replay unavailable).
 //!
 //! Events arrive as complete pre-built frames shared by every recipient; the session writes them to
-//! its socket as they are, several at once with one vectored write when more are queued. Only the
-//! reading side (pongs, close) goes through fastwebsockets' frame parser.
+//! its socket as they are, several at once with one vectored write when more are queued. What the
+//! client sends (pongs, pings, close) is read by `inbound`, whose buffer is empty while it is silent.
 use std::collections::HashMap;
 use std::io::IoSlice;
 use std::net::SocketAddr;
@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocket, WebSocketError, WebSocketRead};
+use fastwebsockets::{Frame, OpCode, Payload, WebSocket};
 use futures_util::StreamExt;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
@@ -23,6 +23,7 @@ use tokio_stream::wrappers::{errors::BroadcastStreamRecvError, BroadcastStream};
 use tokio_stream::StreamMap;
 use tokio_util::sync::CancellationToken;
 
+use super::inbound::{self, Kind, ReadError};
 use super::Subscription;
 use crate::hub::{text_frame, Delivery, Hub};
 use crate::tasks_client::TasksClient;
@@ -103,7 +104,7 @@ enum Control {
 /// How the reader stopped.
 enum ReadEnd {
     Close(u16, String),
-    Error(WebSocketError),
+    Error(ReadError),
 }
 
 /// The live feed of a session: one receiver (one board, or all boards) or several boards merged.
@@ -192,6 +193,11 @@ impl Session {
         // are read first); anything else (never, with hyper's server over TCP) goes through
         // tokio's generic split.
         let end = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            // An empty read_buf still pins hyper's whole read buffer: drop it.
+            Ok(parts) if parts.read_buf.is_empty() => {
+                let (r, w) = parts.io.into_inner().into_split();
+                ctx.serve(r, w, feed).await
+            }
             Ok(parts) => {
                 let (r, w) = parts.io.into_inner().into_split();
                 let r = std::io::Cursor::new(parts.read_buf).chain(r);
@@ -272,10 +278,7 @@ impl Ctx {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        let (mut rd, _) = fastwebsockets::after_handshake_split(r, tokio::io::sink(), Role::Server);
-        rd.set_auto_close(false);
-        rd.set_auto_pong(false);
-        rd.set_max_message_size(MAX_INBOUND);
+        let rd = inbound::Reader::new(r, MAX_INBOUND);
         let mut wr = Writer {
             io: w,
             timeout: self.settings.write_timeout,
@@ -318,7 +321,11 @@ impl Ctx {
                         let _ = wr.control(Frame::close(sendable(code), b"")).await;
                         return End::ClientClosed(code);
                     }
-                    ReadEnd::Error(e) => return End::Io(e.to_string()),
+                    ReadEnd::Error(ReadError::Protocol { close_code, reason }) => {
+                        let _ = wr.control(Frame::close(close_code, reason.as_bytes())).await;
+                        return End::Io(format!("client broke the protocol: {reason}"));
+                    }
+                    ReadEnd::Error(e) => return End::Io(format!("{e:?}")),
                 },
                 Some(c) = ctl_rx.recv() => match c {
                     Control::Ping(p) => match wr.control(Frame::pong(Payload::Owned(p))).await {
@@ -473,18 +480,16 @@ fn resume_hint(what: &str, last: &HashMap<i64, i64>) -> String {
 
 /// Reads client frames until close or error, passing pings and pongs to the writer.
 async fn read_loop<R: AsyncRead + Unpin>(
-    mut rd: WebSocketRead<R>,
+    mut rd: inbound::Reader<R>,
     ctl: mpsc::Sender<Control>,
 ) -> ReadEnd {
-    // auto_pong and auto_close are off, so the library never has a frame of its own to send.
-    let mut no_obligations = |_: Frame<'_>| async { Ok::<(), std::io::Error>(()) };
     loop {
-        let frame = match rd.read_frame(&mut no_obligations).await {
+        let frame = match rd.next().await {
             Ok(f) => f,
             Err(e) => return ReadEnd::Error(e),
         };
-        match frame.opcode {
-            OpCode::Close => {
+        match frame.kind {
+            Kind::Close => {
                 let p = &frame.payload;
                 let code = if p.len() >= 2 {
                     u16::from_be_bytes([p[0], p[1]])
@@ -494,13 +499,13 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 let reason = String::from_utf8_lossy(p.get(2..).unwrap_or_default()).into_owned();
                 return ReadEnd::Close(code, reason);
             }
-            OpCode::Ping => {
-                let _ = ctl.send(Control::Ping(frame.payload.to_vec())).await;
+            Kind::Ping => {
+                let _ = ctl.send(Control::Ping(frame.payload)).await;
             }
-            OpCode::Pong => {
+            Kind::Pong => {
                 let _ = ctl.send(Control::Pong).await;
             }
-            _ => tracing::debug!(len = frame.payload.len(), "ignoring client message"),
+            Kind::Data => tracing::debug!("ignoring client message"),
         }
     }
 }

@@ -254,3 +254,35 @@ async fn a_client_that_stops_answering_pings_is_dropped() {
     app.create(1, "still here").await;
     assert_eq!(ok.event().await.unwrap()["title"], "still here");
 }
+
+#[tokio::test]
+async fn a_client_breaking_the_protocol_gets_1002_and_a_ping_gets_a_pong() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app().await;
+    let stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let mut raw = ws_handshake(stream, app.addr, "board_id=1")
+        .await
+        .unwrap()
+        .into_inner();
+    // A masked ping with payload "hi": the answer is an unmasked pong with the same payload.
+    let mask = [1u8, 2, 3, 4];
+    let mut ping = vec![0x89, 0x82];
+    ping.extend_from_slice(&mask);
+    ping.extend(b"hi".iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    raw.write_all(&ping).await.unwrap();
+    let mut head = [0u8; 4];
+    tokio::time::timeout(WAIT, raw.read_exact(&mut head))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(head, [0x8A, 0x02, b'h', b'i']);
+    // An unmasked frame from a client is a protocol error: close 1002.
+    raw.write_all(&[0x81, 0x01, b'x']).await.unwrap();
+    let mut close = [0u8; 4];
+    tokio::time::timeout(WAIT, raw.read_exact(&mut close))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(close[0], 0x88);
+    assert_eq!(u16::from_be_bytes([close[2], close[3]]), 1002);
+}
