@@ -18,7 +18,7 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 use tokio_stream::wrappers::{errors::BroadcastStreamRecvError, BroadcastStream};
 use tokio_stream::StreamMap;
 use tokio_util::sync::CancellationToken;
@@ -93,18 +93,6 @@ fn sendable(code: u16) -> u16 {
         1000..=1003 | 1007..=1014 | 3000..=4999 => code,
         _ => 1000,
     }
-}
-
-/// What the reader passes to the writer.
-enum Control {
-    Ping(Vec<u8>),
-    Pong,
-}
-
-/// How the reader stopped.
-enum ReadEnd {
-    Close(u16, String),
-    Error(ReadError),
 }
 
 /// The live feed of a session: one receiver (one board, or all boards) or several boards merged.
@@ -278,7 +266,7 @@ impl Ctx {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        let rd = inbound::Reader::new(r, MAX_INBOUND);
+        let mut rd = inbound::Reader::new(r, MAX_INBOUND);
         let mut wr = Writer {
             io: w,
             timeout: self.settings.write_timeout,
@@ -289,18 +277,14 @@ impl Ctx {
         // live events the replay already covered are skipped by seq.
         let mut last: HashMap<i64, i64> = HashMap::new();
 
-        let (ctl_tx, mut ctl_rx) = mpsc::channel(4);
-        let reader = read_loop(rd, ctl_tx);
-        tokio::pin!(reader);
-
         for (&board, &since) in &self.sub.since {
             last.insert(board, since);
             let replayed = tokio::select! {
-                r = self.replay(&mut wr, board, &mut last) => r,
+                r = Box::pin(self.replay(&mut wr, board, &mut last)) => r,
                 _ = self.shutdown.cancelled() => Err(End::Shutdown),
             };
             if let Err(end) = replayed {
-                return self.close_for(&mut wr, &mut reader, end, &last).await;
+                return self.close_for(&mut wr, &mut rd, end, &last).await;
             }
         }
 
@@ -314,25 +298,28 @@ impl Ctx {
             let end = tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => End::Shutdown,
-                r = &mut reader => match r {
-                    ReadEnd::Close(code, reason) => {
-                        tracing::debug!(peer.addr = %self.peer, code, %reason, "client sent close");
-                        // Answer the client's close with the same code, then stop.
-                        let _ = wr.control(Frame::close(sendable(code), b"")).await;
-                        return End::ClientClosed(code);
-                    }
-                    ReadEnd::Error(ReadError::Protocol { close_code, reason }) => {
+                // Cancel-safe: a partly read frame stays in the reader's buffer.
+                f = rd.next() => match f {
+                    Ok(f) => match f.kind {
+                        Kind::Close => {
+                            let (code, reason) = close_of(&f.payload);
+                            tracing::debug!(peer.addr = %self.peer, code, %reason, "client sent close");
+                            // Answer the client's close with the same code, then stop.
+                            let _ = wr.control(Frame::close(sendable(code), b"")).await;
+                            return End::ClientClosed(code);
+                        }
+                        Kind::Ping => match wr.control(Frame::pong(Payload::Owned(f.payload))).await {
+                            Ok(()) => continue,
+                            Err(e) => e,
+                        },
+                        Kind::Pong => { awaiting_pong = false; continue; }
+                        Kind::Data => continue,
+                    },
+                    Err(ReadError::Protocol { close_code, reason }) => {
                         let _ = wr.control(Frame::close(close_code, reason.as_bytes())).await;
                         return End::Io(format!("client broke the protocol: {reason}"));
                     }
-                    ReadEnd::Error(e) => return End::Io(format!("{e:?}")),
-                },
-                Some(c) = ctl_rx.recv() => match c {
-                    Control::Ping(p) => match wr.control(Frame::pong(Payload::Owned(p))).await {
-                        Ok(()) => continue,
-                        Err(e) => e,
-                    },
-                    Control::Pong => { awaiting_pong = false; continue; }
+                    Err(e) => return End::Io(format!("{e:?}")),
                 },
                 d = feed.recv() => match d {
                     Ok(d) => match self.deliver(&mut wr, &mut feed, d, &mut last, &mut batch).await {
@@ -354,16 +341,16 @@ impl Ctx {
                     }
                 }
             };
-            return self.close_for(&mut wr, &mut reader, end, &last).await;
+            return self.close_for(&mut wr, &mut rd, end, &last).await;
         }
     }
 
     /// Sends the close frame `end` calls for, then waits (briefly) for the client's answer so the
     /// frame is not lost to a reset.
-    async fn close_for<W: AsyncWrite + Unpin>(
+    async fn close_for<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         &self,
         wr: &mut Writer<W>,
-        reader: &mut std::pin::Pin<&mut impl std::future::Future<Output = ReadEnd>>,
+        rd: &mut inbound::Reader<R>,
         end: End,
         last: &HashMap<i64, i64>,
     ) -> End {
@@ -381,7 +368,15 @@ impl Ctx {
             .await
             .is_ok_and(|r| r.is_ok())
         {
-            let _ = tokio::time::timeout(CLOSE_WAIT, reader.as_mut()).await;
+            // Until the client's close (or EOF, or an error) arrives.
+            let _ = tokio::time::timeout(CLOSE_WAIT, async {
+                while let Ok(f) = rd.next().await {
+                    if f.kind == Kind::Close {
+                        break;
+                    }
+                }
+            })
+            .await;
         }
         end
     }
@@ -405,7 +400,9 @@ impl Ctx {
                     // A gap: flush what is batched, fetch the gap, then carry on.
                     wr.frames(batch).await?;
                     batch.clear();
-                    self.replay(wr, d.board_id, last).await?;
+                    // Boxed: the gRPC call's state is large and only needed on this rare path,
+                    // so it does not belong in every idle connection's task.
+                    Box::pin(self.replay(wr, d.board_id, last)).await?;
                     if last.get(&d.board_id).is_none_or(|l| d.seq > *l) {
                         batch.push(d.frame);
                         last.insert(d.board_id, d.seq);
@@ -478,36 +475,13 @@ fn resume_hint(what: &str, last: &HashMap<i64, i64>) -> String {
     s
 }
 
-/// Reads client frames until close or error, passing pings and pongs to the writer.
-async fn read_loop<R: AsyncRead + Unpin>(
-    mut rd: inbound::Reader<R>,
-    ctl: mpsc::Sender<Control>,
-) -> ReadEnd {
-    loop {
-        let frame = match rd.next().await {
-            Ok(f) => f,
-            Err(e) => return ReadEnd::Error(e),
-        };
-        match frame.kind {
-            Kind::Close => {
-                let p = &frame.payload;
-                let code = if p.len() >= 2 {
-                    u16::from_be_bytes([p[0], p[1]])
-                } else {
-                    1000
-                };
-                let reason = String::from_utf8_lossy(p.get(2..).unwrap_or_default()).into_owned();
-                return ReadEnd::Close(code, reason);
-            }
-            Kind::Ping => {
-                let _ = ctl.send(Control::Ping(frame.payload)).await;
-            }
-            Kind::Pong => {
-                let _ = ctl.send(Control::Pong).await;
-            }
-            Kind::Data => tracing::debug!("ignoring client message"),
-        }
+/// The code and reason of a close frame's payload (1005, "no status", when it has none).
+fn close_of(p: &[u8]) -> (u16, String) {
+    if p.len() < 2 {
+        return (1005, String::new());
     }
+    let reason = String::from_utf8_lossy(&p[2..]).into_owned();
+    (u16::from_be_bytes([p[0], p[1]]), reason)
 }
 
 #[cfg(test)]
