@@ -99,7 +99,11 @@ run() { # name, loadtest args…
 
 fanout_pair() { # name subscribers boards rate seconds
   local name=$1 subs=$2 boards=$3 rate=$4 secs=$5
-  run "$name-limit" limit --subscribers "$subs" --rate "$rate" --duration "$secs" --source-ips 32
+  # The ceiling sends every event to every socket, so it gets the rate that gives each socket as
+  # many frames per second as a subscriber of one of the B boards receives.
+  local limit_rate
+  limit_rate=$(python3 -c "print($rate / $boards)")
+  run "$name-limit" limit --subscribers "$subs" --rate "$limit_rate" --duration "$secs" --source-ips 32
   run "$name-gateway" fanout --url "$gw_url" --subscribers "$subs" --boards "$boards" --rate "$rate" \
     --duration "$secs" --source-ips 32 --server-pid "$gw_pid"
   run "$name-nats-ws" fanout --target nats-ws --nats-ws "127.0.0.1:$peer_ws" \
@@ -135,19 +139,15 @@ rest_run() { # name boards users seconds
 }
 
 if [ "$quick" = 1 ]; then
+  run idle-5k-gateway connections --url "$gw_url" --connections 5000 --ramp 5000 --hold 3 --server-pid "$gw_pid"
   fanout_pair fanout-1k-1board-100ps 1000 1 100 5
   run fanout-1k-100boards-100ps-gateway fanout --url "$gw_url" --subscribers 1000 --boards 100 --rate 100 \
     --duration 5 --server-pid "$gw_pid"
-  run idle-5k-gateway connections --url "$gw_url" --connections 5000 --ramp 5000 --hold 3 --server-pid "$gw_pid"
   rest_run rest-creates-100boards 100 32 5
   pgbench_run pgbench-creates-100boards 32 5 1 100
 else
-  fanout_pair fanout-1k-1board-100ps 1000 1 100 10
-  fanout_pair fanout-1k-100boards-100ps 1000 100 100 10
-  fanout_pair fanout-10k-1board-10ps 10000 1 10 10
-  fanout_pair fanout-10k-100boards-100ps 10000 100 100 10
-  fanout_pair fanout-1k-1board-1000ps 1000 1 1000 10
-  fanout_pair fanout-10k-1board-100ps 10000 1 100 10
+  # Idle connections first, while the gateway process is fresh: freed memory that earlier runs
+  # leave in the allocator would otherwise be reused and hide the real cost per connection.
   # 100k is the aim; a process can hold only as many sockets as its descriptor limit allows (the
   # hard limit, which needs CAP_SYS_RESOURCE to raise), and both the server and the harness are
   # single processes.
@@ -158,10 +158,17 @@ else
     --source-ips 64 --server-pid "$gw_pid"
   run idle-max-nats-ws connections --target nats-ws --nats-ws "127.0.0.1:$peer_ws" --connections "$idle" \
     --ramp 5000 --hold 10 --source-ips 64 --server-pid "$peer_pid"
+  fanout_pair fanout-1k-1board-100ps 1000 1 100 10
+  fanout_pair fanout-1k-100boards-100ps 1000 100 100 10
+  fanout_pair fanout-10k-1board-10ps 10000 1 10 10
+  fanout_pair fanout-10k-100boards-100ps 10000 100 100 10
+  fanout_pair fanout-1k-1board-1000ps 1000 1 1000 10
+  fanout_pair fanout-10k-1board-100ps 10000 1 100 10
   rest_run rest-creates-1board 1 64 15
   rest_run rest-creates-100boards 100 64 15
-  pgbench_run pgbench-creates-1board 64 15 900000001 900000001
-  pgbench_run pgbench-creates-100boards 64 15 900000101 900000200
+  # As many concurrent statements as the task service's pool (DB_POOL_SIZE=32) runs.
+  pgbench_run pgbench-creates-1board 32 15 900000001 900000001
+  pgbench_run pgbench-creates-100boards 32 15 900000101 900000200
 fi
 
 python3 - "$out" "bench/results/$ts.json" <<'PY'

@@ -1,6 +1,7 @@
 //! `limit`: the machine's ceiling for the same fan-out. A child process writes one pre-built frame
-//! per event to N plain loopback TCP sockets (no WebSocket, no JSON, no routing); this process
-//! reads them with the same accounting and latency measurement, and measures the child's CPU.
+//! per event to N plain loopback TCP sockets (no WebSocket, no JSON, no routing, no async runtime),
+//! coalescing every frame already due into one write per socket; this process reads them with the
+//! same accounting and latency measurement, and measures the child's CPU.
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -72,22 +73,32 @@ pub fn serve(a: LimitServerArgs) -> Result<()> {
         s.set_nodelay(true)?;
         socks.push(s);
     }
-    let mut frame = vec![b'x'; a.frame_bytes.max(16)];
+    let size = a.frame_bytes.max(16);
+    let mut batch: Vec<u8> = Vec::new();
     let start = Instant::now();
-    for k in 0..a.events {
+    let mut k = 0u64;
+    while k < a.events {
         let intended = start + Duration::from_secs_f64(k as f64 / a.rate);
         if let Some(wait) = intended.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
-        // Sequence number and intended send time (wall clock, µs), then padding.
-        frame[..8].copy_from_slice(&(k + 1).to_le_bytes());
-        let lateness = Instant::now()
-            .saturating_duration_since(intended)
-            .as_micros() as u64;
-        frame[8..16].copy_from_slice(&(unix_us() - lateness).to_le_bytes());
-        for s in &mut socks {
-            s.write_all(&frame)?;
+        // Every event already due goes out in one write per socket, as a server that has fallen
+        // behind would coalesce them: this is the ceiling, not a naive one-write-per-frame loop.
+        let elapsed = start.elapsed().as_secs_f64();
+        let due = ((elapsed * a.rate) as u64 + 1).clamp(k + 1, a.events);
+        batch.clear();
+        for e in k..due {
+            let at = start + Duration::from_secs_f64(e as f64 / a.rate);
+            let lateness = Instant::now().saturating_duration_since(at).as_micros() as u64;
+            // Sequence number and intended send time (wall clock, µs), then padding.
+            batch.extend_from_slice(&(e + 1).to_le_bytes());
+            batch.extend_from_slice(&(unix_us() - lateness).to_le_bytes());
+            batch.resize(batch.len() + size - 16, b'x');
         }
+        for s in &mut socks {
+            s.write_all(&batch)?;
+        }
+        k = due;
     }
     // Keep the sockets open until the reader has everything (it closes them).
     std::thread::sleep(Duration::from_secs(30));

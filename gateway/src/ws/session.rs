@@ -293,11 +293,14 @@ impl Ctx {
         ping.tick().await;
         let mut awaiting_pong = false;
         let mut batch: Vec<Bytes> = Vec::new();
+        // Registered once, not on every wake-up of the loop (that showed up in profiles).
+        let cancelled = self.shutdown.cancelled();
+        tokio::pin!(cancelled);
 
         loop {
             let end = tokio::select! {
                 biased;
-                _ = self.shutdown.cancelled() => End::Shutdown,
+                _ = &mut cancelled => End::Shutdown,
                 // Cancel-safe: a partly read frame stays in the reader's buffer.
                 f = rd.next() => match f {
                     Ok(f) => match f.kind {
