@@ -58,11 +58,11 @@ db_url=$(database_url "$PG_ADMIN_URL" "$db")
 grpc_port=$(free_port)
 http_port=$(free_port)
 RUST_LOG=warn DATABASE_URL=$db_url NATS_URL=$NATS_URL NATS_SUBJECT_PREFIX="bench$ts" PORT=$grpc_port \
-  BIND_ADDR=127.0.0.1 DB_POOL_SIZE=32 "$bin/taskboard-tasks" &
+  METRICS_PORT="$(free_port)" BIND_ADDR=127.0.0.1 DB_POOL_SIZE=32 "$bin/taskboard-tasks" &
 tasks_pid=$!
 pids+=("$tasks_pid")
 RUST_LOG=warn HTTP_PORT=$http_port TASK_SERVICE_ADDR=127.0.0.1:$grpc_port NATS_URL=$NATS_URL \
-  NATS_SUBJECT_PREFIX="bench$ts" BIND_ADDR=127.0.0.1 "$bin/taskboard-gateway" &
+  NATS_SUBJECT_PREFIX="bench$ts" METRICS_PORT="$(free_port)" BIND_ADDR=127.0.0.1 "$bin/taskboard-gateway" &
 gw_pid=$!
 pids+=("$gw_pid")
 

@@ -40,6 +40,11 @@ grpc_port=${PORT:-50051}
 port_open 127.0.0.1 "$http_port" && die "port $http_port is taken (set HTTP_PORT)"
 port_open 127.0.0.1 "$grpc_port" && die "port $grpc_port is taken (set PORT)"
 
+gw_metrics=9090
+port_open 127.0.0.1 "$gw_metrics" && gw_metrics=$(free_port)
+tasks_metrics=9091
+port_open 127.0.0.1 "$tasks_metrics" && tasks_metrics=$(free_port)
+
 db=${DB_NAME:-taskboard}
 ensure_database "$PG_ADMIN_URL" "$db"
 
@@ -52,10 +57,10 @@ fi
 bin=target/$profile
 
 DATABASE_URL=$(database_url "$PG_ADMIN_URL" "$db") NATS_URL=$NATS_URL PORT=$grpc_port \
-  BIND_ADDR=127.0.0.1 "$bin/taskboard-tasks" &
+  METRICS_PORT=$tasks_metrics BIND_ADDR=127.0.0.1 "$bin/taskboard-tasks" &
 pids+=($!)
 HTTP_PORT=$http_port TASK_SERVICE_ADDR=127.0.0.1:$grpc_port NATS_URL=$NATS_URL \
-  BIND_ADDR=127.0.0.1 "$bin/taskboard-gateway" &
+  METRICS_PORT=$gw_metrics BIND_ADDR=127.0.0.1 "$bin/taskboard-gateway" &
 pids+=($!)
 
 for _ in $(seq 1 300); do
@@ -68,6 +73,7 @@ for _ in $(seq 1 300); do
     WebSocket    ws://localhost:$http_port/ws?board_id=1
     Health       http://localhost:$http_port/health   http://localhost:$http_port/ready
     gRPC         127.0.0.1:$grpc_port (task.v1.TaskService, reflection on)
+    Metrics      http://127.0.0.1:$gw_metrics/metrics (gateway)   http://127.0.0.1:$tasks_metrics/metrics (tasks)
 
   Press Ctrl-C to stop.
 MSG

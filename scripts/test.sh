@@ -13,6 +13,9 @@ ensure_postgres
 ensure_nats
 ensure_nats_binary # the resilience tests start and kill a private nats-server
 command -v shellcheck >/dev/null || apt_install shellcheck || true
+# promtool checks the metrics exposition in the Rust tests (Debian's prometheus package has it).
+command -v promtool >/dev/null || apt_install prometheus
+export TASKBOARD_REQUIRE_PROMTOOL=1
 
 export TASKBOARD_TEST_PG=$PG_ADMIN_URL
 export TASKBOARD_TEST_NATS=$NATS_URL

@@ -75,6 +75,16 @@ impl Intake {
     }
 
     async fn on_message(&mut self, m: async_nats::Message) {
+        self.hub.metrics.nats_received.increment(1);
+        if let Some(us) = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Taskboard-Committed-At-Us"))
+            .and_then(|v| v.as_str().parse::<i64>().ok())
+        {
+            let now = chrono::Utc::now().timestamp_micros();
+            crate::metrics::event_lag((now - us) as f64 / 1e6);
+        }
         let Some(r) = route(m.headers.as_ref()) else {
             tracing::warn!(subject = %m.subject, "dropping NATS message without valid Taskboard-Board/Taskboard-Seq headers");
             return;

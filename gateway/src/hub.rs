@@ -48,6 +48,7 @@ pub fn text_frame(payload: &[u8]) -> Bytes {
 
 /// The hub. Cheap operations under a short std mutex; no I/O ever happens while it is held.
 pub struct Hub {
+    pub metrics: crate::metrics::WsMetrics,
     boards: Mutex<HashMap<i64, broadcast::Sender<Delivery>>>,
     all: broadcast::Sender<Delivery>,
     /// Per-subscriber queue bound: a receiver further behind than this sees `Lagged` and its
@@ -60,6 +61,7 @@ impl Hub {
     pub fn new(capacity: usize) -> Self {
         let capacity = capacity.max(1);
         Hub {
+            metrics: crate::metrics::WsMetrics::new(),
             boards: Mutex::new(HashMap::new()),
             all: broadcast::channel(capacity).0,
             capacity,
@@ -123,11 +125,14 @@ impl Hub {
 
     /// Counts a connected client; returns the new total.
     pub fn client_connected(&self) -> usize {
+        self.metrics.connections.increment(1.0);
+        self.metrics.connects.increment(1);
         self.clients.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Counts a disconnected client; returns the new total.
     pub fn client_disconnected(&self) -> usize {
+        self.metrics.connections.decrement(1.0);
         self.clients.fetch_sub(1, Ordering::Relaxed) - 1
     }
 

@@ -7,11 +7,11 @@ pub mod cors;
 mod error;
 pub mod events;
 pub mod hub;
+pub mod metrics;
 mod page;
 pub mod routes;
 mod server;
 pub mod tasks_client;
-pub mod telemetry;
 pub mod ws;
 
 use std::future::Future;
@@ -50,7 +50,34 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    run_with_metrics(config, listener, None, shutdown).await
+}
+
+/// [`run`], also serving Prometheus metrics at `/metrics` on `metrics` (the admin listener).
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_with_metrics(
+    config: Config,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
     config.validate()?;
+    let token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    // First, so the hub's metric handles register with the recorder.
+    if let Some(admin) = metrics_listener {
+        let handle = taskboard_telemetry::prometheus();
+        taskboard_telemetry::build_info("gateway");
+        metrics::describe();
+        tracing::info!(addr = %admin.local_addr()?, "metrics at /metrics");
+        tracker.spawn(taskboard_telemetry::serve_metrics(
+            admin,
+            handle,
+            token.clone().cancelled_owned(),
+        ));
+    }
     let cors = cors::Cors::parse(&config.cors_origins)?;
     let tasks = tasks_client::TasksClient::new(&config.task_service_uri(), config.grpc_timeout())?;
     let hub = Arc::new(hub::Hub::new(config.ws_queue));
@@ -65,8 +92,6 @@ pub async fn run(
         .map_err(|e| Error::Nats(format!("subscribe {subject}: {e}")))?;
     tracing::info!(%subject, "✅ Hub subscribed to task events");
 
-    let token = CancellationToken::new();
-    let tracker = TaskTracker::new();
     tracker.spawn(events::Intake::new(hub.clone(), tasks.clone()).run(
         sub,
         reconnected_rx,
@@ -127,9 +152,13 @@ async fn connect_nats(
                 match ev {
                     async_nats::Event::Connected => {
                         tracing::info!("Connected to NATS successfully");
+                        metrics::nats_connected(true);
                         let _ = reconnected.try_send(());
                     }
-                    async_nats::Event::Disconnected => tracing::warn!("NATS disconnected"),
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("NATS disconnected");
+                        metrics::nats_connected(false);
+                    }
                     other => tracing::info!(event = %other, "NATS event"),
                 }
             }

@@ -94,8 +94,49 @@ struct UpdateBody {
     completed: Option<bool>,
 }
 
-/// Routes one request.
+/// The route template of a path: the `route` label (never the raw path, which would make one
+/// series per task id).
+fn route_of(path: &str) -> &'static str {
+    match path {
+        "/health" => "/health",
+        "/ready" => "/ready",
+        "/ws" => "/ws",
+        "/api/tasks" => "/api/tasks",
+        p if p.starts_with("/api/tasks/") => "/api/tasks/{id}",
+        "/" | "/index.html" | "/static/app.js" | "/static/style.css" => "/ (page)",
+        _ => "other",
+    }
+}
+
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::HEAD => "HEAD",
+        Method::PATCH => "PATCH",
+        _ => "other",
+    }
+}
+
+/// Routes one request, and records it.
 pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) -> Resp {
+    let start = std::time::Instant::now();
+    let route = route_of(req.uri().path());
+    let method = method_label(req.method());
+    let r = dispatch(state, req, peer).await;
+    crate::metrics::http(
+        route,
+        method,
+        r.status().as_u16(),
+        start.elapsed().as_secs_f64(),
+    );
+    r
+}
+
+async fn dispatch(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) -> Resp {
     let path = req.uri().path().to_owned();
     match path.as_str() {
         "/health" => text(StatusCode::OK, "OK"),

@@ -6,6 +6,8 @@ use taskboard_proto::v1::{self, task_service_client::TaskServiceClient};
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
 
+use taskboard_telemetry::{metered, Side};
+
 use crate::Error;
 
 /// A cheap-to-clone handle on the task service.
@@ -50,37 +52,52 @@ impl TasksClient {
         &self,
         m: v1::CreateTaskRequest,
     ) -> Result<v1::CreateTaskResponse, tonic::Status> {
-        Ok(self.client().create_task(self.req(m)).await?.into_inner())
+        metered(Side::Client, "CreateTask", async {
+            Ok(self.client().create_task(self.req(m)).await?.into_inner())
+        })
+        .await
     }
 
     pub async fn get(&self, id: i64) -> Result<v1::GetTaskResponse, tonic::Status> {
-        Ok(self
-            .client()
-            .get_task(self.req(v1::GetTaskRequest { id }))
-            .await?
-            .into_inner())
+        metered(Side::Client, "GetTask", async {
+            Ok(self
+                .client()
+                .get_task(self.req(v1::GetTaskRequest { id }))
+                .await?
+                .into_inner())
+        })
+        .await
     }
 
     pub async fn list(
         &self,
         m: v1::ListTasksRequest,
     ) -> Result<v1::ListTasksResponse, tonic::Status> {
-        Ok(self.client().list_tasks(self.req(m)).await?.into_inner())
+        metered(Side::Client, "ListTasks", async {
+            Ok(self.client().list_tasks(self.req(m)).await?.into_inner())
+        })
+        .await
     }
 
     pub async fn update(
         &self,
         m: v1::UpdateTaskRequest,
     ) -> Result<v1::UpdateTaskResponse, tonic::Status> {
-        Ok(self.client().update_task(self.req(m)).await?.into_inner())
+        metered(Side::Client, "UpdateTask", async {
+            Ok(self.client().update_task(self.req(m)).await?.into_inner())
+        })
+        .await
     }
 
     pub async fn delete(&self, id: i64) -> Result<v1::DeleteTaskResponse, tonic::Status> {
-        Ok(self
-            .client()
-            .delete_task(self.req(v1::DeleteTaskRequest { id }))
-            .await?
-            .into_inner())
+        metered(Side::Client, "DeleteTask", async {
+            Ok(self
+                .client()
+                .delete_task(self.req(v1::DeleteTaskRequest { id }))
+                .await?
+                .into_inner())
+        })
+        .await
     }
 
     /// A page of a board's events after `after_seq`.
@@ -90,15 +107,18 @@ impl TasksClient {
         after_seq: i64,
         limit: i32,
     ) -> Result<v1::ListEventsResponse, tonic::Status> {
-        Ok(self
-            .client()
-            .list_events(self.req(v1::ListEventsRequest {
-                board_id,
-                after_seq,
-                limit,
-            }))
-            .await?
-            .into_inner())
+        metered(Side::Client, "ListEvents", async {
+            Ok(self
+                .client()
+                .list_events(self.req(v1::ListEventsRequest {
+                    board_id,
+                    after_seq,
+                    limit,
+                }))
+                .await?
+                .into_inner())
+        })
+        .await
     }
 
     /// Whether the task service answers its health check with SERVING (within `deadline`).

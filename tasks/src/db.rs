@@ -57,6 +57,7 @@ pub struct Statements {
     pub unpublished: Statement,
     pub mark_published: Statement,
     pub prune: Statement,
+    pub pending: Statement,
 }
 
 impl Statements {
@@ -131,6 +132,9 @@ impl Statements {
                     &[Type::INT8_ARRAY, Type::INT8_ARRAY],
                 )
                 .await?,
+            pending: c
+                .prepare("SELECT count(*) FROM events WHERE published_at IS NULL")
+                .await?,
             prune: c
                 .prepare_typed(
                     "DELETE FROM events WHERE published_at IS NOT NULL \
@@ -174,6 +178,14 @@ impl bb8::ManageConnection for Manager {
 
 /// The connection pool.
 pub type Pool = bb8::Pool<Manager>;
+
+/// A pooled connection; the wait is `taskboard_db_pool_wait_seconds`.
+async fn acquire(pool: &Pool) -> Result<bb8::PooledConnection<'_, Manager>, Error> {
+    let start = std::time::Instant::now();
+    let c = pool.get().await;
+    metrics::histogram!("taskboard_db_pool_wait_seconds").record(start.elapsed().as_secs_f64());
+    Ok(c?)
+}
 
 /// Builds the pool (lazily: connections open on first use and statements are prepared then).
 pub fn pool(pg: tokio_postgres::Config, size: u32, acquire_timeout: Duration) -> Pool {
@@ -300,7 +312,7 @@ pub struct Change<'a> {
 /// # Errors
 /// Database or pool failure.
 pub async fn create(pool: &Pool, t: &NewTask<'_>) -> Result<(v1::Task, i64), Error> {
-    let c = pool.get().await?;
+    let c = acquire(pool).await?;
     let row = c
         .client
         .query_one(
@@ -316,7 +328,7 @@ pub async fn create(pool: &Pool, t: &NewTask<'_>) -> Result<(v1::Task, i64), Err
 /// # Errors
 /// Database or pool failure.
 pub async fn get(pool: &Pool, id: i64) -> Result<Option<v1::Task>, Error> {
-    let c = pool.get().await?;
+    let c = acquire(pool).await?;
     let row = c.client.query_opt(&c.stmts.get, &[&id]).await?;
     Ok(row.map(|r| task_from_row(&r, 0)))
 }
@@ -340,7 +352,7 @@ pub async fn list(
     limit: i64,
     offset: i64,
 ) -> Result<TaskPage, Error> {
-    let c = pool.get().await?;
+    let c = acquire(pool).await?;
     let rows = c
         .client
         .query(&c.stmts.list, &[&board_id, &completed, &limit, &offset])
@@ -364,7 +376,7 @@ pub async fn list(
 /// # Errors
 /// Database or pool failure.
 pub async fn update(pool: &Pool, ch: &Change<'_>) -> Result<Option<(v1::Task, i64)>, Error> {
-    let c = pool.get().await?;
+    let c = acquire(pool).await?;
     let row = c
         .client
         .query_opt(
@@ -380,7 +392,7 @@ pub async fn update(pool: &Pool, ch: &Change<'_>) -> Result<Option<(v1::Task, i6
 /// # Errors
 /// Database or pool failure.
 pub async fn delete(pool: &Pool, id: i64) -> Result<Option<(v1::Task, i64)>, Error> {
-    let c = pool.get().await?;
+    let c = acquire(pool).await?;
     let row = c.client.query_opt(&c.stmts.delete, &[&id]).await?;
     Ok(row.map(|r| (task_from_row(&r, 0), r.get(9))))
 }
@@ -433,7 +445,7 @@ pub async fn list_events(
     after_seq: i64,
     limit: i64,
 ) -> Result<(Vec<EventRow>, i64), Error> {
-    let c = pool.get().await?;
+    let c = acquire(pool).await?;
     let rows = c
         .client
         .query(&c.stmts.list_events, &[&board_id, &after_seq, &limit])
@@ -452,7 +464,7 @@ pub async fn list_events(
 /// # Errors
 /// Database or pool failure.
 pub async fn unpublished(pool: &Pool, limit: i64) -> Result<Vec<EventRow>, Error> {
-    let c = pool.get().await?;
+    let c = acquire(pool).await?;
     let rows = c.client.query(&c.stmts.unpublished, &[&limit]).await?;
     Ok(rows.iter().map(|r| EventRow::from_row(r, 0)).collect())
 }
@@ -464,7 +476,7 @@ pub async fn unpublished(pool: &Pool, limit: i64) -> Result<Vec<EventRow>, Error
 pub async fn mark_published(pool: &Pool, events: &[EventRow]) -> Result<u64, Error> {
     let boards: Vec<i64> = events.iter().map(|e| e.board_id).collect();
     let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
-    let c = pool.get().await?;
+    let c = acquire(pool).await?;
     Ok(c.client
         .execute(&c.stmts.mark_published, &[&boards, &seqs])
         .await?)
@@ -475,8 +487,17 @@ pub async fn mark_published(pool: &Pool, events: &[EventRow]) -> Result<u64, Err
 /// # Errors
 /// Database or pool failure.
 pub async fn prune(pool: &Pool, retention: Duration) -> Result<u64, Error> {
-    let c = pool.get().await?;
+    let c = acquire(pool).await?;
     Ok(c.client
         .execute(&c.stmts.prune, &[&retention.as_secs_f64()])
         .await?)
+}
+
+/// How many committed events are not published yet.
+///
+/// # Errors
+/// Database or pool failure.
+pub async fn pending(pool: &Pool) -> Result<i64, Error> {
+    let c = acquire(pool).await?;
+    Ok(c.client.query_one(&c.stmts.pending, &[]).await?.get(0))
 }

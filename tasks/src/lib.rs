@@ -7,7 +7,6 @@ pub mod db;
 mod error;
 pub mod outbox;
 pub mod service;
-pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod validate;
@@ -41,8 +40,37 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    run_with_metrics(config, listener, None, shutdown).await
+}
+
+/// [`run`], also serving Prometheus metrics at `/metrics` on `metrics` (the admin listener).
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_with_metrics(
+    config: Config,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
     let pg = config.pg_config()?;
-    migrate_with_retry(&pg).await?;
+    let token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    if let Some(admin) = metrics_listener {
+        let handle = taskboard_telemetry::prometheus();
+        taskboard_telemetry::build_info("tasks");
+        describe_metrics();
+        tracing::info!(addr = %admin.local_addr()?, "metrics at /metrics");
+        tracker.spawn(taskboard_telemetry::serve_metrics(
+            admin,
+            handle,
+            token.clone().cancelled_owned(),
+        ));
+    }
+    if let Err(e) = migrate_with_retry(&pg).await {
+        token.cancel();
+        return Err(e);
+    }
     let pool = db::pool(
         pg.clone(),
         config.db_pool_size,
@@ -50,8 +78,6 @@ pub async fn run(
     );
     let nats = connect_nats(&config.nats_url).await?;
 
-    let token = CancellationToken::new();
-    let tracker = TaskTracker::new();
     let (wake_tx, wake_rx) = watch::channel(0u64);
     let poll = Duration::from_millis(config.relay_poll_interval_ms.max(10));
 
@@ -186,6 +212,11 @@ async fn probe_health(
             Ok(Ok(c)) => c.client.simple_query("").await.is_ok(),
             _ => false,
         };
+        let st = pool.state();
+        metrics::gauge!("taskboard_db_pool_connections", "state" => "idle")
+            .set(f64::from(st.idle_connections));
+        metrics::gauge!("taskboard_db_pool_connections", "state" => "in_use")
+            .set(f64::from(st.connections - st.idle_connections));
         if serving != Some(ok) {
             if ok {
                 health
@@ -205,4 +236,35 @@ async fn probe_health(
             _ = token.cancelled() => return,
         }
     }
+}
+
+/// Help text and units of the task service's own metrics.
+fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!(
+        "taskboard_db_pool_connections",
+        "Pooled PostgreSQL connections by state (idle, in_use)"
+    );
+    describe_histogram!(
+        "taskboard_db_pool_wait_seconds",
+        Unit::Seconds,
+        "Time waiting for a pooled connection"
+    );
+    describe_gauge!(
+        "taskboard_outbox_pending",
+        "Committed events not yet published to NATS"
+    );
+    describe_counter!(
+        "taskboard_outbox_published_total",
+        "Events published to NATS by the relay"
+    );
+    describe_histogram!(
+        "taskboard_outbox_publish_lag_seconds",
+        Unit::Seconds,
+        "Commit to publish, per event"
+    );
+    describe_gauge!(
+        "taskboard_relay_leader",
+        "1 while this replica's relay holds leadership"
+    );
 }

@@ -1,11 +1,11 @@
 //! `taskboard-tasks`: parses the config, binds, and runs until SIGINT/SIGTERM.
 use clap::Parser;
-use taskboard_tasks::{run, telemetry, Config};
+use taskboard_tasks::{run_with_metrics, Config};
 use tokio::net::TcpListener;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    telemetry::init();
+    taskboard_telemetry::init_logging();
     let config = Config::parse();
     if let Err(e) = config.pg_config() {
         eprintln!("taskboard-tasks: {e}");
@@ -19,7 +19,20 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match run(config, listener, shutdown_signal()).await {
+    // METRICS_PORT=0 turns the admin listener off.
+    let admin = if config.metrics_port == 0 {
+        None
+    } else {
+        let admin_addr = format!("{}:{}", config.bind_addr, config.metrics_port);
+        match TcpListener::bind(&admin_addr).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::error!(addr = %admin_addr, error = %e, "cannot bind the metrics port (METRICS_PORT)");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    };
+    match run_with_metrics(config, listener, admin, shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "task service failed");

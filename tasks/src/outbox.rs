@@ -89,9 +89,12 @@ impl Relay {
                 if leader {
                     tracing::info!("outbox relay: this replica is the leader");
                 }
+                metrics::gauge!("taskboard_relay_leader").set(if leader { 1.0 } else { 0.0 });
             }
             if leader {
                 self.publish_pending().await?;
+                metrics::gauge!("taskboard_outbox_pending")
+                    .set(db::pending(&self.pool).await? as f64);
                 if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
                     let n = db::prune(&self.pool, self.retention).await?;
                     if n > 0 {
@@ -115,6 +118,7 @@ impl Relay {
             }
         };
         driver.abort();
+        metrics::gauge!("taskboard_relay_leader").set(0.0);
         result
     }
 
@@ -144,7 +148,11 @@ impl Relay {
                 }
             }
             db::mark_published(&self.pool, &batch).await?;
+            let now = chrono::Utc::now();
+            metrics::counter!("taskboard_outbox_published_total").increment(batch.len() as u64);
             for ev in &batch {
+                let lag = (now - ev.committed_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
+                metrics::histogram!("taskboard_outbox_publish_lag_seconds").record(lag.max(0.0));
                 tracing::info!(
                     "📤 Published event: {} (task_id={}, board_id={}, seq={})",
                     self.subject(ev),

@@ -56,13 +56,20 @@ impl TaskService for Service {
         &self,
         req: Request<v1::CreateTaskRequest>,
     ) -> Result<Response<v1::CreateTaskResponse>, Status> {
-        let r = req.get_ref();
-        let new = validate::new_task(r.board_id, &r.title, &r.description, r.created_by)?;
-        let (task, seq) = db::create(&self.pool, &new).await?;
-        Ok(Response::new(v1::CreateTaskResponse {
-            task: Some(task),
-            seq,
-        }))
+        taskboard_telemetry::metered(
+            taskboard_telemetry::Side::Server,
+            "CreateTask",
+            async move {
+                let r = req.get_ref();
+                let new = validate::new_task(r.board_id, &r.title, &r.description, r.created_by)?;
+                let (task, seq) = db::create(&self.pool, &new).await?;
+                Ok(Response::new(v1::CreateTaskResponse {
+                    task: Some(task),
+                    seq,
+                }))
+            },
+        )
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(task.id = req.get_ref().id))]
@@ -70,11 +77,14 @@ impl TaskService for Service {
         &self,
         req: Request<v1::GetTaskRequest>,
     ) -> Result<Response<v1::GetTaskResponse>, Status> {
-        let id = validate::task_id(req.get_ref().id)?;
-        match db::get(&self.pool, id).await? {
-            Some(task) => Ok(Response::new(v1::GetTaskResponse { task: Some(task) })),
-            None => Err(not_found(id)),
-        }
+        taskboard_telemetry::metered(taskboard_telemetry::Side::Server, "GetTask", async move {
+            let id = validate::task_id(req.get_ref().id)?;
+            match db::get(&self.pool, id).await? {
+                Some(task) => Ok(Response::new(v1::GetTaskResponse { task: Some(task) })),
+                None => Err(not_found(id)),
+            }
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(board.id = req.get_ref().board_id))]
@@ -82,18 +92,21 @@ impl TaskService for Service {
         &self,
         req: Request<v1::ListTasksRequest>,
     ) -> Result<Response<v1::ListTasksResponse>, Status> {
-        let r = req.get_ref();
-        let board = validate::board_id(r.board_id)?;
-        let (page, size) = validate::paging(r.page_number, r.page_size);
-        let offset = (i64::from(page) - 1) * i64::from(size);
-        let p = db::list(&self.pool, board, r.completed, i64::from(size), offset).await?;
-        Ok(Response::new(v1::ListTasksResponse {
-            tasks: p.tasks,
-            total_count: i32::try_from(p.total).unwrap_or(i32::MAX),
-            page_number: page,
-            page_size: size,
-            head_seq: p.head_seq,
-        }))
+        taskboard_telemetry::metered(taskboard_telemetry::Side::Server, "ListTasks", async move {
+            let r = req.get_ref();
+            let board = validate::board_id(r.board_id)?;
+            let (page, size) = validate::paging(r.page_number, r.page_size);
+            let offset = (i64::from(page) - 1) * i64::from(size);
+            let p = db::list(&self.pool, board, r.completed, i64::from(size), offset).await?;
+            Ok(Response::new(v1::ListTasksResponse {
+                tasks: p.tasks,
+                total_count: i32::try_from(p.total).unwrap_or(i32::MAX),
+                page_number: page,
+                page_size: size,
+                head_seq: p.head_seq,
+            }))
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(task.id = req.get_ref().id))]
@@ -101,30 +114,37 @@ impl TaskService for Service {
         &self,
         req: Request<v1::UpdateTaskRequest>,
     ) -> Result<Response<v1::UpdateTaskResponse>, Status> {
-        let r = req.get_ref();
-        let ch = validate::change(
-            r.id,
-            r.title.as_deref(),
-            r.description.as_deref(),
-            r.completed,
-        )?;
-        if ch.title.is_none() && ch.description.is_none() && ch.completed.is_none() {
-            // Nothing to change: answer with the task as it is, and emit no event.
-            return match db::get(&self.pool, ch.id).await? {
-                Some(task) => Ok(Response::new(v1::UpdateTaskResponse {
-                    task: Some(task),
-                    seq: 0,
-                })),
-                None => Err(not_found(ch.id)),
-            };
-        }
-        match db::update(&self.pool, &ch).await? {
-            Some((task, seq)) => Ok(Response::new(v1::UpdateTaskResponse {
-                task: Some(task),
-                seq,
-            })),
-            None => Err(not_found(ch.id)),
-        }
+        taskboard_telemetry::metered(
+            taskboard_telemetry::Side::Server,
+            "UpdateTask",
+            async move {
+                let r = req.get_ref();
+                let ch = validate::change(
+                    r.id,
+                    r.title.as_deref(),
+                    r.description.as_deref(),
+                    r.completed,
+                )?;
+                if ch.title.is_none() && ch.description.is_none() && ch.completed.is_none() {
+                    // Nothing to change: answer with the task as it is, and emit no event.
+                    return match db::get(&self.pool, ch.id).await? {
+                        Some(task) => Ok(Response::new(v1::UpdateTaskResponse {
+                            task: Some(task),
+                            seq: 0,
+                        })),
+                        None => Err(not_found(ch.id)),
+                    };
+                }
+                match db::update(&self.pool, &ch).await? {
+                    Some((task, seq)) => Ok(Response::new(v1::UpdateTaskResponse {
+                        task: Some(task),
+                        seq,
+                    })),
+                    None => Err(not_found(ch.id)),
+                }
+            },
+        )
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(task.id = req.get_ref().id))]
@@ -132,11 +152,20 @@ impl TaskService for Service {
         &self,
         req: Request<v1::DeleteTaskRequest>,
     ) -> Result<Response<v1::DeleteTaskResponse>, Status> {
-        let id = validate::task_id(req.get_ref().id)?;
-        match db::delete(&self.pool, id).await? {
-            Some((_, seq)) => Ok(Response::new(v1::DeleteTaskResponse { success: true, seq })),
-            None => Err(not_found(id)),
-        }
+        taskboard_telemetry::metered(
+            taskboard_telemetry::Side::Server,
+            "DeleteTask",
+            async move {
+                let id = validate::task_id(req.get_ref().id)?;
+                match db::delete(&self.pool, id).await? {
+                    Some((_, seq)) => {
+                        Ok(Response::new(v1::DeleteTaskResponse { success: true, seq }))
+                    }
+                    None => Err(not_found(id)),
+                }
+            },
+        )
+        .await
     }
 
     type WatchTasksStream = ReceiverStream<Result<v1::Event, Status>>;
@@ -146,16 +175,23 @@ impl TaskService for Service {
         &self,
         req: Request<v1::WatchTasksRequest>,
     ) -> Result<Response<Self::WatchTasksStream>, Status> {
-        let board = validate::board_id(req.get_ref().board_id)?;
-        let since = req.get_ref().since_seq;
-        if since < 0 {
-            return Err(Status::invalid_argument("since_seq must not be negative"));
-        }
-        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
-        let svc = self.clone();
-        self.tracker
-            .spawn(async move { svc.watch(board, since, tx).await });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        taskboard_telemetry::metered(
+            taskboard_telemetry::Side::Server,
+            "WatchTasks",
+            async move {
+                let board = validate::board_id(req.get_ref().board_id)?;
+                let since = req.get_ref().since_seq;
+                if since < 0 {
+                    return Err(Status::invalid_argument("since_seq must not be negative"));
+                }
+                let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+                let svc = self.clone();
+                self.tracker
+                    .spawn(async move { svc.watch(board, since, tx).await });
+                Ok(Response::new(ReceiverStream::new(rx)))
+            },
+        )
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(board.id = req.get_ref().board_id))]
@@ -163,24 +199,31 @@ impl TaskService for Service {
         &self,
         req: Request<v1::ListEventsRequest>,
     ) -> Result<Response<v1::ListEventsResponse>, Status> {
-        let r = req.get_ref();
-        let board = validate::board_id(r.board_id)?;
-        if r.after_seq < 0 {
-            return Err(Status::invalid_argument("after_seq must not be negative"));
-        }
-        let limit = validate::events_limit(r.limit);
-        let (events, head) =
-            db::list_events(&self.pool, board, r.after_seq, i64::from(limit)).await?;
-        let reset = needs_reset(r.after_seq, head, &events);
-        Ok(Response::new(v1::ListEventsResponse {
-            events: if reset {
-                Vec::new()
-            } else {
-                events.iter().map(EventRow::to_proto).collect()
+        taskboard_telemetry::metered(
+            taskboard_telemetry::Side::Server,
+            "ListEvents",
+            async move {
+                let r = req.get_ref();
+                let board = validate::board_id(r.board_id)?;
+                if r.after_seq < 0 {
+                    return Err(Status::invalid_argument("after_seq must not be negative"));
+                }
+                let limit = validate::events_limit(r.limit);
+                let (events, head) =
+                    db::list_events(&self.pool, board, r.after_seq, i64::from(limit)).await?;
+                let reset = needs_reset(r.after_seq, head, &events);
+                Ok(Response::new(v1::ListEventsResponse {
+                    events: if reset {
+                        Vec::new()
+                    } else {
+                        events.iter().map(EventRow::to_proto).collect()
+                    },
+                    head_seq: head,
+                    reset,
+                }))
             },
-            head_seq: head,
-            reset,
-        }))
+        )
+        .await
     }
 }
 

@@ -72,6 +72,8 @@ pub async fn fresh_database() -> String {
 /// A task service running in this process.
 pub struct TasksHandle {
     pub addr: SocketAddr,
+    /// The admin listener serving `/metrics`.
+    pub metrics_addr: SocketAddr,
     pub database_url: String,
     pub subject_prefix: String,
     stop: Option<oneshot::Sender<()>>,
@@ -107,14 +109,22 @@ pub async fn test_config() -> Config {
 pub async fn spawn_tasks(config: Config) -> TasksHandle {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
+    let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let metrics_addr = admin.local_addr().expect("addr");
     let (tx, rx) = oneshot::channel::<()>();
     let database_url = config.database_url.clone().unwrap_or_default();
     let subject_prefix = config.nats_subject_prefix.clone();
-    let join = tokio::spawn(crate::run(config, listener, async {
-        let _ = rx.await;
-    }));
+    let join = tokio::spawn(crate::run_with_metrics(
+        config,
+        listener,
+        Some(admin),
+        async {
+            let _ = rx.await;
+        },
+    ));
     TasksHandle {
         addr,
+        metrics_addr,
         database_url,
         subject_prefix,
         stop: Some(tx),

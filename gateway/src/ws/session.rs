@@ -73,6 +73,21 @@ enum End {
     Io(String),
 }
 
+impl End {
+    /// The `reason` label of `taskboard_ws_disconnects_total`.
+    fn label(&self) -> &'static str {
+        match self {
+            End::ClientClosed(_) => "client_closed",
+            End::Shutdown => "shutdown",
+            End::SlowConsumer => "slow_consumer",
+            End::PingTimeout => "ping_timeout",
+            End::ReplayUnavailable => "replay_unavailable",
+            End::WriteTimeout => "write_timeout",
+            End::Io(_) => "error",
+        }
+    }
+}
+
 impl std::fmt::Display for End {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -196,6 +211,10 @@ impl Session {
                 ctx.serve(r, w, feed).await
             }
         };
+        crate::metrics::disconnect(end.label());
+        if matches!(end, End::SlowConsumer) {
+            ctx.hub.metrics.slow_consumers.increment(1);
+        }
         let total = ctx.hub.client_disconnected();
         tracing::info!(peer.addr = %ctx.peer, reason = %end, "➖ Client disconnected. Total clients: {total}");
     }
@@ -277,6 +296,9 @@ impl Ctx {
         // live events the replay already covered are skipped by seq.
         let mut last: HashMap<i64, i64> = HashMap::new();
 
+        if !self.sub.since.is_empty() {
+            self.hub.metrics.resumes.increment(1);
+        }
         for (&board, &since) in &self.sub.since {
             last.insert(board, since);
             let replayed = tokio::select! {
@@ -424,6 +446,12 @@ impl Ctx {
             return Ok(());
         }
         let r = wr.frames(batch).await;
+        if r.is_ok() {
+            let m = &self.hub.metrics;
+            m.frames_sent.increment(batch.len() as u64);
+            m.bytes_sent
+                .increment(batch.iter().map(|f| f.len() as u64).sum());
+        }
         batch.clear();
         r
     }
@@ -458,6 +486,11 @@ impl Ctx {
             let n = page.events.len();
             let frames: Vec<Bytes> = page.events.iter().map(|e| text_frame(&e.payload)).collect();
             wr.frames(&frames).await?;
+            let m = &self.hub.metrics;
+            m.events_replayed.increment(frames.len() as u64);
+            m.frames_sent.increment(frames.len() as u64);
+            m.bytes_sent
+                .increment(frames.iter().map(|f| f.len() as u64).sum());
             if let Some(e) = page.events.last() {
                 last.insert(board, e.seq);
             }

@@ -21,6 +21,8 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The gateway's admin listener (`/metrics`).
+    pub metrics_addr: SocketAddr,
     pub http: reqwest::Client,
     pub tasks: Option<TasksHandle>,
     pub gw_stop: Option<oneshot::Sender<()>>,
@@ -61,12 +63,20 @@ pub async fn spawn_app_with(
 pub async fn spawn_gateway(config: GwConfig) -> TestApp {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
+    let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let metrics_addr = admin.local_addr().expect("addr");
     let (tx, rx) = oneshot::channel::<()>();
-    let join = tokio::spawn(taskboard_gateway::run(config, listener, async {
-        let _ = rx.await;
-    }));
+    let join = tokio::spawn(taskboard_gateway::run_with_metrics(
+        config,
+        listener,
+        Some(admin),
+        async {
+            let _ = rx.await;
+        },
+    ));
     TestApp {
         addr,
+        metrics_addr,
         http: reqwest::Client::new(),
         tasks: None,
         gw_stop: Some(tx),

@@ -177,9 +177,15 @@ async fn the_gateway_binary_drains_on_sigterm_and_exits_zero() {
         .local_addr()
         .unwrap()
         .port();
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_taskboard-gateway"))
         .env_clear()
         .env("HTTP_PORT", port.to_string())
+        .env("METRICS_PORT", metrics_port.to_string())
         .env("BIND_ADDR", "127.0.0.1")
         .env("TASK_SERVICE_ADDR", tasks.grpc_addr())
         .env("NATS_URL", testing::nats_url())
@@ -199,6 +205,14 @@ async fn the_gateway_binary_drains_on_sigterm_and_exits_zero() {
             Err(e) => panic!("gateway binary never accepted a WebSocket: {e}"),
         }
     };
+    // The admin port serves Prometheus text, with build info.
+    let m = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(m.status(), 200);
+    let text = m.text().await.unwrap();
+    assert!(text.contains("taskboard_build_info{"), "{text}");
+    assert!(text.contains("taskboard_ws_connections 1"), "{text}");
     let pid = child.id().unwrap().to_string();
     let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(killed.success());

@@ -37,7 +37,7 @@ function freePort() {
 
 function start(bin, env) {
   const p = spawn(path.join(BIN, bin), [], {
-    env: { PATH: process.env.PATH, RUST_LOG: "warn", ...env },
+    env: { PATH: process.env.PATH, RUST_LOG: "warn", METRICS_PORT: "0", ...env },
     stdio: ["ignore", "inherit", "inherit"],
   });
   procs.add(p);

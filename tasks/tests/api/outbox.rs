@@ -160,6 +160,7 @@ async fn the_binary_serves_and_exits_zero_on_sigterm() {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_taskboard-tasks"))
         .env_clear()
         .env("PORT", port.to_string())
+        .env("METRICS_PORT", "0")
         .env("BIND_ADDR", "127.0.0.1")
         .env("DATABASE_URL", &db)
         .env("NATS_URL", testing::nats_url())

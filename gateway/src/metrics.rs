@@ -1,0 +1,141 @@
+//! The gateway's metrics (prefix `taskboard_`, base units). Hot-path handles are registered once
+//! and shared through the hub, so a delivery only adds to atomics: no lookup, no allocation.
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
+    Gauge, Unit,
+};
+
+/// Registers every gateway metric's help text and unit (shown by `/metrics`).
+pub fn describe() {
+    describe_counter!(
+        "taskboard_http_requests_total",
+        "HTTP requests by route template, method and status class"
+    );
+    describe_histogram!(
+        "taskboard_http_request_duration_seconds",
+        Unit::Seconds,
+        "HTTP request handling time by route template and method"
+    );
+    describe_counter!(
+        "taskboard_grpc_client_requests_total",
+        "Calls to the task service by method and gRPC code"
+    );
+    describe_histogram!(
+        "taskboard_grpc_client_request_duration_seconds",
+        Unit::Seconds,
+        "Task service call time by method, as the gateway sees it"
+    );
+    describe_gauge!("taskboard_ws_connections", "Open WebSocket connections");
+    describe_counter!(
+        "taskboard_ws_connects_total",
+        "WebSocket connections accepted"
+    );
+    describe_counter!(
+        "taskboard_ws_disconnects_total",
+        "WebSocket connections ended, by reason"
+    );
+    describe_counter!(
+        "taskboard_ws_frames_sent_total",
+        "Event frames written to WebSocket clients (live and replayed)"
+    );
+    describe_counter!(
+        "taskboard_ws_bytes_sent_total",
+        Unit::Bytes,
+        "Bytes of event frames written to WebSocket clients"
+    );
+    describe_counter!(
+        "taskboard_ws_slow_consumers_total",
+        "Clients closed with 1013 for falling behind"
+    );
+    describe_counter!(
+        "taskboard_ws_resumes_total",
+        "Connections that asked to resume with since"
+    );
+    describe_counter!(
+        "taskboard_ws_events_replayed_total",
+        "Events sent from the task service's log (resume or gap fill)"
+    );
+    describe_counter!(
+        "taskboard_nats_messages_received_total",
+        "Messages received on the event subjects"
+    );
+    describe_gauge!(
+        "taskboard_nats_connected",
+        "1 while the NATS connection is up"
+    );
+    describe_counter!(
+        "taskboard_nats_connects_total",
+        "NATS connections established (the first and every reconnect)"
+    );
+    describe_histogram!(
+        "taskboard_event_lag_seconds",
+        Unit::Seconds,
+        "Commit in the task service to receipt by the gateway, per event"
+    );
+}
+
+/// WebSocket metrics touched per connection or per delivery.
+pub struct WsMetrics {
+    pub connections: Gauge,
+    pub connects: Counter,
+    pub frames_sent: Counter,
+    pub bytes_sent: Counter,
+    pub slow_consumers: Counter,
+    pub resumes: Counter,
+    pub events_replayed: Counter,
+    pub nats_received: Counter,
+}
+
+impl WsMetrics {
+    pub fn new() -> Self {
+        WsMetrics {
+            connections: gauge!("taskboard_ws_connections"),
+            connects: counter!("taskboard_ws_connects_total"),
+            frames_sent: counter!("taskboard_ws_frames_sent_total"),
+            bytes_sent: counter!("taskboard_ws_bytes_sent_total"),
+            slow_consumers: counter!("taskboard_ws_slow_consumers_total"),
+            resumes: counter!("taskboard_ws_resumes_total"),
+            events_replayed: counter!("taskboard_ws_events_replayed_total"),
+            nats_received: counter!("taskboard_nats_messages_received_total"),
+        }
+    }
+}
+
+impl Default for WsMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `taskboard_ws_disconnects_total{reason}`.
+pub fn disconnect(reason: &'static str) {
+    counter!("taskboard_ws_disconnects_total", "reason" => reason).increment(1);
+}
+
+/// One HTTP exchange, by route template (never the raw path) and status class.
+pub fn http(route: &'static str, method: &'static str, status: u16, secs: f64) {
+    let class = match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    counter!("taskboard_http_requests_total", "route" => route, "method" => method, "status" => class)
+        .increment(1);
+    histogram!("taskboard_http_request_duration_seconds", "route" => route, "method" => method)
+        .record(secs);
+}
+
+/// Commit (in the task service) → receipt here, per event.
+pub fn event_lag(secs: f64) {
+    histogram!("taskboard_event_lag_seconds").record(secs.max(0.0));
+}
+
+/// NATS connection state and reconnects.
+pub fn nats_connected(up: bool) {
+    gauge!("taskboard_nats_connected").set(if up { 1.0 } else { 0.0 });
+    if up {
+        counter!("taskboard_nats_connects_total").increment(1);
+    }
+}

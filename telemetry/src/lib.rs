@@ -1,0 +1,222 @@
+//! Telemetry shared by both services: logging set-up, the process's Prometheus recorder, and the
+//! admin listener that serves `/metrics` (never the public port).
+#![forbid(unsafe_code)]
+
+use std::future::Future;
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+/// Histogram buckets, seconds: 100 µs … 5 s (base units, as Prometheus expects).
+pub const BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// Installs the global log subscriber: `RUST_LOG` filters (default `info`), `LOG_FORMAT=json` for
+/// structured logs. Call once, from `main`.
+pub fn init_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(true);
+    if std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// The process's Prometheus recorder, installed on first use. The `metrics` facade has one
+/// recorder per process by design; when both services run in one process (tests), they share it.
+pub fn prometheus() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(BUCKETS)
+                .expect("static buckets are valid")
+                .build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
+            }
+            handle
+        })
+        .clone()
+}
+
+/// Sets `taskboard_build_info{service, version, git_sha} 1`, and describes the gRPC metrics.
+pub fn build_info(service: &'static str) {
+    metrics::describe_gauge!(
+        "taskboard_build_info",
+        "Version and git commit of the running binary"
+    );
+    metrics::describe_counter!(
+        "taskboard_grpc_server_requests_total",
+        "gRPC calls served, by method and code"
+    );
+    metrics::describe_histogram!(
+        "taskboard_grpc_server_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "gRPC call handling time by method"
+    );
+    metrics::describe_counter!(
+        "taskboard_grpc_client_requests_total",
+        "gRPC calls made, by method and code"
+    );
+    metrics::describe_histogram!(
+        "taskboard_grpc_client_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "gRPC call time by method, as the caller sees it"
+    );
+    metrics::gauge!(
+        "taskboard_build_info",
+        "service" => service,
+        "version" => env!("CARGO_PKG_VERSION"),
+        "git_sha" => env!("TASKBOARD_GIT_SHA"),
+    )
+    .set(1.0);
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown` resolves.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    handle: PrometheusHandle,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics listener: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => return,
+        };
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let handle = handle.clone();
+                async move { Ok::<_, std::convert::Infallible>(answer(&req, &handle)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn answer<B>(req: &Request<B>, handle: &PrometheusHandle) -> Response<Full<Bytes>> {
+    if req.uri().path() != "/metrics" {
+        let mut r = Response::new(Full::new(Bytes::from_static(b"not found; try /metrics\n")));
+        *r.status_mut() = StatusCode::NOT_FOUND;
+        return r;
+    }
+    handle.run_upkeep();
+    let mut r = Response::new(Full::new(Bytes::from(handle.render())));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}
+
+/// Which end of a gRPC call a measurement is from.
+#[derive(Clone, Copy, Debug)]
+pub enum Side {
+    Server,
+    Client,
+}
+
+/// The canonical name of a gRPC status code (`OK`, `NOT_FOUND`, …), as a label value.
+pub fn code_name(code: tonic_code::Code) -> &'static str {
+    use tonic_code::Code as C;
+    match code {
+        C::Ok => "OK",
+        C::Cancelled => "CANCELLED",
+        C::Unknown => "UNKNOWN",
+        C::InvalidArgument => "INVALID_ARGUMENT",
+        C::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        C::NotFound => "NOT_FOUND",
+        C::AlreadyExists => "ALREADY_EXISTS",
+        C::PermissionDenied => "PERMISSION_DENIED",
+        C::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        C::FailedPrecondition => "FAILED_PRECONDITION",
+        C::Aborted => "ABORTED",
+        C::OutOfRange => "OUT_OF_RANGE",
+        C::Unimplemented => "UNIMPLEMENTED",
+        C::Internal => "INTERNAL",
+        C::Unavailable => "UNAVAILABLE",
+        C::DataLoss => "DATA_LOSS",
+        C::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// tonic's status codes, re-exported so callers name one type.
+pub mod tonic_code {
+    pub use tonic::Code;
+}
+
+/// Records one gRPC call: `taskboard_grpc_{server,client}_requests_total{method, code}` and
+/// `taskboard_grpc_{server,client}_request_duration_seconds{method}`.
+pub fn grpc(side: Side, method: &'static str, code: tonic::Code, elapsed: std::time::Duration) {
+    let code = code_name(code);
+    match side {
+        Side::Server => {
+            metrics::counter!("taskboard_grpc_server_requests_total", "method" => method, "code" => code)
+                .increment(1);
+            metrics::histogram!("taskboard_grpc_server_request_duration_seconds", "method" => method)
+                .record(elapsed.as_secs_f64());
+        }
+        Side::Client => {
+            metrics::counter!("taskboard_grpc_client_requests_total", "method" => method, "code" => code)
+                .increment(1);
+            metrics::histogram!("taskboard_grpc_client_request_duration_seconds", "method" => method)
+                .record(elapsed.as_secs_f64());
+        }
+    }
+}
+
+/// Runs a gRPC call (either side) and records it.
+pub async fn metered<T>(
+    side: Side,
+    method: &'static str,
+    call: impl Future<Output = Result<T, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    let start = std::time::Instant::now();
+    let r = call.await;
+    let code = match &r {
+        Ok(_) => tonic::Code::Ok,
+        Err(s) => s.code(),
+    };
+    grpc(side, method, code, start.elapsed());
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_names_are_the_canonical_ones() {
+        assert_eq!(code_name(tonic::Code::NotFound), "NOT_FOUND");
+        assert_eq!(code_name(tonic::Code::Ok), "OK");
+    }
+
+    #[test]
+    fn buckets_resolve_100_microseconds_to_5_seconds() {
+        assert_eq!(BUCKETS.first(), Some(&0.0001));
+        assert_eq!(BUCKETS.last(), Some(&5.0));
+        assert!(BUCKETS.windows(2).all(|w| w[0] < w[1]));
+    }
+}
