@@ -38,6 +38,17 @@ def main(path):
         if r.get("mode") == "connections":
             print(f"| {k} | {r['connections']:,} | {f(r.get('bytes_per_connection'))} B | "
                   f"{f(r.get('cpu_us_per_connection_s'), 2)} µs/s |")
+    on, off = runs.get("metrics-ab-on"), runs.get("metrics-ab-off")
+    if on and off:
+        print()
+        print("| metrics A/B (same binary, 1k subscribers, 1 board, 100/s) | deliveries/CPU-s | p50 / p99 ms |")
+        print("|---|---:|---:|")
+        for label, r in (("metrics on", on), ("metrics off (METRICS_PORT=0)", off)):
+            print(f"| {label} | {f(r.get('deliveries_per_server_cpu_s'))} | "
+                  f"{r['latency']['p50_ms']:.1f} / {r['latency']['p99_ms']:.1f} |")
+        a, b = on.get("deliveries_per_server_cpu_s"), off.get("deliveries_per_server_cpu_s")
+        if a and b:
+            print(f"| on ÷ off | {a / b:.2f} | |")
     print()
     print("| creates | boards | creates/s |")
     print("|---|---:|---:|")

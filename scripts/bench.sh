@@ -66,6 +66,14 @@ RUST_LOG=warn HTTP_PORT=$http_port TASK_SERVICE_ADDR=127.0.0.1:$grpc_port NATS_U
 gw_pid=$!
 pids+=("$gw_pid")
 
+# The same gateway binary with metrics off (METRICS_PORT=0: no recorder, every metric a no-op), for
+# the A/B of what recording metrics on the hot path costs.
+http_port_nm=$(free_port)
+RUST_LOG=warn HTTP_PORT=$http_port_nm TASK_SERVICE_ADDR=127.0.0.1:$grpc_port NATS_URL=$NATS_URL \
+  NATS_SUBJECT_PREFIX="bench$ts" METRICS_PORT=0 BIND_ADDR=127.0.0.1 "$bin/taskboard-gateway" &
+gw_nm_pid=$!
+pids+=("$gw_nm_pid")
+
 # The peer: nats-server with its WebSocket listener, a private instance used only for this.
 peer_port=$(free_port)
 peer_ws=$(free_port)
@@ -79,6 +87,7 @@ pids+=("$peer_pid")
 
 for _ in $(seq 1 200); do curl -fsS "http://127.0.0.1:$http_port/ready" >/dev/null 2>&1 && break; sleep 0.1; done
 curl -fsS "http://127.0.0.1:$http_port/ready" >/dev/null || die "gateway not ready"
+for _ in $(seq 1 200); do curl -fsS "http://127.0.0.1:$http_port_nm/ready" >/dev/null 2>&1 && break; sleep 0.1; done
 wait_port 127.0.0.1 "$peer_ws" "nats-server (peer)"
 
 gw_url=http://127.0.0.1:$http_port
@@ -109,6 +118,13 @@ fanout_pair() { # name subscribers boards rate seconds
   run "$name-nats-ws" fanout --target nats-ws --nats-ws "127.0.0.1:$peer_ws" \
     --nats-url "nats://127.0.0.1:$peer_port" --subscribers "$subs" --boards "$boards" --rate "$rate" \
     --duration "$secs" --source-ips 32 --server-pid "$peer_pid"
+}
+
+metrics_ab() { # seconds
+  run metrics-ab-on fanout --url "$gw_url" --subscribers 1000 --boards 1 --rate 100 --duration "$1" \
+    --server-pid "$gw_pid"
+  run metrics-ab-off fanout --url "http://127.0.0.1:$http_port_nm" --subscribers 1000 --boards 1 --rate 100 \
+    --duration "$1" --server-pid "$gw_nm_pid"
 }
 
 pgbench_run() { # name clients seconds board_lo board_hi
@@ -143,6 +159,7 @@ if [ "$quick" = 1 ]; then
   fanout_pair fanout-1k-1board-100ps 1000 1 100 5
   run fanout-1k-100boards-100ps-gateway fanout --url "$gw_url" --subscribers 1000 --boards 100 --rate 100 \
     --duration 5 --server-pid "$gw_pid"
+  metrics_ab 5
   rest_run rest-creates-100boards 100 32 5
   pgbench_run pgbench-creates-100boards 32 5 1 100
 else
@@ -164,6 +181,7 @@ else
   fanout_pair fanout-10k-100boards-100ps 10000 100 100 10
   fanout_pair fanout-1k-1board-1000ps 1000 1 1000 10
   fanout_pair fanout-10k-1board-100ps 10000 1 100 10
+  metrics_ab 10
   rest_run rest-creates-1board 1 64 15
   rest_run rest-creates-100boards 100 64 15
   # As many concurrent statements as the task service's pool (DB_POOL_SIZE=32) runs.

@@ -3,7 +3,9 @@
 # from the system binaries, installed from Debian when missing), then the task service and the
 # gateway, built in release mode. Prints the URLs; Ctrl-C stops everything it started.
 #
-# Usage: scripts/run.sh [--debug]
+# Usage: scripts/run.sh [--debug] [--prometheus]
+#   --prometheus also starts a local Prometheus (Debian's package) scraping both services, with the
+#   alert rules of dashboards/alerts.yml loaded.
 #   HTTP_PORT (8080) and PORT (50051) choose the ports; DB_NAME (taskboard) the database.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,12 +13,15 @@ cd "$(dirname "$0")/.."
 . scripts/services.sh
 
 profile=release
-case "${1:-}" in
-  --debug) profile=debug ;;
-  -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-  "") ;;
-  *) die "unknown option $1 (try --help)" ;;
-esac
+with_prometheus=0
+for arg in "$@"; do
+  case "$arg" in
+    --debug) profile=debug ;;
+    --prometheus) with_prometheus=1 ;;
+    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) die "unknown option $arg (try --help)" ;;
+  esac
+done
 
 pids=()
 # shellcheck disable=SC2317 # invoked by the trap
@@ -63,6 +68,22 @@ HTTP_PORT=$http_port TASK_SERVICE_ADDR=127.0.0.1:$grpc_port NATS_URL=$NATS_URL \
   METRICS_PORT=$gw_metrics BIND_ADDR=127.0.0.1 "$bin/taskboard-gateway" &
 pids+=($!)
 
+prom_line=""
+if [ "$with_prometheus" = 1 ]; then
+  command -v prometheus >/dev/null || apt_install prometheus
+  prom_port=9099
+  port_open 127.0.0.1 "$prom_port" && prom_port=$(free_port)
+  mkdir -p "$TB_STATE_DIR/prometheus"
+  cp dashboards/alerts.yml "$TB_STATE_DIR/prometheus/alerts.yml"
+  sed -e "s/127.0.0.1:9090/127.0.0.1:$gw_metrics/" -e "s/127.0.0.1:9091/127.0.0.1:$tasks_metrics/" \
+    dashboards/prometheus.yml >"$TB_STATE_DIR/prometheus/prometheus.yml"
+  prometheus --config.file="$TB_STATE_DIR/prometheus/prometheus.yml" \
+    --storage.tsdb.path="$TB_STATE_DIR/prometheus/data" --web.listen-address="127.0.0.1:$prom_port" \
+    >"$TB_STATE_DIR/prometheus/log" 2>&1 &
+  pids+=($!)
+  prom_line="    Prometheus   http://localhost:$prom_port/ (scraping both; alerts loaded)"
+fi
+
 for _ in $(seq 1 300); do
   if curl -fsS "http://127.0.0.1:$http_port/ready" >/dev/null 2>&1; then
     cat >&2 <<MSG
@@ -74,6 +95,7 @@ for _ in $(seq 1 300); do
     Health       http://localhost:$http_port/health   http://localhost:$http_port/ready
     gRPC         127.0.0.1:$grpc_port (task.v1.TaskService, reflection on)
     Metrics      http://127.0.0.1:$gw_metrics/metrics (gateway)   http://127.0.0.1:$tasks_metrics/metrics (tasks)
+$prom_line
 
   Press Ctrl-C to stop.
 MSG

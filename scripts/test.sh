@@ -16,6 +16,7 @@ command -v shellcheck >/dev/null || apt_install shellcheck || true
 # promtool checks the metrics exposition in the Rust tests (Debian's prometheus package has it).
 command -v promtool >/dev/null || apt_install prometheus
 export TASKBOARD_REQUIRE_PROMTOOL=1
+command -v node >/dev/null || apt_install nodejs npm
 
 export TASKBOARD_TEST_PG=$PG_ADMIN_URL
 export TASKBOARD_TEST_NATS=$NATS_URL
@@ -46,9 +47,12 @@ else
   cargo test --workspace --no-fail-fast "$@"
 fi
 
+log "dashboards and alert rules (schema, PromQL, promtool, a real Prometheus)"
+python3 -c 'import promql_parser' 2>/dev/null || pip install -q promql-parser
+cargo build --quiet --bins
+python3 dashboards/check.py
+
 log "browser tests (headless Chromium)"
 [ -x /usr/bin/chromium ] || apt_install chromium
-command -v node >/dev/null || apt_install nodejs npm
-cargo build --quiet --bins
 (cd gateway/tests/browser && npm ci --no-audit --no-fund --silent && npm test)
 log "browser test screenshots: gateway/tests/browser/artifacts/"
