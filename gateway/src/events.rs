@@ -76,12 +76,12 @@ impl Intake {
 
     async fn on_message(&mut self, m: async_nats::Message) {
         self.hub.metrics.nats_received.increment(1);
-        if let Some(us) = m
+        let committed_us = m
             .headers
             .as_ref()
             .and_then(|h| h.get("Taskboard-Committed-At-Us"))
-            .and_then(|v| v.as_str().parse::<i64>().ok())
-        {
+            .and_then(|v| v.as_str().parse::<i64>().ok());
+        if let Some(us) = committed_us {
             let now = chrono::Utc::now().timestamp_micros();
             crate::metrics::event_lag((now - us) as f64 / 1e6);
         }
@@ -89,7 +89,9 @@ impl Intake {
             tracing::warn!(subject = %m.subject, "dropping NATS message without valid Taskboard-Board/Taskboard-Seq headers");
             return;
         };
-        let n = self.accept(r.board_id, r.seq, m.payload).await;
+        let n = self
+            .accept(r.board_id, r.seq, m.payload, committed_us)
+            .await;
         if let Some(n) = n {
             tracing::info!(
                 "📨 Received NATS event on {}, broadcasting to {} clients",
@@ -100,7 +102,13 @@ impl Intake {
     }
 
     /// Delivers one event in order; returns the number of receivers, or `None` for a duplicate.
-    pub async fn accept(&mut self, board: i64, seq: i64, payload: bytes::Bytes) -> Option<usize> {
+    pub async fn accept(
+        &mut self,
+        board: i64,
+        seq: i64,
+        payload: bytes::Bytes,
+        committed_us: Option<i64>,
+    ) -> Option<usize> {
         match self.last.get(&board).copied() {
             Some(last) if seq <= last => {
                 tracing::debug!(board, seq, last, "duplicate event dropped");
@@ -118,7 +126,10 @@ impl Intake {
             _ => {}
         }
         self.remember(board, seq);
-        Some(self.hub.publish(Delivery::new(board, seq, &payload)))
+        Some(
+            self.hub
+                .publish(Delivery::live(board, seq, &payload, committed_us)),
+        )
     }
 
     fn remember(&mut self, board: i64, seq: i64) {
@@ -208,9 +219,9 @@ mod tests {
     async fn duplicates_are_dropped_and_order_kept() {
         let mut i = intake();
         let mut rx = i.hub.subscribe(Some(1));
-        assert_eq!(i.accept(1, 1, "a".into()).await, Some(1));
-        assert_eq!(i.accept(1, 1, "a".into()).await, None);
-        assert_eq!(i.accept(1, 2, "b".into()).await, Some(1));
+        assert_eq!(i.accept(1, 1, "a".into(), None).await, Some(1));
+        assert_eq!(i.accept(1, 1, "a".into(), None).await, None);
+        assert_eq!(i.accept(1, 2, "b".into(), None).await, Some(1));
         assert_eq!(rx.try_recv().unwrap().seq, 1);
         assert_eq!(rx.try_recv().unwrap().seq, 2);
         assert!(rx.try_recv().is_err());
@@ -220,8 +231,8 @@ mod tests {
     async fn an_unfillable_gap_still_delivers_the_live_event() {
         let mut i = intake();
         let mut rx = i.hub.subscribe(Some(1));
-        i.accept(1, 1, "a".into()).await;
-        assert_eq!(i.accept(1, 5, "e".into()).await, Some(1));
+        i.accept(1, 1, "a".into(), None).await;
+        assert_eq!(i.accept(1, 5, "e".into(), None).await, Some(1));
         assert_eq!(rx.try_recv().unwrap().seq, 1);
         assert_eq!(rx.try_recv().unwrap().seq, 5);
     }

@@ -2,7 +2,8 @@
 //! that watch every board). It holds senders, never sockets; each event is one shared `Bytes`.
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::broadcast;
@@ -15,6 +16,24 @@ pub struct Delivery {
     pub board_id: i64,
     pub seq: i64,
     pub frame: Bytes,
+    /// For live events: when it arrived and how many recipients have yet to write it.
+    pub timing: Option<Arc<Timing>>,
+}
+
+impl AsRef<[u8]> for Delivery {
+    fn as_ref(&self) -> &[u8] {
+        &self.frame
+    }
+}
+
+/// Per-event bookkeeping for the fan-out and end-to-end histograms: one allocation per event,
+/// one atomic decrement per delivery; the recipient that writes it last records both.
+#[derive(Debug)]
+pub struct Timing {
+    received: Instant,
+    /// Commit time in the task service (µs since the epoch), from the NATS headers.
+    committed_us: Option<i64>,
+    remaining: AtomicUsize,
 }
 
 impl Delivery {
@@ -24,6 +43,32 @@ impl Delivery {
             board_id,
             seq,
             frame: text_frame(payload),
+            timing: None,
+        }
+    }
+
+    /// A live event just received from NATS, timed from now.
+    pub fn live(board_id: i64, seq: i64, payload: &[u8], committed_us: Option<i64>) -> Self {
+        Delivery {
+            timing: Some(Arc::new(Timing {
+                received: Instant::now(),
+                committed_us,
+                remaining: AtomicUsize::new(0),
+            })),
+            ..Delivery::new(board_id, seq, payload)
+        }
+    }
+
+    /// Called by each recipient once it has written (or skipped) this event.
+    pub fn done(&self, m: &crate::metrics::WsMetrics) {
+        if let Some(t) = &self.timing {
+            if t.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                m.fanout.record(t.received.elapsed().as_secs_f64());
+                if let Some(c) = t.committed_us {
+                    let now = chrono::Utc::now().timestamp_micros();
+                    m.end_to_end.record(((now - c) as f64 / 1e6).max(0.0));
+                }
+            }
         }
     }
 }
@@ -89,6 +134,12 @@ impl Hub {
         let mut n = 0;
         {
             let mut boards = self.boards.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(t) = &d.timing {
+                // Set before sending, so no recipient can finish first.
+                let board_rx = boards.get(&d.board_id).map_or(0, |tx| tx.receiver_count());
+                t.remaining
+                    .store(board_rx + self.all.receiver_count(), Ordering::Release);
+            }
             if let Some(tx) = boards.get(&d.board_id) {
                 match tx.send(d.clone()) {
                     Ok(k) => n += k,
@@ -199,6 +250,27 @@ mod tests {
             hub.publish(d(1, s));
         }
         assert!(matches!(slow.recv().await, Err(RecvError::Lagged(3))));
+    }
+
+    #[test]
+    fn the_last_recipient_records_the_fan_out_time() {
+        let hub = Hub::new(8);
+        let mut a = hub.subscribe(Some(1));
+        let mut b = hub.subscribe(Some(1));
+        let mut all = hub.subscribe(None);
+        hub.publish(Delivery::live(1, 1, b"{}", None));
+        let (x, y, z) = (
+            a.try_recv().unwrap(),
+            b.try_recv().unwrap(),
+            all.try_recv().unwrap(),
+        );
+        let t = x.timing.clone().unwrap();
+        assert_eq!(t.remaining.load(Ordering::Acquire), 3);
+        x.done(&hub.metrics);
+        y.done(&hub.metrics);
+        assert_eq!(t.remaining.load(Ordering::Acquire), 1);
+        z.done(&hub.metrics);
+        assert_eq!(t.remaining.load(Ordering::Acquire), 0);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! and shared through the hub, so a delivery only adds to atomics: no lookup, no allocation.
 use metrics::{
     counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
-    Gauge, Unit,
+    Gauge, Histogram, Unit,
 };
 
 /// Registers every gateway metric's help text and unit (shown by `/metrics`).
@@ -72,6 +72,16 @@ pub fn describe() {
         Unit::Seconds,
         "Commit in the task service to receipt by the gateway, per event"
     );
+    describe_histogram!(
+        "taskboard_fanout_seconds",
+        Unit::Seconds,
+        "NATS receipt to the last subscriber's frame written, per event (events whose last subscriber left first are not counted)"
+    );
+    describe_histogram!(
+        "taskboard_end_to_end_lag_seconds",
+        Unit::Seconds,
+        "Commit in the task service to the last subscriber's frame written, per event"
+    );
 }
 
 /// WebSocket metrics touched per connection or per delivery.
@@ -84,6 +94,10 @@ pub struct WsMetrics {
     pub resumes: Counter,
     pub events_replayed: Counter,
     pub nats_received: Counter,
+    /// NATS receipt → the last recipient's frame written, per event.
+    pub fanout: Histogram,
+    /// Commit in the task service → the last recipient's frame written, per event.
+    pub end_to_end: Histogram,
 }
 
 impl WsMetrics {
@@ -97,6 +111,8 @@ impl WsMetrics {
             resumes: counter!("taskboard_ws_resumes_total"),
             events_replayed: counter!("taskboard_ws_events_replayed_total"),
             nats_received: counter!("taskboard_nats_messages_received_total"),
+            fanout: histogram!("taskboard_fanout_seconds"),
+            end_to_end: histogram!("taskboard_end_to_end_lag_seconds"),
         }
     }
 }

@@ -238,20 +238,20 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     }
 
     /// Writes several frames with as few syscalls as the socket allows.
-    async fn frames(&mut self, frames: &[Bytes]) -> Result<(), End> {
+    async fn frames<F: AsRef<[u8]>>(&mut self, frames: &[F]) -> Result<(), End> {
         let write_all = async {
             let mut first = 0; // first frame not completely written
             let mut offset = 0; // bytes of it already written
             while first < frames.len() {
                 let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(frames.len() - first);
-                slices.push(IoSlice::new(&frames[first][offset..]));
-                slices.extend(frames[first + 1..].iter().map(|f| IoSlice::new(f)));
+                slices.push(IoSlice::new(&frames[first].as_ref()[offset..]));
+                slices.extend(frames[first + 1..].iter().map(|f| IoSlice::new(f.as_ref())));
                 let mut n = self.io.write_vectored(&slices).await?;
                 if n == 0 {
                     return Err(std::io::Error::from(std::io::ErrorKind::WriteZero));
                 }
                 while first < frames.len() && n > 0 {
-                    let left = frames[first].len() - offset;
+                    let left = frames[first].as_ref().len() - offset;
                     if n >= left {
                         n -= left;
                         first += 1;
@@ -314,7 +314,7 @@ impl Ctx {
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
         let mut awaiting_pong = false;
-        let mut batch: Vec<Bytes> = Vec::new();
+        let mut batch: Vec<Delivery> = Vec::new();
         // Registered once, not on every wake-up of the loop (that showed up in profiles).
         let cancelled = self.shutdown.cancelled();
         tokio::pin!(cancelled);
@@ -414,46 +414,57 @@ impl Ctx {
         feed: &mut Feed,
         first: Delivery,
         last: &mut HashMap<i64, i64>,
-        batch: &mut Vec<Bytes>,
+        batch: &mut Vec<Delivery>,
     ) -> Result<(), End> {
+        let m = &self.hub.metrics;
         batch.clear();
         let mut next = Some(first);
         while let Some(d) = next.take() {
             match last.get(&d.board_id).copied() {
-                Some(l) if d.seq <= l => {}
+                Some(l) if d.seq <= l => d.done(m),
                 Some(l) if d.seq > l + 1 => {
-                    // A gap: flush what is batched, fetch the gap, then carry on.
-                    wr.frames(batch).await?;
-                    batch.clear();
+                    // A gap: write what is batched, fetch the gap, then carry on.
+                    self.flush(wr, batch).await?;
                     // Boxed: the gRPC call's state is large and only needed on this rare path,
                     // so it does not belong in every idle connection's task.
                     Box::pin(self.replay(wr, d.board_id, last)).await?;
                     if last.get(&d.board_id).is_none_or(|l| d.seq > *l) {
-                        batch.push(d.frame);
                         last.insert(d.board_id, d.seq);
+                        batch.push(d);
+                    } else {
+                        d.done(m);
                     }
                 }
                 _ => {
-                    batch.push(d.frame);
                     last.insert(d.board_id, d.seq);
+                    batch.push(d);
                 }
             }
             if batch.len() < MAX_BATCH {
                 next = feed.try_recv();
             }
         }
+        self.flush(wr, batch).await
+    }
+
+    /// Writes the batched events with one vectored write, then counts them.
+    async fn flush<W: AsyncWrite + Unpin>(
+        &self,
+        wr: &mut Writer<W>,
+        batch: &mut Vec<Delivery>,
+    ) -> Result<(), End> {
         if batch.is_empty() {
             return Ok(());
         }
-        let r = wr.frames(batch).await;
-        if r.is_ok() {
-            let m = &self.hub.metrics;
-            m.frames_sent.increment(batch.len() as u64);
-            m.bytes_sent
-                .increment(batch.iter().map(|f| f.len() as u64).sum());
+        wr.frames(batch).await?;
+        let m = &self.hub.metrics;
+        m.frames_sent.increment(batch.len() as u64);
+        m.bytes_sent
+            .increment(batch.iter().map(|d| d.frame.len() as u64).sum());
+        for d in batch.drain(..) {
+            d.done(m);
         }
-        batch.clear();
-        r
+        Ok(())
     }
 
     /// Sends the board's events after `last[board]` from the task service, until it has no more.

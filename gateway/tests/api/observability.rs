@@ -113,6 +113,15 @@ async fn metrics_count_real_traffic_and_pass_promtool() {
         Some(4.0)
     );
     assert_eq!(sample(&gw, "taskboard_nats_connected", &[]), Some(1.0));
+    // One subscriber wrote all four: each event's fan-out and end-to-end time was recorded once.
+    assert_eq!(
+        sample(&gw, "taskboard_fanout_seconds_count", &[]),
+        Some(4.0)
+    );
+    assert_eq!(
+        sample(&gw, "taskboard_end_to_end_lag_seconds_count", &[]),
+        Some(4.0)
+    );
     // Task service.
     assert_eq!(
         sample(&text, "taskboard_grpc_server_requests_total", &created),
