@@ -139,6 +139,7 @@ async fn connect_nats(
         .map(|u| u.trim().parse::<async_nats::ServerAddr>())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| Error::Config(format!("invalid NATS_URL {urls:?}: {e}")))?;
+    let connected_before = Arc::new(std::sync::atomic::AtomicBool::new(false));
     async_nats::ConnectOptions::new()
         .name("taskboard-gateway")
         .retry_on_initial_connect()
@@ -148,16 +149,19 @@ async fn connect_nats(
         })
         .event_callback(move |ev| {
             let reconnected = reconnected.clone();
+            let connected_before = connected_before.clone();
             async move {
                 match ev {
                     async_nats::Event::Connected => {
                         tracing::info!("Connected to NATS successfully");
-                        metrics::nats_connected(true);
+                        let again =
+                            connected_before.swap(true, std::sync::atomic::Ordering::Relaxed);
+                        metrics::nats_connected(true, again);
                         let _ = reconnected.try_send(());
                     }
                     async_nats::Event::Disconnected => {
                         tracing::warn!("NATS disconnected");
-                        metrics::nats_connected(false);
+                        metrics::nats_connected(false, false);
                     }
                     other => tracing::info!(event = %other, "NATS event"),
                 }

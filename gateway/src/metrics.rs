@@ -63,9 +63,12 @@ pub fn describe() {
         "taskboard_nats_connected",
         "1 while the NATS connection is up"
     );
+    // Exported from the start (as 0), so dashboards and alerts see the series before the first
+    // reconnect.
+    counter!("taskboard_nats_reconnects_total").increment(0);
     describe_counter!(
-        "taskboard_nats_connects_total",
-        "NATS connections established (the first and every reconnect)"
+        "taskboard_nats_reconnects_total",
+        "NATS reconnections after the first connection"
     );
     describe_histogram!(
         "taskboard_event_lag_seconds",
@@ -148,10 +151,10 @@ pub fn event_lag(secs: f64) {
     histogram!("taskboard_event_lag_seconds").record(secs.max(0.0));
 }
 
-/// NATS connection state and reconnects.
-pub fn nats_connected(up: bool) {
+/// NATS connection state; `reconnect` when this is not the first connection.
+pub fn nats_connected(up: bool, reconnect: bool) {
     gauge!("taskboard_nats_connected").set(if up { 1.0 } else { 0.0 });
-    if up {
-        counter!("taskboard_nats_connects_total").increment(1);
+    if up && reconnect {
+        counter!("taskboard_nats_reconnects_total").increment(1);
     }
 }

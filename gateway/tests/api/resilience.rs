@@ -101,6 +101,18 @@ async fn events_committed_while_nats_is_down_are_delivered_once_it_is_back() {
     assert_eq!(evs[0]["title"], "during outage 0");
     app.create(1, "after").await;
     assert_eq!(seq(&ws.event().await.unwrap()), 5);
+    // The reconnect is counted.
+    let m = reqwest::get(format!("http://{}/metrics", app.metrics_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("taskboard_nats_reconnects_total ") && !l.ends_with(" 0")),
+        "{m}"
+    );
     ws.expect_silence(Duration::from_millis(300)).await;
 }
 
