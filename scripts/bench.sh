@@ -26,7 +26,8 @@ cleanup() {
   wait 2>/dev/null || true
   stop_private_services
 }
-trap cleanup INT TERM EXIT
+trap cleanup EXIT
+trap 'cleanup; exit 130' INT TERM
 
 # Many sockets: raise the descriptor limit and widen the ephemeral port range where allowed.
 ulimit -n 1048576 2>/dev/null || ulimit -n 262144 2>/dev/null || ulimit -n 65536 2>/dev/null || true

@@ -34,7 +34,8 @@ cleanup() {
   fi
   stop_private_services
 }
-trap cleanup INT TERM EXIT
+trap cleanup EXIT
+trap 'cleanup; exit 0' INT TERM
 
 command -v cargo >/dev/null || die "cargo not found: install the Rust toolchain (rustup)"
 ensure_postgres

@@ -195,6 +195,7 @@ async fn the_gateway_binary_drains_on_sigterm_and_exits_zero() {
         .unwrap()
         .port();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_taskboard-gateway"))
+        .kill_on_drop(true)
         .env_clear()
         .env("HTTP_PORT", port.to_string())
         .env("METRICS_PORT", metrics_port.to_string())

@@ -158,6 +158,7 @@ async fn the_binary_serves_and_exits_zero_on_sigterm() {
         .unwrap()
         .port();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_taskboard-tasks"))
+        .kill_on_drop(true)
         .env_clear()
         .env("PORT", port.to_string())
         .env("METRICS_PORT", "0")
