@@ -20,32 +20,26 @@ async fn main() -> std::process::ExitCode {
         }
     };
     // METRICS_PORT=0 turns the admin listener off.
-    let admin = if config.metrics_port == 0 {
-        None
-    } else {
-        let admin_addr = format!("{}:{}", config.bind_addr, config.metrics_port);
-        match TcpListener::bind(&admin_addr).await {
-            Ok(l) => Some(l),
+    let admin =
+        match taskboard_telemetry::bind_metrics(&config.bind_addr, config.metrics_port).await {
+            Ok(a) => a,
             Err(e) => {
-                tracing::error!(addr = %admin_addr, error = %e, "cannot bind the metrics port (METRICS_PORT)");
+                tracing::error!("{e}");
                 return std::process::ExitCode::FAILURE;
             }
-        }
-    };
-    match run_with_metrics(config, listener, admin, shutdown_signal()).await {
+        };
+    match run_with_metrics(
+        config,
+        listener,
+        admin,
+        taskboard_telemetry::shutdown_signal(),
+    )
+    .await
+    {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "gateway failed");
             std::process::ExitCode::FAILURE
         }
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }

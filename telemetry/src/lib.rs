@@ -1,5 +1,5 @@
-//! Telemetry shared by both services: logging set-up, the process's Prometheus recorder, and the
-//! admin listener that serves `/metrics` (never the public port).
+//! Telemetry shared by both services: logging set-up, the process's Prometheus recorder, the admin
+//! listener that serves `/metrics` (never the public port), and the stop signal of the binaries.
 #![forbid(unsafe_code)]
 
 use std::future::Future;
@@ -82,6 +82,38 @@ pub fn build_info(service: &'static str) {
         "git_sha" => env!("TASKBOARD_GIT_SHA"),
     )
     .set(1.0);
+}
+
+/// Binds the admin (metrics) listener on `bind_addr:port`; port 0 means "no metrics listener".
+///
+/// # Errors
+/// The port cannot be bound (the message names it and METRICS_PORT).
+pub async fn bind_metrics(bind_addr: &str, port: u16) -> Result<Option<TcpListener>, String> {
+    if port == 0 {
+        return Ok(None);
+    }
+    let addr = format!("{bind_addr}:{port}");
+    TcpListener::bind(&addr)
+        .await
+        .map(Some)
+        .map_err(|e| format!("cannot bind the metrics port {addr} (METRICS_PORT): {e}"))
+}
+
+/// Resolves on SIGINT or SIGTERM: the signal both binaries stop on.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no SIGTERM handler; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 /// Serves `GET /metrics` on `listener` until `shutdown` resolves.
