@@ -323,6 +323,17 @@ impl Ctx {
             let end = tokio::select! {
                 biased;
                 _ = &mut cancelled => End::Shutdown,
+                // Events first: when one is queued the loop goes straight to writing, without
+                // polling the socket's read side on every wake-up. The reader and the ping timer
+                // run as soon as the queue is empty (a busy connection is alive by definition).
+                d = feed.recv() => match d {
+                    Ok(d) => match self.deliver(&mut wr, &mut feed, d, &mut last, &mut batch).await {
+                        Ok(()) => continue,
+                        Err(e) => e,
+                    },
+                    Err(FeedError::Lagged) => End::SlowConsumer,
+                    Err(FeedError::Closed) => End::Shutdown,
+                },
                 // Cancel-safe: a partly read frame stays in the reader's buffer.
                 f = rd.next() => match f {
                     Ok(f) => match f.kind {
@@ -345,14 +356,6 @@ impl Ctx {
                         return End::Io(format!("client broke the protocol: {reason}"));
                     }
                     Err(e) => return End::Io(format!("{e:?}")),
-                },
-                d = feed.recv() => match d {
-                    Ok(d) => match self.deliver(&mut wr, &mut feed, d, &mut last, &mut batch).await {
-                        Ok(()) => continue,
-                        Err(e) => e,
-                    },
-                    Err(FeedError::Lagged) => End::SlowConsumer,
-                    Err(FeedError::Closed) => End::Shutdown,
                 },
                 _ = ping.tick() => {
                     if awaiting_pong {
