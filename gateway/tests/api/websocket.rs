@@ -286,3 +286,37 @@ async fn a_client_breaking_the_protocol_gets_1002_and_a_ping_gets_a_pong() {
     assert_eq!(close[0], 0x88);
     assert_eq!(u16::from_be_bytes([close[2], close[3]]), 1002);
 }
+
+#[tokio::test]
+async fn resuming_in_the_middle_of_a_burst_gives_every_event_once() {
+    // Events commit while the connection subscribes and replays: the live feed and the replay
+    // overlap, and the overlap must be delivered once, in order.
+    const N: i64 = 60;
+    let app = spawn_app().await;
+    let http = app.http.clone();
+    let url = app.url("/api/tasks");
+    let writer = tokio::spawn(async move {
+        for i in 0..N {
+            let r = http
+                .post(&url)
+                .json(&json!({"board_id": 12, "title": format!("burst {i}"), "created_by": 1}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+        }
+    });
+    // Join part-way through the burst, from the beginning of the board.
+    let mut probe = app.ws("board_id=12").await;
+    for _ in 0..N / 3 {
+        probe.event().await.unwrap();
+    }
+    let mut ws = app.ws("board_id=12&since=0").await;
+    writer.await.unwrap();
+    let evs = ws.events(N as usize).await.unwrap();
+    assert_eq!(
+        evs.iter().map(seq).collect::<Vec<_>>(),
+        (1..=N).collect::<Vec<_>>()
+    );
+    ws.expect_silence(Duration::from_millis(300)).await;
+}
