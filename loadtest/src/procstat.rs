@@ -108,13 +108,24 @@ mod tests {
     #[test]
     fn reads_this_process() {
         let pid = std::process::id();
-        assert!(rss_bytes(pid).unwrap() > 0);
-        // Burn a little CPU so the counter is visibly non-negative and finite.
+        assert!(
+            rss_bytes(pid).unwrap() > 1024 * 1024,
+            "a process has more than 1 MiB resident"
+        );
+        // Burn at least 200 ms of CPU: the counter (10 ms ticks) must grow by most of that.
+        let before = cpu_seconds(pid).unwrap();
+        let start = std::time::Instant::now();
         let mut x = 0u64;
-        for i in 0..5_000_000u64 {
-            x = x.wrapping_add(i * i);
+        while start.elapsed() < Duration::from_millis(200) {
+            for i in 0..10_000u64 {
+                x = x.wrapping_add(std::hint::black_box(i * i));
+            }
         }
         assert!(x > 0);
-        assert!(cpu_seconds(pid).unwrap() >= 0.0);
+        let used = cpu_seconds(pid).unwrap() - before;
+        assert!(
+            (0.1..5.0).contains(&used),
+            "measured {used} CPU seconds for ~0.2 s of work"
+        );
     }
 }
