@@ -18,5 +18,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &[PathBuf::from("."), include],
         )?;
     println!("cargo:rerun-if-changed=task/v1/task.proto");
+
+    // The Go original's proto, for compatibility tests only (client stubs, own module).
+    if std::env::var_os("CARGO_FEATURE_ORIGINAL").is_some() {
+        let original = out.join("original");
+        std::fs::create_dir_all(&original)?;
+        tonic_prost_build::configure()
+            .build_server(false)
+            .out_dir(&original)
+            .compile_protos(
+                &[PathBuf::from("original/task/v1/task.proto")],
+                &[
+                    PathBuf::from("original"),
+                    protoc_bin_vendored::include_path()?,
+                ],
+            )?;
+        println!("cargo:rerun-if-changed=original/task/v1/task.proto");
+    }
     Ok(())
 }

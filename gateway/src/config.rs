@@ -28,8 +28,8 @@ pub struct Config {
     #[arg(long, env = "HTTP_PORT", default_value_t = DEFAULT_HTTP_PORT)]
     pub http_port: u16,
 
-    /// Address to bind (all interfaces by default).
-    #[arg(long, env = "BIND_ADDR", default_value = "0.0.0.0")]
+    /// Address to bind; `::` (the default) answers on every IPv6 and IPv4 address.
+    #[arg(long, env = "BIND_ADDR", default_value = "::")]
     pub bind_addr: String,
 
     /// Admin port reserved for /metrics (kept off the public port).
@@ -70,6 +70,12 @@ pub struct Config {
     #[arg(long, env = "WS_WRITE_TIMEOUT_MS", default_value_t = 10_000)]
     pub ws_write_timeout_ms: u64,
 
+    /// How often the heads of watched boards are checked against what arrived over NATS: an
+    /// event lost on the way (a NATS hiccup nobody noticed) reaches subscribers within two of
+    /// these.
+    #[arg(long, env = "EVENT_CHECK_INTERVAL_MS", default_value_t = 2000)]
+    pub event_check_interval_ms: u64,
+
     /// Kernel send buffer per WebSocket connection (SO_SNDBUF), bytes; unset = kernel autotuning.
     /// Smaller values cut memory per idle connection and surface slow clients sooner.
     #[arg(long, env = "WS_SEND_BUFFER")]
@@ -97,6 +103,7 @@ impl Config {
             ws_ping_interval_ms: 30_000,
             ws_write_timeout_ms: 10_000,
             ws_send_buffer: None,
+            event_check_interval_ms: 2000,
             shutdown_grace_secs: 25,
         }
     }

@@ -1,10 +1,15 @@
 //! NATS intake: reads `<prefix>.>`, takes routing data from the headers (the payload is never
-//! parsed), drops duplicates, fills gaps from the task service, and hands events to the hub in
-//! per-board seq order.
+//! parsed, except for header-less events of the Go original's task service), drops duplicates,
+//! fills short gaps from the task service, and hands events to the hub in per-board seq order.
+//! It also makes sure nothing committed stays lost: after every (re)connect, and periodically, it
+//! compares the watched boards' heads in the log with what it has seen.
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::StreamExt;
+use taskboard_proto::nats::{RoundTrip, HEADER_BOARD, HEADER_COMMITTED_AT_US, HEADER_SEQ};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -16,6 +21,10 @@ use crate::tasks_client::TasksClient;
 const MAX_TRACKED_BOARDS: usize = 100_000;
 /// Events fetched per ListEvents call when filling a gap.
 const FILL_PAGE: i32 = 1000;
+/// Boards per BoardHeads call (the task service's limit).
+const HEADS_CHUNK: usize = 1000;
+/// How long the server may take to confirm the subscription.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Routing data of an event, from its NATS headers.
 #[derive(Debug, PartialEq, Eq)]
@@ -29,36 +38,80 @@ pub fn route(headers: Option<&async_nats::HeaderMap>) -> Option<Route> {
     let h = headers?;
     let num = |k: &str| h.get(k)?.as_str().parse::<i64>().ok().filter(|v| *v > 0);
     Some(Route {
-        board_id: num("Taskboard-Board")?,
-        seq: num("Taskboard-Seq")?,
+        board_id: num(HEADER_BOARD)?,
+        seq: num(HEADER_SEQ)?,
     })
+}
+
+/// The board of a header-less event, from its JSON payload (the Go original's task service
+/// publishes `{"type":…,"task_id":…,"board_id":…,…}` with no headers).
+pub fn board_of_payload(payload: &[u8]) -> Option<i64> {
+    #[derive(serde::Deserialize)]
+    struct Legacy {
+        board_id: i64,
+    }
+    serde_json::from_slice::<Legacy>(payload)
+        .ok()
+        .map(|l| l.board_id)
+        .filter(|b| *b > 0)
+}
+
+/// The intake task's settings.
+#[derive(Clone, Debug)]
+pub struct IntakeSettings {
+    /// Gaps up to this many events are fetched once here for every subscriber; longer ones (a
+    /// backlog after an outage) are left to each session, which reads the log at its own pace
+    /// instead of having the backlog pushed through its bounded queue.
+    pub inline_fill: i64,
+    /// How often the watched boards' heads are compared with what arrived. An event lost on the
+    /// way is delivered within two of these (a head must be behind on two checks in a row, so
+    /// events still in flight are not fetched twice).
+    pub check_every: Duration,
 }
 
 /// The intake task's state.
 pub struct Intake {
     pub hub: Arc<Hub>,
     pub tasks: TasksClient,
+    settings: IntakeSettings,
     /// Highest seq handed to the hub, per board.
     last: HashMap<i64, i64>,
+    /// Heads seen behind on the previous periodic check.
+    behind: HashMap<i64, i64>,
 }
 
 impl Intake {
-    pub fn new(hub: Arc<Hub>, tasks: TasksClient) -> Self {
+    pub fn new(hub: Arc<Hub>, tasks: TasksClient, settings: IntakeSettings) -> Self {
         Intake {
             hub,
             tasks,
+            settings,
             last: HashMap::new(),
+            behind: HashMap::new(),
         }
     }
 
-    /// Runs until shutdown. `reconnected` fires whenever the NATS connection is (re)established:
-    /// events published meanwhile are fetched from the task service for every watched board.
+    /// Runs until shutdown. Sets `subscribed` once the server has confirmed the subscription.
+    /// `reconnected` fires whenever the NATS connection is (re)established: what was committed
+    /// meanwhile is fetched for every watched board.
     pub async fn run(
         mut self,
+        nats: async_nats::Client,
         mut sub: async_nats::Subscriber,
+        subscribed: Arc<AtomicBool>,
         mut reconnected: mpsc::Receiver<()>,
         shutdown: CancellationToken,
     ) {
+        tokio::select! {
+            () = confirm(&nats) => {
+                subscribed.store(true, Ordering::Release);
+                tracing::info!("✅ Hub subscribed to task events (confirmed by the server)");
+            }
+            _ = shutdown.cancelled() => return,
+        }
+        let mut check = tokio::time::interval(self.settings.check_every);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        check.tick().await;
         loop {
             tokio::select! {
                 m = sub.next() => match m {
@@ -68,7 +121,8 @@ impl Intake {
                         return;
                     }
                 },
-                Some(()) = reconnected.recv() => self.catch_up().await,
+                Some(()) = reconnected.recv() => self.catch_up(true).await,
+                _ = check.tick() => self.catch_up(false).await,
                 _ = shutdown.cancelled() => return,
             }
         }
@@ -79,15 +133,29 @@ impl Intake {
         let committed_us = m
             .headers
             .as_ref()
-            .and_then(|h| h.get("Taskboard-Committed-At-Us"))
+            .and_then(|h| h.get(HEADER_COMMITTED_AT_US))
             .and_then(|v| v.as_str().parse::<i64>().ok());
         if let Some(us) = committed_us {
             let now = chrono::Utc::now().timestamp_micros();
             crate::metrics::event_lag((now - us) as f64 / 1e6);
         }
         let Some(r) = route(m.headers.as_ref()) else {
-            tracing::warn!(subject = %m.subject, "dropping NATS message without valid Taskboard-Board/Taskboard-Seq headers");
-            return;
+            // The Go original's task service: no headers, the board in the payload.
+            return match board_of_payload(&m.payload) {
+                Some(board) => {
+                    metrics::counter!("taskboard_nats_unsequenced_total").increment(1);
+                    let n = self.hub.publish(Delivery::unsequenced(board, &m.payload));
+                    tracing::info!(
+                        "📨 Received NATS event on {} (no seq), broadcasting to {} clients",
+                        m.subject,
+                        n
+                    );
+                }
+                None => {
+                    metrics::counter!("taskboard_nats_dropped_total").increment(1);
+                    tracing::warn!(subject = %m.subject, "dropping NATS message with neither Taskboard headers nor a board_id");
+                }
+            };
         };
         let n = self
             .accept(r.board_id, r.seq, m.payload, committed_us)
@@ -101,6 +169,14 @@ impl Intake {
         }
     }
 
+    /// The latest seq of `board` known here or by the hub (a subscriber may have fetched it).
+    fn expected(&self, board: i64) -> Option<i64> {
+        match (self.last.get(&board).copied(), self.hub.known(board)) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// Delivers one event in order; returns the number of receivers, or `None` for a duplicate.
     pub async fn accept(
         &mut self,
@@ -109,19 +185,29 @@ impl Intake {
         payload: bytes::Bytes,
         committed_us: Option<i64>,
     ) -> Option<usize> {
-        match self.last.get(&board).copied() {
+        match self.expected(board) {
             Some(last) if seq <= last => {
                 tracing::debug!(board, seq, last, "duplicate event dropped");
                 return None;
             }
             Some(last) if seq > last + 1 && self.hub.is_watched(board) => {
-                tracing::info!(
-                    board,
-                    from = last + 1,
-                    to = seq - 1,
-                    "gap in events; fetching"
-                );
-                self.fill(board, last, seq - 1).await;
+                if seq - 1 - last <= self.settings.inline_fill {
+                    tracing::info!(
+                        board,
+                        from = last + 1,
+                        to = seq - 1,
+                        "gap in events; fetching"
+                    );
+                    self.fill(board, last, seq - 1).await;
+                } else {
+                    // Each subscriber sees the gap by seq and reads it from the log itself.
+                    tracing::info!(
+                        board,
+                        from = last + 1,
+                        to = seq - 1,
+                        "long gap in events; subscribers read it from the log"
+                    );
+                }
             }
             _ => {}
         }
@@ -165,14 +251,84 @@ impl Intake {
         }
     }
 
-    /// After a NATS reconnect: fetch what every watched board missed.
-    async fn catch_up(&mut self) {
-        for board in self.hub.watched_boards() {
-            if let Some(last) = self.last.get(&board).copied() {
-                // Unknown head: fill until the task service has nothing newer.
-                self.fill(board, last, i64::MAX).await;
+    /// Brings every watched board to its head in the log. After a reconnect (`now`), whatever is
+    /// behind is fetched at once; on a periodic check, only what was already behind on the
+    /// previous check (so events merely in flight are not fetched twice).
+    async fn catch_up(&mut self, now: bool) {
+        let mut boards = self.hub.watched_boards();
+        if self.hub.has_all_boards_subscribers() {
+            boards.extend(self.last.keys().copied());
+            boards.sort_unstable();
+            boards.dedup();
+        }
+        let mut behind = HashMap::new();
+        for chunk in boards.chunks(HEADS_CHUNK) {
+            let heads = match self.tasks.board_heads(chunk.to_vec()).await {
+                Ok(h) => h,
+                Err(s) => {
+                    tracing::warn!(status = %s, "board heads unavailable; checking again later");
+                    return;
+                }
+            };
+            for (board, head) in heads {
+                let Some(last) = self.expected(board) else {
+                    // Nobody knew where this board stood: now they do.
+                    self.hub.note_head(board, head);
+                    self.remember(board, head);
+                    continue;
+                };
+                if head <= last {
+                    continue;
+                }
+                let due = now || self.behind.get(&board).is_some_and(|h| *h > last);
+                if !due {
+                    behind.insert(board, head);
+                    continue;
+                }
+                // On a periodic check only what was already behind last time is overdue.
+                let upto = if now {
+                    head
+                } else {
+                    self.behind.get(&board).copied().unwrap_or(head).min(head)
+                };
+                metrics::counter!("taskboard_events_recovered_total")
+                    .increment(u64::try_from(upto - last).unwrap_or(0));
+                tracing::warn!(
+                    board,
+                    from = last + 1,
+                    to = upto,
+                    "events missing from NATS; bringing them from the log"
+                );
+                if upto - last <= self.settings.inline_fill {
+                    self.fill(board, last, upto).await;
+                } else {
+                    self.remember(board, upto);
+                    self.hub.publish(Delivery::head(board, upto));
+                }
+                if head > upto {
+                    behind.insert(board, head);
+                }
             }
         }
+        self.behind = behind;
+    }
+}
+
+/// Waits until the server has confirmed the subscription made before this call (a round trip on
+/// the same connection), retrying while NATS is unreachable.
+async fn confirm(nats: &async_nats::Client) {
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match RoundTrip::new(nats).await {
+            Ok(mut rt) => match rt.confirm(nats, CONFIRM_TIMEOUT).await {
+                Ok(true) => return,
+                Ok(false) => tracing::warn!("NATS has not confirmed the subscription yet"),
+                Err(e) => tracing::warn!(error = %e, "NATS subscription check failed"),
+            },
+            Err(e) => tracing::warn!(error = %e, "NATS subscription check failed"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
     }
 }
 
@@ -183,8 +339,8 @@ mod tests {
     #[test]
     fn route_reads_board_and_seq_headers() {
         let mut h = async_nats::HeaderMap::new();
-        h.insert("Taskboard-Board", "7");
-        h.insert("Taskboard-Seq", "42");
+        h.insert(HEADER_BOARD, "7");
+        h.insert(HEADER_SEQ, "42");
         assert_eq!(
             route(Some(&h)),
             Some(Route {
@@ -212,7 +368,37 @@ mod tests {
         // that is down.
         let tasks = TasksClient::new("http://127.0.0.1:1", std::time::Duration::from_millis(200))
             .expect("client");
-        Intake::new(Arc::new(Hub::new(16)), tasks)
+        Intake::new(
+            Arc::new(Hub::new(16)),
+            tasks,
+            IntakeSettings {
+                inline_fill: 8,
+                check_every: Duration::from_secs(60),
+            },
+        )
+    }
+
+    #[test]
+    fn a_header_less_event_is_routed_by_its_payload() {
+        let original = br#"{"type":"created","task_id":7,"board_id":3,"title":"t","completed":null,"timestamp":1795801831}"#;
+        assert_eq!(board_of_payload(original), Some(3));
+        assert_eq!(board_of_payload(br#"{"type":"created"}"#), None);
+        assert_eq!(board_of_payload(br#"{"board_id":0}"#), None);
+        assert_eq!(board_of_payload(b"not json"), None);
+    }
+
+    #[tokio::test]
+    async fn a_board_head_noted_by_a_subscriber_is_where_the_intake_starts() {
+        let mut i = intake();
+        let mut rx = i.hub.subscribe(Some(1));
+        i.hub.note_head(1, 5);
+        assert_eq!(
+            i.accept(1, 5, "old".into(), None).await,
+            None,
+            "already known"
+        );
+        assert_eq!(i.accept(1, 6, "new".into(), None).await, Some(1));
+        assert_eq!(rx.try_recv().unwrap().seq, 6);
     }
 
     #[tokio::test]

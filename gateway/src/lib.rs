@@ -15,6 +15,7 @@ pub mod tasks_client;
 pub mod ws;
 
 use std::future::Future;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +39,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Owns every WebSocket session and background task.
     pub tracker: TaskTracker,
+    /// Set once NATS has confirmed the event subscription (`/ready` waits for it).
+    pub subscribed: Arc<AtomicBool>,
 }
 
 /// Runs the gateway on `listener` until `shutdown` resolves, then drains within the grace period.
@@ -85,15 +88,27 @@ pub async fn run_with_metrics(
     // Reconnects are signalled to the intake, which then fetches what watched boards missed.
     let (reconnected_tx, reconnected_rx) = mpsc::channel(4);
     let nats = connect_nats(&config.nats_url, reconnected_tx).await?;
-    let subject = format!("{}.>", config.nats_subject_prefix);
+    let subject = taskboard_proto::nats::wildcard(&config.nats_subject_prefix);
     let sub = nats
         .subscribe(subject.clone())
         .await
         .map_err(|e| Error::Nats(format!("subscribe {subject}: {e}")))?;
-    tracing::info!(%subject, "✅ Hub subscribed to task events");
+    tracing::info!(%subject, "subscribing to task events");
 
-    tracker.spawn(events::Intake::new(hub.clone(), tasks.clone()).run(
+    let subscribed = Arc::new(AtomicBool::new(false));
+    let intake = events::Intake::new(
+        hub.clone(),
+        tasks.clone(),
+        events::IntakeSettings {
+            // A quarter of a subscriber's queue: a fill never pushes one near its bound.
+            inline_fill: (config.ws_queue / 4).max(1) as i64,
+            check_every: Duration::from_millis(config.event_check_interval_ms.max(100)),
+        },
+    );
+    tracker.spawn(intake.run(
+        nats.clone(),
         sub,
+        subscribed.clone(),
         reconnected_rx,
         token.clone(),
     ));
@@ -111,6 +126,7 @@ pub async fn run_with_metrics(
         cors,
         shutdown: token.clone(),
         tracker: tracker.clone(),
+        subscribed,
     });
 
     tracing::info!(addr = %listener.local_addr()?, "gateway listening (HTTP + WebSocket /ws)");

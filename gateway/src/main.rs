@@ -1,7 +1,6 @@
 //! `taskboard-gateway`: parses the config, binds, and runs until SIGINT/SIGTERM.
 use clap::Parser;
 use taskboard_gateway::{run_with_metrics, Config};
-use tokio::net::TcpListener;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -11,11 +10,10 @@ async fn main() -> std::process::ExitCode {
         eprintln!("taskboard-gateway: {e}");
         return std::process::ExitCode::from(64);
     }
-    let addr = format!("{}:{}", config.bind_addr, config.http_port);
-    let listener = match TcpListener::bind(&addr).await {
+    let listener = match taskboard_telemetry::bind(&config.bind_addr, config.http_port).await {
         Ok(l) => l,
         Err(e) => {
-            tracing::error!(%addr, error = %e, "cannot bind");
+            tracing::error!(addr = %config.bind_addr, port = config.http_port, error = %e, "cannot bind");
             return std::process::ExitCode::FAILURE;
         }
     };

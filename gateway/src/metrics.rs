@@ -59,6 +59,22 @@ pub fn describe() {
         "taskboard_nats_messages_received_total",
         "Messages received on the event subjects"
     );
+    describe_counter!(
+        "taskboard_nats_unsequenced_total",
+        "Events without Taskboard headers (as the Go original's task service publishes them), delivered without seq"
+    );
+    describe_counter!(
+        "taskboard_nats_dropped_total",
+        "Messages on the event subjects that could not be routed (no headers and no board_id in the payload)"
+    );
+    describe_gauge!(
+        "taskboard_ws_boards",
+        "Boards with at least one WebSocket subscriber (per-board channels held)"
+    );
+    describe_counter!(
+        "taskboard_events_recovered_total",
+        "Events the gateway found missing (lost on the way from the task service) and brought to subscribers from the log"
+    );
     describe_gauge!(
         "taskboard_nats_connected",
         "1 while the NATS connection is up"
@@ -97,6 +113,8 @@ pub struct WsMetrics {
     pub resumes: Counter,
     pub events_replayed: Counter,
     pub nats_received: Counter,
+    /// Per-board channels held (boards someone watches).
+    pub boards: Gauge,
     /// NATS receipt → the last recipient's frame written, per event.
     pub fanout: Histogram,
     /// Commit in the task service → the last recipient's frame written, per event.
@@ -114,6 +132,7 @@ impl WsMetrics {
             resumes: counter!("taskboard_ws_resumes_total"),
             events_replayed: counter!("taskboard_ws_events_replayed_total"),
             nats_received: counter!("taskboard_nats_messages_received_total"),
+            boards: gauge!("taskboard_ws_boards"),
             fanout: histogram!("taskboard_fanout_seconds"),
             end_to_end: histogram!("taskboard_end_to_end_lag_seconds"),
         }

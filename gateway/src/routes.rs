@@ -18,6 +18,8 @@ use crate::AppState;
 
 /// Largest request body accepted (answered with 413 beyond it).
 pub const MAX_BODY: usize = 64 * 1024;
+/// Page size of `GET /api/tasks` when none (or a non-positive one) is given.
+const REST_PAGE_SIZE: i32 = 10;
 /// Deadline of the readiness probe of the task service.
 const READY_DEADLINE: Duration = Duration::from_secs(1);
 
@@ -342,7 +344,9 @@ async fn list(state: &AppState, query: Option<&str>) -> Result<Resp, ApiError> {
         .list(v1::ListTasksRequest {
             board_id: board.unwrap_or(0),
             completed,
-            page_size: size,
+            // REST's default page size is 10 (the original gateway's); the task service's own
+            // default for 0 is the original gRPC default of 50.
+            page_size: if size <= 0 { REST_PAGE_SIZE } else { size },
             page_number: page,
         })
         .await
@@ -392,6 +396,8 @@ async fn ready(state: &AppState) -> Resp {
     }
     if state.nats.connection_state() != async_nats::connection::State::Connected {
         problems.push(format!("nats: {}", state.nats.connection_state()));
+    } else if !state.subscribed.load(std::sync::atomic::Ordering::Acquire) {
+        problems.push("nats: event subscription not confirmed yet".into());
     }
     if problems.is_empty() {
         json(StatusCode::OK, &serde_json::json!({"status": "ready"}))
@@ -449,7 +455,8 @@ async fn websocket(state: &Arc<AppState>, mut req: Request<Incoming>, peer: Sock
         sub,
         state.shutdown.clone(),
         peer,
-    );
+    )
+    .await;
     state.tracker.spawn(async move {
         match upgrade.await {
             Ok(ws) => session.run(ws).await,

@@ -121,7 +121,25 @@ impl TasksClient {
         .await
     }
 
-    /// Whether the task service answers its health check with SERVING (within `deadline`).
+    /// The latest seq of each of `boards` (at most 1000), in one call.
+    pub async fn board_heads(
+        &self,
+        boards: Vec<i64>,
+    ) -> Result<std::collections::HashMap<i64, i64>, tonic::Status> {
+        metered(Side::Client, "BoardHeads", async {
+            Ok(self
+                .client()
+                .board_heads(self.req(v1::BoardHeadsRequest { board_ids: boards }))
+                .await?
+                .into_inner()
+                .heads)
+        })
+        .await
+    }
+
+    /// Whether the task service answers its health check with SERVING (within `deadline`). A
+    /// service without the health service (the Go original's) counts as ready when it answers a
+    /// cheap call at all.
     pub async fn ready(&self, deadline: Duration) -> Result<(), String> {
         let mut h = HealthClient::new(self.channel.clone());
         let mut req = tonic::Request::new(tonic_health::pb::HealthCheckRequest {
@@ -130,9 +148,29 @@ impl TasksClient {
         req.set_timeout(deadline);
         match tokio::time::timeout(deadline, h.check(req)).await {
             Err(_) => Err("task service: health check timed out".into()),
+            Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => self.answers(deadline).await,
             Ok(Err(s)) => Err(format!("task service: {}", s.code().description())),
             Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32 => Ok(()),
             Ok(Ok(_)) => Err("task service: not serving".into()),
+        }
+    }
+
+    /// Readiness without a health service: `GetTask(0)` touches nothing, and any answer but
+    /// UNAVAILABLE or a timeout means the service is up.
+    async fn answers(&self, deadline: Duration) -> Result<(), String> {
+        let mut req = tonic::Request::new(v1::GetTaskRequest { id: 0 });
+        req.set_timeout(deadline);
+        match tokio::time::timeout(deadline, self.client().get_task(req)).await {
+            Err(_) => Err("task service: timed out".into()),
+            Ok(Err(s))
+                if matches!(
+                    s.code(),
+                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+                ) =>
+            {
+                Err(format!("task service: {}", s.code().description()))
+            }
+            Ok(_) => Ok(()),
         }
     }
 }

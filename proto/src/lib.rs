@@ -9,6 +9,15 @@ pub mod task {
     }
 }
 
+pub mod nats;
+
+/// Client stubs of the Go original's `task.v1` (its proto, unchanged), for compatibility tests.
+#[cfg(feature = "original")]
+#[allow(clippy::all, missing_docs)]
+pub mod original {
+    include!(concat!(env!("OUT_DIR"), "/original/task.v1.rs"));
+}
+
 pub use prost_types;
 pub use task::v1;
 

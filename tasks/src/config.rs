@@ -25,8 +25,8 @@ pub struct Config {
     #[arg(long, env = "PORT", default_value_t = DEFAULT_PORT)]
     pub port: u16,
 
-    /// Address to bind (all interfaces by default).
-    #[arg(long, env = "BIND_ADDR", default_value = "0.0.0.0")]
+    /// Address to bind; `::` (the default) answers on every IPv6 and IPv4 address.
+    #[arg(long, env = "BIND_ADDR", default_value = "::")]
     pub bind_addr: String,
 
     /// Admin port reserved for /metrics.

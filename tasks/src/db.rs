@@ -58,6 +58,7 @@ pub struct Statements {
     pub mark_published: Statement,
     pub prune: Statement,
     pub pending: Statement,
+    pub heads: Statement,
 }
 
 impl Statements {
@@ -118,11 +119,23 @@ impl Statements {
             list_events: c
                 .prepare_typed(list_events, &[Type::INT8, Type::INT8, Type::INT8])
                 .await?,
+            // Boards interleaved (each board's first unpublished event, then each one's second, …)
+            // so a long backlog on one board never holds the others back; each board's own
+            // order is kept.
             unpublished: c
                 .prepare_typed(
-                    "SELECT board_id, seq, kind, task_id, payload, created_at FROM events \
-                     WHERE published_at IS NULL ORDER BY board_id, seq LIMIT $1",
+                    "SELECT board_id, seq, kind, task_id, payload, created_at FROM \
+                       (SELECT board_id, seq, kind, task_id, payload, created_at, \
+                               row_number() OVER (PARTITION BY board_id ORDER BY seq) AS rank \
+                        FROM events WHERE published_at IS NULL) u \
+                     ORDER BY rank, board_id LIMIT $1",
                     &[Type::INT8],
+                )
+                .await?,
+            heads: c
+                .prepare_typed(
+                    "SELECT id, last_seq FROM boards WHERE id = ANY($1)",
+                    &[Type::INT8_ARRAY],
                 )
                 .await?,
             mark_published: c
@@ -459,7 +472,17 @@ pub async fn list_events(
     Ok((events, head))
 }
 
-/// The oldest unpublished events, in (board, seq) order.
+/// The latest seq of each of `boards` (boards without events are absent).
+///
+/// # Errors
+/// Database or pool failure.
+pub async fn heads(pool: &Pool, boards: &[i64]) -> Result<Vec<(i64, i64)>, Error> {
+    let c = acquire(pool).await?;
+    let rows = c.client.query(&c.stmts.heads, &[&boards]).await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// The oldest unpublished events, boards interleaved, each board in seq order.
 ///
 /// # Errors
 /// Database or pool failure.

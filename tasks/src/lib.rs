@@ -5,6 +5,7 @@
 pub mod config;
 pub mod db;
 mod error;
+pub mod gate;
 pub mod outbox;
 pub mod service;
 #[cfg(any(test, feature = "testing"))]
@@ -26,8 +27,13 @@ pub use error::Error;
 
 /// How long start-up keeps retrying an unreachable database before giving up.
 const DB_STARTUP_PATIENCE: Duration = Duration::from_secs(30);
-/// How often the health service re-checks the database.
+/// How often the health service re-checks the database while it answers.
 const HEALTH_PROBE_EVERY: Duration = Duration::from_secs(2);
+/// How often it re-checks while the database is down (calls fail fast meanwhile, so recovery
+/// should be noticed soon).
+const HEALTH_PROBE_WHILE_DOWN: Duration = Duration::from_millis(250);
+/// How long one probe may take before the database counts as unreachable.
+const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Runs the task service on `listener` until `shutdown` resolves, then drains within the grace
 /// period.
@@ -95,21 +101,36 @@ pub async fn run_with_metrics(
         .run(),
     );
 
+    let gate = gate::DbGate::default();
     let svc = service::Service {
         pool: pool.clone(),
         wake: wake_rx,
         poll,
         shutdown: token.clone(),
         tracker: tracker.clone(),
+        gate: gate.clone(),
     };
 
     let (health, health_svc) = tonic_health::server::health_reporter();
-    tracker.spawn(probe_health(health.clone(), pool.clone(), token.clone()));
+    tracker.spawn(probe_health(
+        health.clone(),
+        pool.clone(),
+        pg.clone(),
+        gate,
+        token.clone(),
+    ));
 
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(taskboard_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Both reflection versions: grpcurl and Python's grpcio-reflection still speak v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(taskboard_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
         .build_v1()
+        .map_err(|e| Error::Config(format!("reflection: {e}")))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
         .map_err(|e| Error::Config(format!("reflection: {e}")))?;
 
     let addr = listener.local_addr()?;
@@ -134,7 +155,8 @@ pub async fn run_with_metrics(
     };
     let serve = tonic::transport::Server::builder()
         .add_service(health_svc)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(TaskServiceServer::new(svc))
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
@@ -200,18 +222,42 @@ pub async fn connect_nats(urls: &str) -> Result<async_nats::Client, Error> {
         .map_err(|e| Error::Nats(e.to_string()))
 }
 
-/// Keeps the gRPC health status in step with the database: NOT_SERVING while it is unreachable.
+/// Keeps the gRPC health status and the fail-fast gate in step with the database: NOT_SERVING
+/// (and calls answered UNAVAILABLE at once) while it is unreachable.
 async fn probe_health(
     health: tonic_health::server::HealthReporter,
     pool: db::Pool,
+    pg: tokio_postgres::Config,
+    gate: gate::DbGate,
     token: CancellationToken,
 ) {
     let mut serving = None;
+    // The probe's own connection (reopened when it fails), so a saturated pool never reads as a
+    // dead database.
+    let mut conn: Option<tokio_postgres::Client> = None;
     loop {
-        let ok = match tokio::time::timeout(Duration::from_secs(2), pool.get()).await {
-            Ok(Ok(c)) => c.client.simple_query("").await.is_ok(),
-            _ => false,
-        };
+        let ok = tokio::time::timeout(HEALTH_PROBE_TIMEOUT, async {
+            if conn.as_ref().is_none_or(|c| c.is_closed()) {
+                let (client, connection) = db::connect(&pg).await.ok()?;
+                tokio::spawn(connection);
+                conn = Some(client);
+            }
+            conn.as_ref()?.simple_query("").await.ok()
+        })
+        .await
+        .ok()
+        .flatten()
+        .is_some();
+        if !ok {
+            conn = None;
+        }
+        if gate.set(ok) {
+            if ok {
+                tracing::info!("database reachable again: serving calls");
+            } else {
+                tracing::warn!("database unreachable: calls fail fast until it is back");
+            }
+        }
         let st = pool.state();
         metrics::gauge!("taskboard_db_pool_connections", "state" => "idle")
             .set(f64::from(st.idle_connections));
@@ -231,8 +277,14 @@ async fn probe_health(
             }
             serving = Some(ok);
         }
+        let every = if ok {
+            HEALTH_PROBE_EVERY
+        } else {
+            HEALTH_PROBE_WHILE_DOWN
+        };
         tokio::select! {
-            _ = tokio::time::sleep(HEALTH_PROBE_EVERY) => {}
+            _ = tokio::time::sleep(every) => {}
+            _ = gate.suspected() => {}
             _ = token.cancelled() => return,
         }
     }

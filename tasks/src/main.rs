@@ -1,7 +1,6 @@
 //! `taskboard-tasks`: parses the config, binds, and runs until SIGINT/SIGTERM.
 use clap::Parser;
 use taskboard_tasks::{run_with_metrics, Config};
-use tokio::net::TcpListener;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -11,11 +10,10 @@ async fn main() -> std::process::ExitCode {
         eprintln!("taskboard-tasks: {e}");
         return std::process::ExitCode::from(64);
     }
-    let addr = format!("{}:{}", config.bind_addr, config.port);
-    let listener = match TcpListener::bind(&addr).await {
+    let listener = match taskboard_telemetry::bind(&config.bind_addr, config.port).await {
         Ok(l) => l,
         Err(e) => {
-            tracing::error!(%addr, error = %e, "cannot bind");
+            tracing::error!(addr = %config.bind_addr, port = config.port, error = %e, "cannot bind");
             return std::process::ExitCode::FAILURE;
         }
     };

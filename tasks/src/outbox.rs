@@ -10,6 +10,11 @@ use tokio::sync::{watch, Notify};
 use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
+use taskboard_proto::nats::{
+    self as contract, RoundTrip, HEADER_BOARD, HEADER_COMMITTED_AT_US, HEADER_MSG_ID, HEADER_SEQ,
+    HEADER_TASK,
+};
+
 use crate::db::{self, EventRow, Pool};
 use crate::Error;
 
@@ -18,8 +23,9 @@ const LEADER_LOCK: i64 = 0x0074_6173_6b72_6c79;
 /// Events published per round trip: large enough to amortise the flush and the UPDATE, small
 /// enough that one board's backlog does not hold the others back for long.
 const BATCH: i64 = 256;
-/// How long a NATS flush may take before the batch is retried (it stays unpublished meanwhile).
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the server may take to confirm a batch before it is retried (it stays unpublished
+/// meanwhile; duplicates are dropped by seq downstream).
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a leader prunes events past retention.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// Wait before reopening a failed LISTEN session.
@@ -78,6 +84,9 @@ impl Relay {
             Ok(())
         });
         client.batch_execute("LISTEN taskboard_events").await?;
+        let mut confirm = RoundTrip::new(&self.nats)
+            .await
+            .map_err(|e| Error::Nats(format!("subscribe to the relay's inbox: {e}")))?;
         let mut leader = false;
         let mut last_prune: Option<Instant> = None;
         let result = loop {
@@ -92,7 +101,7 @@ impl Relay {
                 metrics::gauge!("taskboard_relay_leader").set(if leader { 1.0 } else { 0.0 });
             }
             if leader {
-                self.publish_pending().await?;
+                self.publish_pending(&mut confirm).await?;
                 metrics::gauge!("taskboard_outbox_pending")
                     .set(db::pending(&self.pool).await? as f64);
                 if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
@@ -123,7 +132,7 @@ impl Relay {
     }
 
     /// Publishes unpublished events until none are left or NATS is not connected.
-    async fn publish_pending(&self) -> Result<(), Error> {
+    async fn publish_pending(&self, confirm: &mut RoundTrip) -> Result<(), Error> {
         loop {
             if self.nats.connection_state() != State::Connected {
                 tracing::debug!("outbox relay: NATS not connected; events wait in the outbox");
@@ -139,13 +148,18 @@ impl Relay {
                     .await
                     .map_err(|e| Error::Nats(e.to_string()))?;
             }
-            match tokio::time::timeout(FLUSH_TIMEOUT, self.nats.flush()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(Error::Nats(format!("flush: {e}"))),
-                Err(_) => {
-                    tracing::warn!("outbox relay: NATS flush timed out; batch will be retried");
-                    return Ok(());
-                }
+            // A flush only means the bytes left this process (a stopped server takes them into
+            // its socket buffer and loses them); marked published only once the server has
+            // processed them.
+            let confirmed = confirm
+                .confirm(&self.nats, CONFIRM_TIMEOUT)
+                .await
+                .map_err(|e| Error::Nats(e.to_string()))?;
+            if !confirmed {
+                tracing::warn!(
+                    "outbox relay: NATS did not confirm the batch in time; it will be retried"
+                );
+                return Ok(());
             }
             db::mark_published(&self.pool, &batch).await?;
             let now = chrono::Utc::now();
@@ -168,22 +182,22 @@ impl Relay {
     }
 
     fn subject(&self, ev: &EventRow) -> String {
-        format!("{}.{}", self.subject_prefix, ev.kind)
+        contract::subject(&self.subject_prefix, &ev.kind)
     }
 }
 
 /// NATS headers of an event: routing data for the gateway, so it never parses the payload.
 fn headers(ev: &EventRow) -> async_nats::HeaderMap {
     let mut h = async_nats::HeaderMap::new();
-    h.insert("Taskboard-Board", ev.board_id.to_string().as_str());
-    h.insert("Taskboard-Seq", ev.seq.to_string().as_str());
-    h.insert("Taskboard-Task", ev.task_id.to_string().as_str());
+    h.insert(HEADER_BOARD, ev.board_id.to_string().as_str());
+    h.insert(HEADER_SEQ, ev.seq.to_string().as_str());
+    h.insert(HEADER_TASK, ev.task_id.to_string().as_str());
     h.insert(
-        "Taskboard-Committed-At-Us",
+        HEADER_COMMITTED_AT_US,
         ev.committed_at.timestamp_micros().to_string().as_str(),
     );
     h.insert(
-        "Nats-Msg-Id",
+        HEADER_MSG_ID,
         format!("{}-{}", ev.board_id, ev.seq).as_str(),
     );
     h

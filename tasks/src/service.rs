@@ -9,13 +9,16 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 
 use crate::db::{self, EventRow, Pool};
+use crate::gate::DbGate;
 use crate::{validate, Error};
 
-/// Events buffered per WatchTasks stream; a slow reader applies back-pressure to its own stream
-/// only (the producer waits), never to the database or other streams.
+/// Items buffered per WatchTasks/WatchEvents stream; a slow reader applies back-pressure to its
+/// own stream only (the producer waits), never to the database or other streams.
 const WATCH_BUFFER: usize = 64;
-/// Events fetched per query by WatchTasks.
+/// Events fetched per query by the watch streams.
 const WATCH_PAGE: i64 = 500;
+/// Most boards per BoardHeads call.
+const MAX_HEADS: usize = 1000;
 
 /// Shared state of the service.
 #[derive(Clone)]
@@ -26,6 +29,8 @@ pub struct Service {
     pub poll: Duration,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
+    /// Closed while the database is known to be down: calls fail fast with UNAVAILABLE.
+    pub gate: DbGate,
 }
 
 /// Whether a reader at `after_seq` has missed events that are no longer kept (or is ahead of the
@@ -59,7 +64,7 @@ impl TaskService for Service {
         taskboard_telemetry::metered(
             taskboard_telemetry::Side::Server,
             "CreateTask",
-            async move {
+            self.db_call(async move {
                 let r = req.get_ref();
                 let new = validate::new_task(r.board_id, &r.title, &r.description, r.created_by)?;
                 let (task, seq) = db::create(&self.pool, &new).await?;
@@ -67,7 +72,7 @@ impl TaskService for Service {
                     task: Some(task),
                     seq,
                 }))
-            },
+            }),
         )
         .await
     }
@@ -77,13 +82,17 @@ impl TaskService for Service {
         &self,
         req: Request<v1::GetTaskRequest>,
     ) -> Result<Response<v1::GetTaskResponse>, Status> {
-        taskboard_telemetry::metered(taskboard_telemetry::Side::Server, "GetTask", async move {
-            let id = validate::task_id(req.get_ref().id)?;
-            match db::get(&self.pool, id).await? {
-                Some(task) => Ok(Response::new(v1::GetTaskResponse { task: Some(task) })),
-                None => Err(not_found(id)),
-            }
-        })
+        taskboard_telemetry::metered(
+            taskboard_telemetry::Side::Server,
+            "GetTask",
+            self.db_call(async move {
+                let id = validate::task_id(req.get_ref().id)?;
+                match db::get(&self.pool, id).await? {
+                    Some(task) => Ok(Response::new(v1::GetTaskResponse { task: Some(task) })),
+                    None => Err(not_found(id)),
+                }
+            }),
+        )
         .await
     }
 
@@ -92,20 +101,24 @@ impl TaskService for Service {
         &self,
         req: Request<v1::ListTasksRequest>,
     ) -> Result<Response<v1::ListTasksResponse>, Status> {
-        taskboard_telemetry::metered(taskboard_telemetry::Side::Server, "ListTasks", async move {
-            let r = req.get_ref();
-            let board = validate::board_id(r.board_id)?;
-            let (page, size) = validate::paging(r.page_number, r.page_size);
-            let offset = (i64::from(page) - 1) * i64::from(size);
-            let p = db::list(&self.pool, board, r.completed, i64::from(size), offset).await?;
-            Ok(Response::new(v1::ListTasksResponse {
-                tasks: p.tasks,
-                total_count: i32::try_from(p.total).unwrap_or(i32::MAX),
-                page_number: page,
-                page_size: size,
-                head_seq: p.head_seq,
-            }))
-        })
+        taskboard_telemetry::metered(
+            taskboard_telemetry::Side::Server,
+            "ListTasks",
+            self.db_call(async move {
+                let r = req.get_ref();
+                let board = validate::board_id(r.board_id)?;
+                let (page, size) = validate::paging(r.page_number, r.page_size);
+                let offset = (i64::from(page) - 1) * i64::from(size);
+                let p = db::list(&self.pool, board, r.completed, i64::from(size), offset).await?;
+                Ok(Response::new(v1::ListTasksResponse {
+                    tasks: p.tasks,
+                    total_count: i32::try_from(p.total).unwrap_or(i32::MAX),
+                    page_number: page,
+                    page_size: size,
+                    head_seq: p.head_seq,
+                }))
+            }),
+        )
         .await
     }
 
@@ -117,7 +130,7 @@ impl TaskService for Service {
         taskboard_telemetry::metered(
             taskboard_telemetry::Side::Server,
             "UpdateTask",
-            async move {
+            self.db_call(async move {
                 let r = req.get_ref();
                 let ch = validate::change(
                     r.id,
@@ -142,7 +155,7 @@ impl TaskService for Service {
                     })),
                     None => Err(not_found(ch.id)),
                 }
-            },
+            }),
         )
         .await
     }
@@ -155,7 +168,7 @@ impl TaskService for Service {
         taskboard_telemetry::metered(
             taskboard_telemetry::Side::Server,
             "DeleteTask",
-            async move {
+            self.db_call(async move {
                 let id = validate::task_id(req.get_ref().id)?;
                 match db::delete(&self.pool, id).await? {
                     Some((_, seq)) => {
@@ -163,22 +176,58 @@ impl TaskService for Service {
                     }
                     None => Err(not_found(id)),
                 }
-            },
+            }),
         )
         .await
     }
 
-    type WatchTasksStream = ReceiverStream<Result<v1::Event, Status>>;
+    type WatchTasksStream = ReceiverStream<Result<v1::Task, Status>>;
 
     #[tracing::instrument(skip_all, fields(board.id = req.get_ref().board_id))]
     async fn watch_tasks(
         &self,
-        req: Request<v1::WatchTasksRequest>,
+        req: Request<v1::ListTasksRequest>,
     ) -> Result<Response<Self::WatchTasksStream>, Status> {
         taskboard_telemetry::metered(
             taskboard_telemetry::Side::Server,
             "WatchTasks",
-            async move {
+            self.db_call(async move {
+                let board = validate::board_id(req.get_ref().board_id)?;
+                let completed = req.get_ref().completed;
+                // The original's stream has no resume point: changes from now on.
+                let head = db::heads(&self.pool, &[board])
+                    .await?
+                    .first()
+                    .map_or(0, |(_, h)| *h);
+                let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+                let svc = self.clone();
+                self.tracker.spawn(async move {
+                    svc.watch(board, head, tx, move |e| match e {
+                        WatchItem::Event(e) => {
+                            task_of_event(e).filter(|t| completed.is_none_or(|c| t.completed == c))
+                        }
+                        // Nothing the original's message can say; the stream goes on from head.
+                        WatchItem::Reset(_) => None,
+                    })
+                    .await
+                });
+                Ok(Response::new(ReceiverStream::new(rx)))
+            }),
+        )
+        .await
+    }
+
+    type WatchEventsStream = ReceiverStream<Result<v1::Event, Status>>;
+
+    #[tracing::instrument(skip_all, fields(board.id = req.get_ref().board_id))]
+    async fn watch_events(
+        &self,
+        req: Request<v1::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        taskboard_telemetry::metered(
+            taskboard_telemetry::Side::Server,
+            "WatchEvents",
+            self.db_call(async move {
                 let board = validate::board_id(req.get_ref().board_id)?;
                 let since = req.get_ref().since_seq;
                 if since < 0 {
@@ -186,10 +235,44 @@ impl TaskService for Service {
                 }
                 let (tx, rx) = mpsc::channel(WATCH_BUFFER);
                 let svc = self.clone();
-                self.tracker
-                    .spawn(async move { svc.watch(board, since, tx).await });
+                self.tracker.spawn(async move {
+                    svc.watch(board, since, tx, move |e| {
+                        Some(match e {
+                            WatchItem::Event(e) => e.to_proto(),
+                            WatchItem::Reset(head) => reset_event(board, head),
+                        })
+                    })
+                    .await
+                });
                 Ok(Response::new(ReceiverStream::new(rx)))
-            },
+            }),
+        )
+        .await
+    }
+
+    #[tracing::instrument(skip_all, fields(boards = req.get_ref().board_ids.len()))]
+    async fn board_heads(
+        &self,
+        req: Request<v1::BoardHeadsRequest>,
+    ) -> Result<Response<v1::BoardHeadsResponse>, Status> {
+        taskboard_telemetry::metered(
+            taskboard_telemetry::Side::Server,
+            "BoardHeads",
+            self.db_call(async move {
+                let ids = &req.get_ref().board_ids;
+                if ids.len() > MAX_HEADS {
+                    return Err(Status::invalid_argument(format!(
+                        "at most {MAX_HEADS} board_ids per call"
+                    )));
+                }
+                for b in ids {
+                    validate::board_id(*b)?;
+                }
+                let mut heads: std::collections::HashMap<i64, i64> =
+                    ids.iter().map(|b| (*b, 0)).collect();
+                heads.extend(db::heads(&self.pool, ids).await?);
+                Ok(Response::new(v1::BoardHeadsResponse { heads }))
+            }),
         )
         .await
     }
@@ -202,7 +285,7 @@ impl TaskService for Service {
         taskboard_telemetry::metered(
             taskboard_telemetry::Side::Server,
             "ListEvents",
-            async move {
+            self.db_call(async move {
                 let r = req.get_ref();
                 let board = validate::board_id(r.board_id)?;
                 if r.after_seq < 0 {
@@ -221,15 +304,84 @@ impl TaskService for Service {
                     head_seq: head,
                     reset,
                 }))
-            },
+            }),
         )
         .await
     }
 }
 
+/// What a watch stream turns into items.
+enum WatchItem<'a> {
+    Event(&'a EventRow),
+    /// The reader missed pruned events; it continues from this head.
+    Reset(i64),
+}
+
+/// The task an event carries (its payload's `task` object), as the original's `Task` message.
+fn task_of_event(e: &EventRow) -> Option<v1::Task> {
+    #[derive(serde::Deserialize)]
+    struct Payload {
+        task: TaskJson,
+    }
+    #[derive(serde::Deserialize)]
+    struct TaskJson {
+        id: i64,
+        board_id: i64,
+        title: String,
+        description: String,
+        completed: bool,
+        created_by: i64,
+        created_at: String,
+        updated_at: String,
+        version: i64,
+    }
+    let ts = |t: &str| {
+        chrono::DateTime::parse_from_rfc3339(t)
+            .ok()
+            .map(|t| prost_types::Timestamp {
+                seconds: t.timestamp(),
+                nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+            })
+    };
+    match serde_json::from_slice::<Payload>(&e.payload) {
+        Ok(Payload { task: t }) => Some(v1::Task {
+            id: t.id,
+            board_id: t.board_id,
+            title: t.title,
+            description: t.description,
+            completed: t.completed,
+            created_by: t.created_by,
+            created_at: ts(&t.created_at),
+            updated_at: ts(&t.updated_at),
+            version: t.version,
+        }),
+        Err(err) => {
+            tracing::error!(board = e.board_id, seq = e.seq, error = %err, "event payload without a task");
+            None
+        }
+    }
+}
+
 impl Service {
-    /// Feeds one WatchTasks stream until the client goes away or the service shuts down.
-    async fn watch(self, board: i64, mut cursor: i64, tx: mpsc::Sender<Result<v1::Event, Status>>) {
+    /// Runs a call that needs the database: at once UNAVAILABLE while it is known to be down, and
+    /// a connection failure closes the gate for the calls that follow.
+    async fn db_call<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        self.gate.check()?;
+        self.gate.observe(f.await)
+    }
+
+    /// Feeds one watch stream with what `item` makes of each event after `cursor`, until the
+    /// client goes away or the service shuts down.
+    async fn watch<T: Send + 'static>(
+        self,
+        board: i64,
+        mut cursor: i64,
+        tx: mpsc::Sender<Result<T, Status>>,
+        item: impl Fn(WatchItem<'_>) -> Option<T>,
+    ) {
         let mut wake = self.wake.clone();
         loop {
             // Mark the current notification as seen before querying, so one that arrives while
@@ -245,16 +397,20 @@ impl Service {
             };
             if needs_reset(cursor, head, &events) {
                 cursor = head;
-                if tx.send(Ok(reset_event(board, head))).await.is_err() {
-                    return;
+                if let Some(i) = item(WatchItem::Reset(head)) {
+                    if tx.send(Ok(i)).await.is_err() {
+                        return;
+                    }
                 }
                 continue;
             }
             let full = events.len() as i64 == WATCH_PAGE;
             for e in &events {
                 cursor = e.seq;
-                if tx.send(Ok(e.to_proto())).await.is_err() {
-                    return;
+                if let Some(i) = item(WatchItem::Event(e)) {
+                    if tx.send(Ok(i)).await.is_err() {
+                        return;
+                    }
                 }
             }
             if full {
@@ -290,6 +446,19 @@ mod tests {
             payload: bytes::Bytes::new(),
             committed_at: chrono::Utc::now(),
         }
+    }
+
+    #[test]
+    fn an_event_payload_gives_back_its_task() {
+        let mut e = ev(3);
+        e.payload = bytes::Bytes::from_static(
+            br#"{"type":"updated","seq":3,"task":{"id":7,"board_id":1,"title":"t","description":"d","completed":true,"created_by":0,"created_at":"2026-11-27T17:50:31.123456Z","updated_at":"2026-11-27T17:50:32Z","version":2}}"#,
+        );
+        let t = task_of_event(&e).expect("task");
+        assert_eq!((t.id, t.completed, t.version), (7, true, 2));
+        assert_eq!(t.created_at.unwrap().nanos, 123_456_000);
+        e.payload = bytes::Bytes::from_static(b"{}");
+        assert!(task_of_event(&e).is_none());
     }
 
     #[test]

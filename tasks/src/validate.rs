@@ -7,8 +7,9 @@ use crate::Error;
 pub const MAX_TITLE_CHARS: usize = 500;
 /// Longest description accepted, in characters.
 pub const MAX_DESCRIPTION_CHARS: usize = 10_000;
-/// Default and largest page size of ListTasks.
-pub const DEFAULT_PAGE_SIZE: i32 = 10;
+/// Default (the original's gRPC default for `page_size` 0; REST's default of 10 is the gateway's)
+/// and largest page size of ListTasks.
+pub const DEFAULT_PAGE_SIZE: i32 = 50;
 pub const MAX_PAGE_SIZE: i32 = 100;
 /// Default and largest page of ListEvents.
 pub const MAX_EVENTS_PAGE: i32 = 1000;
@@ -65,7 +66,8 @@ pub fn new_task<'a>(
     check_title(title)?;
     let board_id = board_id(board)?;
     check_description(description)?;
-    if created_by <= 0 {
+    // 0 = not given (the original accepted a missing created_by).
+    if created_by < 0 {
         return Err(invalid("Created by must be a positive user ID"));
     }
     Ok(NewTask {
@@ -98,7 +100,7 @@ pub fn change<'a>(
     })
 }
 
-/// Normalises ListTasks paging: page size defaults to 10 and is capped at 100, page defaults to 1.
+/// Normalises ListTasks paging: page size defaults to 50 and is capped at 100, page defaults to 1.
 /// Returns (page, page_size).
 pub fn paging(page: i32, page_size: i32) -> (i32, i32) {
     let size = match page_size {
@@ -152,8 +154,9 @@ mod tests {
     }
 
     #[test]
-    fn zero_created_by_is_rejected() {
-        assert!(msg(new_task(1, "t", "", 0).err().unwrap()).starts_with("Created by"));
+    fn missing_created_by_is_accepted_and_negative_rejected() {
+        assert_eq!(new_task(1, "t", "", 0).unwrap().created_by, 0);
+        assert!(msg(new_task(1, "t", "", -1).err().unwrap()).starts_with("Created by"));
     }
 
     #[test]
@@ -185,8 +188,8 @@ mod tests {
 
     #[test]
     fn paging_defaults_and_caps() {
-        assert_eq!(paging(0, 0), (1, 10));
-        assert_eq!(paging(-5, -1), (1, 10));
+        assert_eq!(paging(0, 0), (1, 50));
+        assert_eq!(paging(-5, -1), (1, 50));
         assert_eq!(paging(3, 1000), (3, 100));
         assert_eq!(paging(2, 25), (2, 25));
         assert_eq!(events_limit(0), 1000);

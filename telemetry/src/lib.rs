@@ -84,6 +84,46 @@ pub fn build_info(service: &'static str) {
     .set(1.0);
 }
 
+/// Binds a listener on `bind_addr:port`. `::` (the default of both services) is dual-stack: one
+/// socket answering on every IPv6 and IPv4 address, as the original did; on a host without IPv6 it
+/// falls back to `0.0.0.0`.
+///
+/// # Errors
+/// The address does not parse or cannot be bound.
+pub async fn bind(bind_addr: &str, port: u16) -> std::io::Result<TcpListener> {
+    let ip: std::net::IpAddr = bind_addr
+        .trim_matches(|c| c == '[' || c == ']')
+        .parse()
+        .map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{bind_addr:?}: {e}"),
+            )
+        })?;
+    if ip == std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED) {
+        match dual_stack(port) {
+            Ok(l) => return Ok(l),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "no IPv6 here; listening on IPv4 only");
+                return TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, port)).await;
+            }
+        }
+    }
+    TcpListener::bind((ip, port)).await
+}
+
+fn dual_stack(port: u16) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))?;
+    s.set_only_v6(false)?;
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)).into())?;
+    s.listen(1024)?;
+    TcpListener::from_std(s.into())
+}
+
 /// Binds the admin (metrics) listener on `bind_addr:port`; port 0 means "no metrics listener".
 ///
 /// # Errors
@@ -92,11 +132,10 @@ pub async fn bind_metrics(bind_addr: &str, port: u16) -> Result<Option<TcpListen
     if port == 0 {
         return Ok(None);
     }
-    let addr = format!("{bind_addr}:{port}");
-    TcpListener::bind(&addr)
+    bind(bind_addr, port)
         .await
         .map(Some)
-        .map_err(|e| format!("cannot bind the metrics port {addr} (METRICS_PORT): {e}"))
+        .map_err(|e| format!("cannot bind the metrics port {bind_addr}:{port} (METRICS_PORT): {e}"))
 }
 
 /// Resolves on SIGINT or SIGTERM: the signal both binaries stop on.

@@ -16,7 +16,8 @@ pub const MAX_BOARDS: usize = 100;
 pub struct Subscription {
     /// Boards to receive; empty means every board (the original's behaviour).
     pub boards: Vec<i64>,
-    /// Resume points: events after this seq are replayed first, per board.
+    /// Resume points: events after this seq are replayed first, per board. Without board filters
+    /// (every board) they name the boards to replay before going live.
     pub since: BTreeMap<i64, i64>,
 }
 
@@ -24,7 +25,8 @@ fn positive(v: &str) -> Option<i64> {
     v.parse::<i64>().ok().filter(|n| *n > 0)
 }
 
-/// Parses `board_id` (repeatable) and `since` (`since=S` with one board, or `since=B:S` per board).
+/// Parses `board_id` (repeatable) and `since` (`since=S` with one board, or `since=B:S` per board;
+/// without any `board_id`, `since=B:S` resumes board B of an every-board subscription).
 ///
 /// # Errors
 /// A 400 answer saying which parameter is wrong.
@@ -80,8 +82,12 @@ pub fn parse_query(query: Option<&str>) -> Result<Subscription, ApiError> {
             }
         }
     }
+    if sub.boards.is_empty() && pairs.len() > MAX_BOARDS {
+        return Err(ApiError::bad_request("Too many since values")
+            .with_message(format!("at most {MAX_BOARDS} per connection")));
+    }
     for (b, s) in pairs {
-        if !sub.boards.contains(&b) {
+        if !sub.boards.is_empty() && !sub.boards.contains(&b) {
             return Err(ApiError::bad_request("Invalid since").with_message(format!(
                 "since names board {b}, which is not a board_id filter"
             )));
@@ -118,6 +124,13 @@ mod tests {
     fn per_board_since_pairs() {
         let s = parse_query(Some("board_id=1&board_id=2&since=1:5&since=2:0")).unwrap();
         assert_eq!(s.since, BTreeMap::from([(1, 5), (2, 0)]));
+    }
+
+    #[test]
+    fn an_every_board_subscription_resumes_named_boards() {
+        let s = parse_query(Some("since=4:17&since=9:3")).unwrap();
+        assert!(s.boards.is_empty());
+        assert_eq!(s.since, BTreeMap::from([(4, 17), (9, 3)]));
     }
 
     #[test]

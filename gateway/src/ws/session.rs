@@ -1,6 +1,7 @@
-//! One WebSocket connection: replays from `since`, then forwards live events in per-board seq
-//! order (never twice, gaps fetched from the task service), pings, and closes with a code that
-//! says why (1001 shutdown or ping timeout, 1013 too slow or replay unavailable).
+//! One WebSocket connection: starts each board at `since` (replayed first) or at the board's head
+//! when it subscribed, then forwards live events in per-board seq order (never twice, gaps fetched
+//! from the task service), pings, and closes with a code that says why (1001 shutdown or ping
+//! timeout, 1013 too slow or replay unavailable, with a resume hint the server accepts).
 //!
 //! Events arrive as complete pre-built frames shared by every recipient; the session writes them to
 //! its socket as they are, several at once with one vectored write when more are queued. What the
@@ -25,13 +26,18 @@ use tokio_util::sync::CancellationToken;
 
 use super::inbound::{self, Kind, ReadError};
 use super::Subscription;
-use crate::hub::{text_frame, Delivery, Hub};
+use crate::hub::{text_frame, Delivery, Hub, Kind as DeliveryKind};
 use crate::tasks_client::TasksClient;
 
 /// Largest message accepted from a client (clients have nothing to say but pongs and close).
 const MAX_INBOUND: usize = 4096;
 /// Events per ListEvents call during replay.
 const REPLAY_PAGE: i32 = 1000;
+/// How long the upgrade waits for the heads of new boards (where a subscriber without `since`
+/// starts) before it goes ahead without them.
+const HEADS_DEADLINE: Duration = Duration::from_secs(1);
+/// The longest close reason RFC 6455 allows.
+const MAX_CLOSE_REASON: usize = 123;
 /// How long a close handshake may take before the socket is dropped.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// Most queued events written with one vectored write (the kernel's IOV_MAX is 1024; 64 frames
@@ -49,6 +55,8 @@ pub struct SessionSettings {
 pub struct Session {
     ctx: Ctx,
     feed: Feed,
+    /// Where each board starts: the client's `since`, or the board's head when it subscribed.
+    start: HashMap<i64, i64>,
 }
 
 /// What a running session reads from.
@@ -111,36 +119,77 @@ fn sendable(code: u16) -> u16 {
 }
 
 /// The live feed of a session: one receiver (one board, or all boards) or several boards merged.
-enum Feed {
+/// Dropping it frees the hub's channels that nobody else uses.
+struct Feed {
+    rx: FeedRx,
+    // Declared after `rx`, so the receivers are gone when it runs.
+    _release: Release,
+}
+
+enum FeedRx {
     One(broadcast::Receiver<Delivery>),
     Many(StreamMap<i64, BroadcastStream<Delivery>>),
 }
 
+/// Frees a session's board channels in the hub once its receivers are dropped.
+struct Release {
+    hub: Arc<Hub>,
+    boards: Vec<i64>,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        if !self.boards.is_empty() {
+            self.hub.release(&self.boards);
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
 enum FeedError {
     Lagged,
     Closed,
 }
 
 impl Feed {
-    fn new(hub: &Hub, boards: &[i64]) -> Feed {
-        match boards {
-            [] => Feed::One(hub.subscribe(None)),
-            [b] => Feed::One(hub.subscribe(Some(*b))),
-            many => Feed::Many(
+    /// Subscribes to `boards` (every board when empty); also returns the latest seq the hub knew
+    /// of each board at that instant.
+    fn new(hub: &Arc<Hub>, boards: &[i64]) -> (Feed, Vec<(i64, Option<i64>)>) {
+        let mut known = Vec::with_capacity(boards.len());
+        let rx = match boards {
+            [] => FeedRx::One(hub.subscribe(None)),
+            [b] => {
+                let (rx, seq) = hub.subscribe_with_seq(Some(*b));
+                known.push((*b, seq));
+                FeedRx::One(rx)
+            }
+            many => FeedRx::Many(
                 many.iter()
-                    .map(|b| (*b, BroadcastStream::new(hub.subscribe(Some(*b)))))
+                    .map(|b| {
+                        let (rx, seq) = hub.subscribe_with_seq(Some(*b));
+                        known.push((*b, seq));
+                        (*b, BroadcastStream::new(rx))
+                    })
                     .collect(),
             ),
-        }
+        };
+        let feed = Feed {
+            rx,
+            _release: Release {
+                hub: hub.clone(),
+                boards: boards.to_vec(),
+            },
+        };
+        (feed, known)
     }
 
     async fn recv(&mut self) -> Result<Delivery, FeedError> {
-        match self {
-            Feed::One(rx) => rx.recv().await.map_err(|e| match e {
+        match &mut self.rx {
+            FeedRx::One(rx) => rx.recv().await.map_err(|e| match e {
                 broadcast::error::RecvError::Lagged(_) => FeedError::Lagged,
                 broadcast::error::RecvError::Closed => FeedError::Closed,
             }),
-            Feed::Many(m) => match m.next().await {
+            FeedRx::Many(m) => match m.next().await {
                 Some((_, Ok(d))) => Ok(d),
                 Some((_, Err(BroadcastStreamRecvError::Lagged(_)))) => Err(FeedError::Lagged),
                 None => Err(FeedError::Closed),
@@ -148,23 +197,33 @@ impl Feed {
         }
     }
 
-    /// An event that is already queued, without waiting (`None` when there is none, or when the
-    /// receiver lagged: the next `recv` reports that).
-    fn try_recv(&mut self) -> Option<Delivery> {
-        match self {
-            Feed::One(rx) => rx.try_recv().ok(),
-            Feed::Many(m) => match futures_util::FutureExt::now_or_never(m.next()) {
-                Some(Some((_, Ok(d)))) => Some(d),
-                _ => None,
+    /// An event that is already queued, without waiting (`Ok(None)` when there is none). A
+    /// receiver that fell behind says so here too: tokio's receiver skips ahead to the oldest
+    /// retained event after reporting `Lagged` once, so swallowing it would lose events silently.
+    fn try_recv(&mut self) -> Result<Option<Delivery>, FeedError> {
+        match &mut self.rx {
+            FeedRx::One(rx) => match rx.try_recv() {
+                Ok(d) => Ok(Some(d)),
+                Err(broadcast::error::TryRecvError::Empty) => Ok(None),
+                Err(broadcast::error::TryRecvError::Lagged(_)) => Err(FeedError::Lagged),
+                Err(broadcast::error::TryRecvError::Closed) => Err(FeedError::Closed),
+            },
+            FeedRx::Many(m) => match futures_util::FutureExt::now_or_never(m.next()) {
+                None => Ok(None),
+                Some(Some((_, Ok(d)))) => Ok(Some(d)),
+                Some(Some((_, Err(BroadcastStreamRecvError::Lagged(_))))) => Err(FeedError::Lagged),
+                Some(None) => Err(FeedError::Closed),
             },
         }
     }
 }
 
 impl Session {
-    /// Subscribes to the hub at once, before the upgrade is answered: a client that has its 101
-    /// never misses an event published after it. Anything older comes from `since`.
-    pub fn subscribe(
+    /// Subscribes to the hub at once, before the upgrade is answered, and fixes where each board
+    /// starts: a client that has its 101 never misses an event committed after it, whatever the
+    /// timing of the gateway's own NATS subscription (a later event with a higher seq shows the
+    /// gap, which is then read from the log). Anything older comes from `since`.
+    pub async fn subscribe(
         hub: Arc<Hub>,
         tasks: TasksClient,
         settings: SessionSettings,
@@ -172,8 +231,40 @@ impl Session {
         shutdown: CancellationToken,
         peer: SocketAddr,
     ) -> Session {
-        let feed = Feed::new(&hub, &sub.boards);
+        let (feed, known) = Feed::new(&hub, &sub.boards);
+        let mut start: HashMap<i64, i64> = sub.since.iter().map(|(b, s)| (*b, *s)).collect();
+        let mut unknown = Vec::new();
+        for (b, seq) in known {
+            if start.contains_key(&b) {
+                continue;
+            }
+            match seq {
+                Some(s) => {
+                    start.insert(b, s);
+                }
+                None => unknown.push(b),
+            }
+        }
+        if !unknown.is_empty() {
+            // The hub has seen nothing of these boards yet: ask the log where they stand.
+            match tokio::time::timeout(HEADS_DEADLINE, tasks.board_heads(unknown.clone())).await {
+                Ok(Ok(heads)) => {
+                    for b in unknown {
+                        let head = heads.get(&b).copied().unwrap_or(0);
+                        hub.note_head(b, head);
+                        start.insert(b, head);
+                    }
+                }
+                Ok(Err(s)) => {
+                    tracing::warn!(peer.addr = %peer, boards = ?unknown, status = %s, "board heads unavailable; these boards start at their first live event")
+                }
+                Err(_) => {
+                    tracing::warn!(peer.addr = %peer, boards = ?unknown, "board heads timed out; these boards start at their first live event")
+                }
+            }
+        }
         Session {
+            start,
             ctx: Ctx {
                 hub,
                 tasks,
@@ -188,7 +279,7 @@ impl Session {
 
     /// Runs the session on the upgraded socket until it ends.
     pub async fn run(self, ws: WebSocket<TokioIo<Upgraded>>) {
-        let Session { ctx, feed } = self;
+        let Session { ctx, feed, start } = self;
         let total = ctx.hub.client_connected();
         tracing::info!(peer.addr = %ctx.peer, boards = ?ctx.sub.boards, "➕ Client connected. Total clients: {total}");
         let upgraded = ws.into_inner().into_inner();
@@ -199,22 +290,19 @@ impl Session {
             // An empty read_buf still pins hyper's whole read buffer: drop it.
             Ok(parts) if parts.read_buf.is_empty() => {
                 let (r, w) = parts.io.into_inner().into_split();
-                ctx.serve(r, w, feed).await
+                ctx.serve(r, w, feed, start).await
             }
             Ok(parts) => {
                 let (r, w) = parts.io.into_inner().into_split();
                 let r = std::io::Cursor::new(parts.read_buf).chain(r);
-                ctx.serve(r, w, feed).await
+                ctx.serve(r, w, feed, start).await
             }
             Err(upgraded) => {
                 let (r, w) = tokio::io::split(TokioIo::new(upgraded));
-                ctx.serve(r, w, feed).await
+                ctx.serve(r, w, feed, start).await
             }
         };
         crate::metrics::disconnect(end.label());
-        if matches!(end, End::SlowConsumer) {
-            ctx.hub.metrics.slow_consumers.increment(1);
-        }
         let total = ctx.hub.client_disconnected();
         tracing::info!(peer.addr = %ctx.peer, reason = %end, "➖ Client disconnected. Total clients: {total}");
     }
@@ -226,27 +314,39 @@ struct Writer<W> {
     timeout: Duration,
     /// Scratch space for control frames.
     scratch: Vec<u8>,
+    /// After a write timed out: the rest of the frame it left half-written (the client must get
+    /// it whole before a close frame can follow), and how many frames of that write were whole.
+    unfinished: Vec<u8>,
+    whole: usize,
 }
 
 impl<W: AsyncWrite + Unpin> Writer<W> {
-    async fn bytes(&mut self, b: &[u8]) -> Result<(), End> {
-        match tokio::time::timeout(self.timeout, self.io.write_all(b)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(End::Io(e.to_string())),
-            Err(_) => Err(End::WriteTimeout),
+    fn new(io: W, timeout: Duration) -> Self {
+        Writer {
+            io,
+            timeout,
+            scratch: Vec::new(),
+            unfinished: Vec::new(),
+            whole: 0,
         }
     }
 
-    /// Writes several frames with as few syscalls as the socket allows.
+    async fn bytes(&mut self, b: &[u8]) -> Result<(), End> {
+        self.frames(&[b]).await
+    }
+
+    /// Writes several frames with as few syscalls as the socket allows. On a timeout, `whole` and
+    /// `unfinished` say where it stopped.
     async fn frames<F: AsRef<[u8]>>(&mut self, frames: &[F]) -> Result<(), End> {
+        let mut first = 0; // first frame not completely written
+        let mut offset = 0; // bytes of it already written
+        let io = &mut self.io;
         let write_all = async {
-            let mut first = 0; // first frame not completely written
-            let mut offset = 0; // bytes of it already written
             while first < frames.len() {
                 let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(frames.len() - first);
                 slices.push(IoSlice::new(&frames[first].as_ref()[offset..]));
                 slices.extend(frames[first + 1..].iter().map(|f| IoSlice::new(f.as_ref())));
-                let mut n = self.io.write_vectored(&slices).await?;
+                let mut n = io.write_vectored(&slices).await?;
                 if n == 0 {
                     return Err(std::io::Error::from(std::io::ErrorKind::WriteZero));
                 }
@@ -267,7 +367,17 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         match tokio::time::timeout(self.timeout, write_all).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(End::Io(e.to_string())),
-            Err(_) => Err(End::WriteTimeout),
+            Err(_) => {
+                self.whole = first;
+                self.unfinished.clear();
+                if offset > 0 {
+                    self.unfinished
+                        .extend_from_slice(&frames[first].as_ref()[offset..]);
+                    // The half-written frame will be finished before the close: count it.
+                    self.whole += 1;
+                }
+                Err(End::WriteTimeout)
+            }
         }
     }
 
@@ -280,27 +390,23 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
 }
 
 impl Ctx {
-    async fn serve<R, W>(&self, r: R, w: W, mut feed: Feed) -> End
+    async fn serve<R, W>(&self, r: R, w: W, mut feed: Feed, start: HashMap<i64, i64>) -> End
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
         let mut rd = inbound::Reader::new(r, MAX_INBOUND);
-        let mut wr = Writer {
-            io: w,
-            timeout: self.settings.write_timeout,
-            scratch: Vec::new(),
-        };
+        let mut wr = Writer::new(w, self.settings.write_timeout);
 
         // The feed was subscribed before the replay, so nothing committed in between is missed;
-        // live events the replay already covered are skipped by seq.
-        let mut last: HashMap<i64, i64> = HashMap::new();
+        // live events the replay already covered are skipped by seq. Boards without `since`
+        // start at their head as of the subscription.
+        let mut last = start;
 
         if !self.sub.since.is_empty() {
             self.hub.metrics.resumes.increment(1);
         }
-        for (&board, &since) in &self.sub.since {
-            last.insert(board, since);
+        for &board in self.sub.since.keys() {
             let replayed = tokio::select! {
                 r = Box::pin(self.replay(&mut wr, board, &mut last)) => r,
                 _ = self.shutdown.cancelled() => Err(End::Shutdown),
@@ -385,14 +491,22 @@ impl Ctx {
         let (code, reason) = match &end {
             End::Shutdown => (1001, "server shutting down".to_owned()),
             End::PingTimeout => (1001, "ping timeout".to_owned()),
-            End::SlowConsumer => (1013, resume_hint("slow consumer", last)),
+            End::SlowConsumer | End::WriteTimeout => {
+                // Counted now, whether or not the close frame gets through.
+                self.hub.metrics.slow_consumers.increment(1);
+                (1013, resume_hint("slow consumer", &self.sub.boards, last))
+            }
             End::ReplayUnavailable => (1013, "replay unavailable; retry later".to_owned()),
-            // The socket cannot take a close frame (or the client is gone).
-            End::WriteTimeout | End::Io(_) | End::ClientClosed(_) => return end,
+            // The client is gone (or already closed).
+            End::Io(_) | End::ClientClosed(_) => return end,
         };
-        let mut close = Vec::new();
-        let bytes = Frame::close(code, reason.as_bytes()).write(&mut close);
-        if tokio::time::timeout(CLOSE_WAIT, wr.io.write_all(bytes))
+        // A frame a timed-out write left half-sent is finished first; then the close frame, if
+        // the client reads within CLOSE_WAIT.
+        let mut frame = Vec::new();
+        let frame = Frame::close(code, reason.as_bytes()).write(&mut frame);
+        let mut close = std::mem::take(&mut wr.unfinished);
+        close.extend_from_slice(frame);
+        if tokio::time::timeout(CLOSE_WAIT, wr.io.write_all(&close))
             .await
             .is_ok_and(|r| r.is_ok())
         {
@@ -410,7 +524,7 @@ impl Ctx {
     }
 
     /// Writes a live event, and whatever else is already queued, unless already sent; fetches a
-    /// gap first.
+    /// gap (or what a head marker says is missing) from the log first.
     async fn deliver<W: AsyncWrite + Unpin>(
         &self,
         wr: &mut Writer<W>,
@@ -423,11 +537,20 @@ impl Ctx {
         batch.clear();
         let mut next = Some(first);
         while let Some(d) = next.take() {
-            match last.get(&d.board_id).copied() {
-                Some(l) if d.seq <= l => d.done(m),
-                Some(l) if d.seq > l + 1 => {
+            match (d.kind, last.get(&d.board_id).copied()) {
+                (DeliveryKind::Unsequenced, _) => batch.push(d),
+                // Where a board stands is only known once it has a start.
+                (DeliveryKind::Head, None) => {}
+                (DeliveryKind::Head, Some(l)) => {
+                    if d.seq > l {
+                        self.flush(wr, batch, last).await?;
+                        Box::pin(self.replay(wr, d.board_id, last)).await?;
+                    }
+                }
+                (DeliveryKind::Event, Some(l)) if d.seq <= l => d.done(m),
+                (DeliveryKind::Event, Some(l)) if d.seq > l + 1 => {
                     // A gap: write what is batched, fetch the gap, then carry on.
-                    self.flush(wr, batch).await?;
+                    self.flush(wr, batch, last).await?;
                     // Boxed: the gRPC call's state is large and only needed on this rare path,
                     // so it does not belong in every idle connection's task.
                     Box::pin(self.replay(wr, d.board_id, last)).await?;
@@ -438,28 +561,39 @@ impl Ctx {
                         d.done(m);
                     }
                 }
-                _ => {
+                (DeliveryKind::Event, _) => {
                     last.insert(d.board_id, d.seq);
                     batch.push(d);
                 }
             }
             if batch.len() < MAX_BATCH {
-                next = feed.try_recv();
+                next = feed.try_recv().map_err(|e| match e {
+                    FeedError::Lagged => End::SlowConsumer,
+                    FeedError::Closed => End::Shutdown,
+                })?;
             }
         }
-        self.flush(wr, batch).await
+        self.flush(wr, batch, last).await
     }
 
-    /// Writes the batched events with one vectored write, then counts them.
+    /// Writes the batched events with one vectored write, then counts them. When the write times
+    /// out, `last` is moved back to what the client will have received whole, so the resume hint
+    /// names no event it never got.
     async fn flush<W: AsyncWrite + Unpin>(
         &self,
         wr: &mut Writer<W>,
         batch: &mut Vec<Delivery>,
+        last: &mut HashMap<i64, i64>,
     ) -> Result<(), End> {
         if batch.is_empty() {
             return Ok(());
         }
-        wr.frames(batch).await?;
+        if let Err(e) = wr.frames(batch).await {
+            if matches!(e, End::WriteTimeout) {
+                rewind(last, &batch[wr.whole.min(batch.len())..]);
+            }
+            return Err(e);
+        }
         let m = &self.hub.metrics;
         m.frames_sent.increment(batch.len() as u64);
         m.bytes_sent
@@ -515,13 +649,36 @@ impl Ctx {
     }
 }
 
-/// A close reason telling a slow client where to resume (fits the 123-byte limit).
-fn resume_hint(what: &str, last: &HashMap<i64, i64>) -> String {
-    let mut s = format!("{what}; resume with since=");
-    match last.values().collect::<Vec<_>>().as_slice() {
-        [seq] => s.push_str(&seq.to_string()),
-        _ => s.push_str("BOARD:SEQ"),
+/// Moves each board's `last` back to just before its first event in `unsent`.
+fn rewind(last: &mut HashMap<i64, i64>, unsent: &[Delivery]) {
+    for d in unsent.iter().rev() {
+        if d.kind == DeliveryKind::Event {
+            last.insert(d.board_id, d.seq - 1);
+        }
     }
+}
+
+/// A close reason telling a slow client where to resume, as query parameters the server accepts
+/// added to the client's own `board_id`s (within the 123-byte limit of a close reason; when the
+/// boards do not fit, it says to reload instead).
+fn resume_hint(what: &str, boards: &[i64], last: &HashMap<i64, i64>) -> String {
+    if let [b] = boards {
+        if let Some(seq) = last.get(b) {
+            return format!("{what}; resume with since={seq}");
+        }
+    }
+    let mut s = format!("{what}; resume with ");
+    let mut pairs: Vec<(&i64, &i64)> = last.iter().collect();
+    pairs.sort();
+    let query = pairs
+        .iter()
+        .map(|(b, seq)| format!("since={b}:{seq}"))
+        .collect::<Vec<_>>()
+        .join("&");
+    if query.is_empty() || s.len() + query.len() > MAX_CLOSE_REASON {
+        return format!("{what}; reload the board and reconnect");
+    }
+    s.push_str(&query);
     s
 }
 
@@ -538,15 +695,96 @@ fn close_of(p: &[u8]) -> (u16, String) {
 mod tests {
     use super::*;
 
+    /// The query a client would reconnect with: its own board filters plus the hint's.
+    fn reconnect_query(boards: &[i64], hint: &str) -> Option<String> {
+        let params = hint.split_once("resume with ")?.1;
+        let mut q: Vec<String> = boards.iter().map(|b| format!("board_id={b}")).collect();
+        q.push(params.to_owned());
+        Some(q.join("&"))
+    }
+
     #[test]
-    fn resume_hint_names_the_seq_for_one_board() {
-        let last = HashMap::from([(4, 17)]);
-        assert_eq!(
-            resume_hint("slow consumer", &last),
-            "slow consumer; resume with since=17"
-        );
-        let many = HashMap::from([(4, 17), (5, 1)]);
-        assert!(resume_hint("slow consumer", &many).ends_with("since=BOARD:SEQ"));
+    fn every_resume_hint_is_accepted_by_the_server() {
+        let cases: Vec<(Vec<i64>, HashMap<i64, i64>)> = vec![
+            (vec![4], HashMap::from([(4, 17)])),
+            (vec![4, 5], HashMap::from([(4, 17), (5, 1)])),
+            // All boards: the boards it has seen so far.
+            (vec![], HashMap::from([(4, 17), (9, 3)])),
+        ];
+        for (boards, last) in cases {
+            let hint = resume_hint("slow consumer", &boards, &last);
+            assert!(hint.len() <= MAX_CLOSE_REASON, "{hint}");
+            let q = reconnect_query(&boards, &hint).expect(&hint);
+            let sub = super::super::parse_query(Some(&q))
+                .unwrap_or_else(|e| panic!("hint {hint:?} rejected: {e:?}"));
+            assert_eq!(sub.since, last.into_iter().collect(), "{hint}");
+        }
+        // Too many boards to list: no since at all, but never a query the server refuses.
+        let many: HashMap<i64, i64> = (1..=40).map(|b| (b * 1000, 99_999)).collect();
+        let boards: Vec<i64> = many.keys().copied().collect();
+        let hint = resume_hint("slow consumer", &boards, &many);
+        assert!(hint.len() <= MAX_CLOSE_REASON);
+        assert!(hint.ends_with("reload the board and reconnect"), "{hint}");
+    }
+
+    #[tokio::test]
+    async fn a_lagged_receiver_is_reported_by_try_recv_not_skipped() {
+        for boards in [vec![1], vec![1, 2]] {
+            let hub = Arc::new(Hub::new(2));
+            let (mut feed, _) = Feed::new(&hub, &boards);
+            for seq in 1..=5 {
+                hub.publish(Delivery::new(1, seq, b"{}"));
+            }
+            assert_eq!(
+                feed.try_recv().map(|d| d.map(|d| d.seq)),
+                Err(FeedError::Lagged),
+                "{boards:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn dropping_a_feed_frees_its_board_channels() {
+        let hub = Arc::new(Hub::new(2));
+        let (a, _) = Feed::new(&hub, &[1, 2]);
+        let (b, _) = Feed::new(&hub, &[2]);
+        assert_eq!(hub.board_count(), 2);
+        drop(a);
+        assert_eq!(hub.board_count(), 1, "board 2 is still watched");
+        drop(b);
+        assert_eq!(hub.board_count(), 0);
+    }
+
+    #[test]
+    fn a_timed_out_batch_rewinds_to_the_last_event_sent_whole() {
+        let mut last = HashMap::from([(1, 5), (2, 9)]);
+        let unsent = [
+            Delivery::new(1, 4, b"{}"),
+            Delivery::unsequenced(2, b"{}"),
+            Delivery::new(2, 8, b"{}"),
+            Delivery::new(1, 5, b"{}"),
+            Delivery::new(2, 9, b"{}"),
+        ];
+        rewind(&mut last, &unsent);
+        assert_eq!(last, HashMap::from([(1, 3), (2, 7)]));
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_write_keeps_the_rest_of_its_half_written_frame() {
+        let (a, mut b) = tokio::io::duplex(10);
+        let mut wr = Writer::new(a, Duration::from_millis(50));
+        let frames = [
+            text_frame(b"0123"),
+            text_frame(b"abcdefghij"),
+            text_frame(b"z"),
+        ];
+        assert!(matches!(wr.frames(&frames).await, Err(End::WriteTimeout)));
+        // 10 bytes went out: frame 0 (6 bytes) whole, 4 bytes of frame 1.
+        assert_eq!(wr.whole, 2, "the half-written frame counts as sent");
+        assert_eq!(wr.unfinished, frames[1][4..].to_vec());
+        let mut got = vec![0u8; 10];
+        b.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got[..6], &frames[0][..]);
     }
 
     #[test]
@@ -561,11 +799,7 @@ mod tests {
     async fn batched_frames_arrive_whole_and_in_order_through_partial_writes() {
         // A pipe with a tiny buffer forces many partial vectored writes.
         let (a, mut b) = tokio::io::duplex(7);
-        let mut wr = Writer {
-            io: a,
-            timeout: Duration::from_secs(5),
-            scratch: Vec::new(),
-        };
+        let mut wr = Writer::new(a, Duration::from_secs(5));
         let frames: Vec<Bytes> = (0..20)
             .map(|i| text_frame(format!("event number {i}").as_bytes()))
             .collect();

@@ -181,8 +181,18 @@ async fn bad_input_gets_400_with_the_original_error_strings() {
     assert_eq!(s, 400);
     assert_eq!(b["error"], "Board ID must be a positive integer");
 
-    let (s, _) = error_of(post(r#"{"title":"x","board_id":1}"#.into()).await.unwrap()).await;
-    assert_eq!(s, 400, "created_by is required");
+    // The original accepts a missing created_by (it becomes 0); a negative one is refused.
+    let r = post(r#"{"title":"x","board_id":1}"#.into()).await.unwrap();
+    assert_eq!(r.status(), 201, "a missing created_by is accepted");
+    let t: Value = r.json().await.unwrap();
+    assert_eq!(t["created_by"], 0);
+    let (s, _) = error_of(
+        post(r#"{"title":"x","board_id":1,"created_by":-1}"#.into())
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, 400, "a negative created_by is refused");
 
     let (s, b) = error_of(
         post(r#"{"title":"x","board_id":"one","created_by":1}"#.into())

@@ -251,13 +251,13 @@ async fn next(s: &mut tonic::Streaming<v1::Event>) -> v1::Event {
 }
 
 #[tokio::test]
-async fn watch_tasks_streams_history_then_live_events() {
+async fn watch_events_streams_history_then_live_events() {
     let mut t = spawn().await;
     t.create(3, "old 1").await;
     t.create(3, "old 2").await;
     let mut stream = t
         .client
-        .watch_tasks(v1::WatchTasksRequest {
+        .watch_events(v1::WatchEventsRequest {
             board_id: 3,
             since_seq: 1,
         })
@@ -323,4 +323,171 @@ async fn health_and_reflection_are_served() {
     let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
     assert!(names.contains(&"task.v1.TaskService"), "{names:?}");
     assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+
+    // v1alpha too: Python's grpcio-reflection and older grpcurl speak only that.
+    use tonic_reflection::pb::v1alpha::{
+        server_reflection_client::ServerReflectionClient as AlphaClient,
+        server_reflection_request::MessageRequest as AlphaRequest,
+        server_reflection_response::MessageResponse as AlphaResponse,
+        ServerReflectionRequest as AlphaReflectionRequest,
+    };
+    let mut r = AlphaClient::new(
+        tonic::transport::Endpoint::from_shared(format!("http://{}", t.handle.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let req = AlphaReflectionRequest {
+        host: String::new(),
+        message_request: Some(AlphaRequest::ListServices(String::new())),
+    };
+    let msg = r
+        .server_reflection_info(tokio_stream::iter([req]))
+        .await
+        .expect("v1alpha reflection is served")
+        .into_inner()
+        .next()
+        .await
+        .unwrap()
+        .unwrap();
+    let Some(AlphaResponse::ListServicesResponse(list)) = msg.message_response else {
+        panic!("{msg:?}")
+    };
+    assert!(list.service.iter().any(|s| s.name == "task.v1.TaskService"));
+}
+
+#[tokio::test]
+async fn board_heads_answers_every_board_in_one_call() {
+    let mut t = spawn().await;
+    t.create(5, "a").await;
+    t.create(5, "b").await;
+    t.create(6, "c").await;
+    let heads = t
+        .client
+        .board_heads(v1::BoardHeadsRequest {
+            board_ids: vec![5, 6, 7],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .heads;
+    assert_eq!(
+        heads,
+        std::collections::HashMap::from([(5, 2), (6, 1), (7, 0)])
+    );
+    let e = t
+        .client
+        .board_heads(v1::BoardHeadsRequest { board_ids: vec![0] })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    let e = t
+        .client
+        .board_heads(v1::BoardHeadsRequest {
+            board_ids: (1..=1001).collect(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+}
+
+/// The Go original's own client stubs (generated from its unchanged proto) against this service.
+#[tokio::test]
+async fn the_originals_own_client_stubs_work_against_this_service() {
+    use taskboard_proto::original::{self as orig, task_service_client::TaskServiceClient};
+    let t = spawn().await;
+    let mut c = TaskServiceClient::connect(format!("http://{}", t.handle.addr))
+        .await
+        .unwrap();
+    // created_by left out, as the original allowed.
+    let created = c
+        .create_task(orig::CreateTaskRequest {
+            board_id: 9,
+            title: "from an old client".into(),
+            description: "d".into(),
+            created_by: 0,
+        })
+        .await
+        .expect("create without created_by")
+        .into_inner()
+        .task
+        .unwrap();
+    assert_eq!((created.board_id, created.created_by), (9, 0));
+    assert!(created.created_at.is_some());
+    let got = c
+        .get_task(orig::GetTaskRequest { id: created.id })
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    assert_eq!(got, created);
+
+    // WatchTasks with the original's signature: the task after each change.
+    let mut watch = c
+        .watch_tasks(orig::ListTasksRequest {
+            board_id: 9,
+            completed: None,
+            page_size: 0,
+            page_number: 0,
+        })
+        .await
+        .expect("WatchTasks is implemented")
+        .into_inner();
+    let updated = c
+        .update_task(orig::UpdateTaskRequest {
+            id: created.id,
+            title: None,
+            description: None,
+            completed: Some(true),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    let seen = tokio::time::timeout(WAIT, watch.next())
+        .await
+        .expect("a task in time")
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen, updated, "the stream decodes as the original's Task");
+    assert!(seen.completed);
+
+    // page_size 0 means 50, as in the original.
+    for i in 0..55 {
+        c.create_task(orig::CreateTaskRequest {
+            board_id: 10,
+            title: format!("t{i}"),
+            description: String::new(),
+            created_by: 1,
+        })
+        .await
+        .unwrap();
+    }
+    let page = c
+        .list_tasks(orig::ListTasksRequest {
+            board_id: 10,
+            completed: None,
+            page_size: 0,
+            page_number: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((page.tasks.len(), page.total_count), (50, 55));
+
+    assert!(
+        c.delete_task(orig::DeleteTaskRequest { id: created.id })
+            .await
+            .unwrap()
+            .into_inner()
+            .success
+    );
+    let e = c
+        .get_task(orig::GetTaskRequest { id: created.id })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
 }

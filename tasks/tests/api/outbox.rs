@@ -132,7 +132,7 @@ async fn shutdown_returns_promptly_even_with_an_open_watch_stream() {
     let mut t = spawn().await;
     let _stream = t
         .client
-        .watch_tasks(taskboard_proto::v1::WatchTasksRequest {
+        .watch_events(taskboard_proto::v1::WatchEventsRequest {
             board_id: 1,
             since_seq: 0,
         })
