@@ -2,16 +2,15 @@
 //! a pooled connection until the caller's deadline. The health probe (on its own connection, so a
 //! busy pool is never mistaken for a dead database) opens and closes the gate; a call that meets
 //! UNAVAILABLE wakes the probe at once instead of waiting for its next round.
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tonic::{Code, Status};
 
 /// Shared "is the database reachable" flag (cheap to clone).
 #[derive(Clone, Debug)]
 pub struct DbGate {
-    up: Arc<AtomicBool>,
+    up: Arc<watch::Sender<bool>>,
     suspect: Arc<Notify>,
 }
 
@@ -19,7 +18,7 @@ impl Default for DbGate {
     fn default() -> Self {
         // Optimistic until the first probe says otherwise.
         DbGate {
-            up: Arc::new(AtomicBool::new(true)),
+            up: Arc::new(watch::channel(true).0),
             suspect: Arc::new(Notify::new()),
         }
     }
@@ -31,20 +30,38 @@ impl DbGate {
     /// # Errors
     /// UNAVAILABLE while it is known to be down.
     pub fn check(&self) -> Result<(), Status> {
-        if self.up.load(Ordering::Relaxed) {
+        if *self.up.borrow() {
             Ok(())
         } else {
-            Err(Status::unavailable("database unavailable"))
+            Err(unavailable())
         }
     }
 
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
+        *self.up.borrow()
     }
 
     /// Records what the health probe found; returns whether that changed the state.
     pub fn set(&self, up: bool) -> bool {
-        self.up.swap(up, Ordering::Relaxed) != up
+        self.up.send_replace(up) != up
+    }
+
+    /// Runs a call that needs the database: UNAVAILABLE at once while the gate is closed, and
+    /// also as soon as it closes while the call waits (for a pooled connection, say).
+    ///
+    /// # Errors
+    /// The call's own error, or UNAVAILABLE.
+    pub async fn run<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        self.check()?;
+        let mut up = self.up.subscribe();
+        let r = tokio::select! {
+            r = call => r,
+            _ = up.wait_for(|up| !*up) => Err(unavailable()),
+        };
+        self.observe(r)
     }
 
     /// Passes a call's result through; an UNAVAILABLE one wakes the probe.
@@ -59,6 +76,10 @@ impl DbGate {
     pub async fn suspected(&self) {
         self.suspect.notified().await;
     }
+}
+
+fn unavailable() -> Status {
+    Status::unavailable("database unavailable")
 }
 
 #[cfg(test)]
@@ -84,5 +105,17 @@ mod tests {
         assert_eq!(g.check().unwrap_err().code(), Code::Unavailable);
         assert!(g.set(true));
         assert!(g.check().is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_waiting_call_is_answered_when_the_gate_closes() {
+        let g = DbGate::default();
+        let closer = g.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            closer.set(false);
+        });
+        let r = g.run(std::future::pending::<Result<(), Status>>()).await;
+        assert_eq!(r.unwrap_err().code(), Code::Unavailable);
     }
 }

@@ -27,8 +27,9 @@ pub use error::Error;
 
 /// How long start-up keeps retrying an unreachable database before giving up.
 const DB_STARTUP_PATIENCE: Duration = Duration::from_secs(30);
-/// How often the health service re-checks the database while it answers.
-const HEALTH_PROBE_EVERY: Duration = Duration::from_secs(2);
+/// How often the health service re-checks the database while it answers (one empty query on the
+/// probe's own connection).
+const HEALTH_PROBE_EVERY: Duration = Duration::from_secs(1);
 /// How often it re-checks while the database is down (calls fail fast meanwhile, so recovery
 /// should be noticed soon).
 const HEALTH_PROBE_WHILE_DOWN: Duration = Duration::from_millis(250);

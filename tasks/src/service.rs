@@ -369,8 +369,7 @@ impl Service {
         &self,
         f: impl std::future::Future<Output = Result<T, Status>>,
     ) -> Result<T, Status> {
-        self.gate.check()?;
-        self.gate.observe(f.await)
+        self.gate.run(f).await
     }
 
     /// Feeds one watch stream with what `item` makes of each event after `cursor`, until the

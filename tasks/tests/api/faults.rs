@@ -1,0 +1,160 @@
+//! Faults on the task service's links: a stopped NATS server, a database that goes away, and a
+//! backlog of many boards after an outage.
+use std::time::Duration;
+
+use taskboard_proto::v1;
+use taskboard_tasks::testing::{self, PrivateNats, TcpProxy};
+
+use crate::helpers::*;
+
+/// Events of `board` not yet marked published.
+async fn unpublished(db: &tokio_postgres::Client, board: i64) -> Vec<i64> {
+    db.query(
+        "SELECT seq FROM events WHERE board_id = $1 AND published_at IS NULL ORDER BY seq",
+        &[&board],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+/// Polls until `f` holds, for at most `within`; returns whether it did.
+async fn eventually<F, Fut>(within: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if f().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn events_sent_into_a_stopped_nats_server_are_not_marked_published() {
+    let mut nats = PrivateNats::start().await;
+    let url = nats.url();
+    let mut t = spawn_with(|c| c.nats_url = url.clone()).await;
+    let db = t.db().await;
+    t.create(1, "before").await;
+    assert!(
+        eventually(WAIT, || async { unpublished(&db, 1).await.is_empty() }).await,
+        "the first event is published"
+    );
+
+    // A stopped server still takes bytes into its socket buffer, so a flush succeeds; the
+    // event was not delivered to anyone and must stay in the outbox.
+    nats.pause();
+    let (_, seq) = t.create(1, "into a stopped server").await;
+    let marked = eventually(Duration::from_secs(3), || async {
+        unpublished(&db, 1).await.is_empty()
+    })
+    .await;
+    assert!(
+        !marked,
+        "event {seq} was marked published while NATS was stopped"
+    );
+
+    // The server dies; a new one comes up: the relay publishes the event again.
+    nats.resume();
+    nats.kill();
+    nats.restart().await;
+    assert!(
+        eventually(WAIT, || async { unpublished(&db, 1).await.is_empty() }).await,
+        "the event is published once NATS is back"
+    );
+}
+
+#[tokio::test]
+async fn after_an_outage_the_relay_interleaves_boards() {
+    // The relay's batch query directly: 300 events of board 1 and one of board 2, unpublished.
+    let url = testing::fresh_database().await;
+    let pg: tokio_postgres::Config = url.parse().unwrap();
+    taskboard_tasks::db::migrate(&pg).await.unwrap();
+    let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    c.batch_execute(
+        "INSERT INTO events (board_id, seq, kind, task_id, payload) \
+           SELECT 1, s, 'created', s, '{}' FROM generate_series(1, 300) s; \
+         INSERT INTO events (board_id, seq, kind, task_id, payload) VALUES (2, 1, 'created', 1, '{}')",
+    )
+    .await
+    .unwrap();
+    let pool = taskboard_tasks::db::pool(pg, 2, Duration::from_secs(5));
+    let batch = taskboard_tasks::db::unpublished(&pool, 256).await.unwrap();
+    assert_eq!(batch.len(), 256);
+    assert!(
+        batch.iter().any(|e| e.board_id == 2),
+        "board 2 waits behind board 1's whole backlog"
+    );
+    let ones: Vec<i64> = batch
+        .iter()
+        .filter(|e| e.board_id == 1)
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(ones, (1..=255).collect::<Vec<_>>(), "board 1 in order");
+}
+
+#[tokio::test]
+async fn while_the_database_is_gone_calls_fail_fast_and_recover_by_themselves() {
+    let proxy = TcpProxy::start(testing::socket_addr_of(&testing::pg_admin_url())).await;
+    let mut t = spawn_with(|c| {
+        let db = c.database_url.clone().unwrap();
+        let name = db.rsplit('/').next().unwrap().to_owned();
+        c.database_url = Some(format!("postgres://postgres@{}/{name}", proxy.addr));
+        c.db_acquire_timeout_ms = 5000;
+    })
+    .await;
+    t.create(1, "before").await;
+
+    proxy.cut();
+    let create = |client: &mut v1::task_service_client::TaskServiceClient<_>| {
+        let mut c = client.clone();
+        async move {
+            let mut req = tonic::Request::new(v1::CreateTaskRequest {
+                board_id: 1,
+                title: "during".into(),
+                description: String::new(),
+                created_by: 1,
+            });
+            req.set_timeout(Duration::from_secs(5));
+            let started = tokio::time::Instant::now();
+            let r = c.create_task(req).await;
+            (r.map(|_| ()).map_err(|s| s.code()), started.elapsed())
+        }
+    };
+    // The first call may be the one that finds out (the probe checks every second); from then
+    // on, answers are immediate.
+    let (first, took) = create(&mut t.client).await;
+    assert_eq!(first, Err(tonic::Code::Unavailable));
+    assert!(
+        took < Duration::from_secs(3),
+        "the first call waited {took:?}"
+    );
+    for _ in 0..5 {
+        let (r, took) = create(&mut t.client).await;
+        assert_eq!(r, Err(tonic::Code::Unavailable));
+        assert!(took < Duration::from_secs(1), "a call waited {took:?}");
+    }
+
+    proxy.restore();
+    let mut recovered = false;
+    for _ in 0..100 {
+        if create(&mut t.client).await.0.is_ok() {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "never recovered after the database came back");
+}
