@@ -252,14 +252,19 @@ impl Ws {
         Ok(out)
     }
 
-    /// Asserts that no event arrives within `d`.
+    /// Asserts that nothing arrives within `d` and the connection stays open: an event, a close
+    /// frame or a read error all fail it (only pings and pongs may pass).
     pub async fn expect_silence(&mut self, d: Duration) {
-        if let Ok(r) = tokio::time::timeout(d, self.ws.read_frame()).await {
+        let deadline = tokio::time::Instant::now() + d;
+        while let Ok(r) = tokio::time::timeout_at(deadline, self.ws.read_frame()).await {
             match r {
-                Ok(f) if f.opcode == OpCode::Text => {
-                    panic!("unexpected event: {}", String::from_utf8_lossy(&f.payload))
-                }
-                _ => {}
+                Ok(f) if matches!(f.opcode, OpCode::Ping | OpCode::Pong) => continue,
+                Ok(f) => panic!(
+                    "expected silence, got {:?}: {}",
+                    f.opcode,
+                    String::from_utf8_lossy(&f.payload)
+                ),
+                Err(e) => panic!("expected silence, the connection failed: {e}"),
             }
         }
     }
@@ -272,4 +277,59 @@ impl Ws {
 /// The seq of an event.
 pub fn seq(v: &Value) -> i64 {
     v["seq"].as_i64().expect("seq")
+}
+
+/// The value of the sample `name{labels…}` (labels in any order); `None` if absent.
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        let (n, rest) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if n != name {
+            return None;
+        }
+        let have: Vec<&str> = rest.split(',').filter(|s| !s.is_empty()).collect();
+        let all = labels
+            .iter()
+            .all(|(k, v)| have.contains(&format!("{k}=\"{v}\"").as_str()));
+        (all && have.len() == labels.len()).then(|| value.parse().ok())?
+    })
+}
+
+pub async fn scrape(addr: std::net::SocketAddr) -> String {
+    let r = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    r.text().await.unwrap()
+}
+
+/// The value of an unlabelled metric on the gateway's (or task service's) admin listener, 0 when
+/// it is not exported yet.
+pub async fn metric(addr: std::net::SocketAddr, name: &str) -> f64 {
+    sample(&scrape(addr).await, name, &[]).unwrap_or(0.0)
+}
+
+/// Polls until `f` holds, for at most `within`; returns whether it did.
+pub async fn eventually<F, Fut>(within: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if f().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

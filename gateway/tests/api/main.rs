@@ -1,7 +1,7 @@
 //! Gateway integration tests: both services for real, on port 0, each test with its own database
 //! and NATS subjects.
+mod delivery;
 mod helpers;
-mod observability;
 mod resilience;
 mod rest;
 mod websocket;

@@ -1,4 +1,5 @@
 //! Failure handling: NATS outages, a missing task service, graceful shutdown.
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};

@@ -151,8 +151,23 @@ async fn a_since_beyond_the_board_head_gets_a_reset() {
 async fn bad_ws_queries_are_400_before_the_upgrade() {
     let app = spawn_app().await;
     for q in ["board_id=abc", "since=4", "board_id=1&since=x"] {
-        let err = ws_connect(app.addr, q).await.err().expect("must fail");
-        assert!(err.to_string().contains("handshake"), "{q}: {err}");
+        // A real upgrade request: the answer must be a 400 with the JSON error body, not 101.
+        let r = app
+            .http
+            .get(app.url(&format!("/ws?{q}")))
+            .header("Upgrade", "websocket")
+            .header("Connection", "Upgrade")
+            .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .header("Sec-WebSocket-Version", "13")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{q}");
+        let b: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(b["code"], "invalid_argument", "{q}: {b}");
+        assert!(b["error"].as_str().unwrap().starts_with("Invalid"), "{q}: {b}");
+        // And the WebSocket client sees its handshake refused.
+        assert!(ws_connect(app.addr, q).await.is_err(), "{q}");
     }
 }
 

@@ -1,41 +1,16 @@
 //! Both services' `/metrics` after real traffic: the counters moved by exactly the right amounts,
-//! and `promtool check metrics` accepts the exposition.
+//! and `promtool check metrics` accepts the exposition. A test binary of its own: the metrics
+//! recorder is global to a process, so exact counts hold only where no other test's services run
+//! beside this one (under `cargo test` as under nextest).
 use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::*;
+#[allow(dead_code)]
+#[path = "api/helpers.rs"]
+mod helpers;
 
-/// The value of the sample `name{labels…}` (labels in any order); `None` if absent.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        let (series, value) = l.rsplit_once(' ')?;
-        let (n, rest) = match series.split_once('{') {
-            Some((n, rest)) => (n, rest.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        if n != name {
-            return None;
-        }
-        let have: Vec<&str> = rest.split(',').filter(|s| !s.is_empty()).collect();
-        let all = labels
-            .iter()
-            .all(|(k, v)| have.contains(&format!("{k}=\"{v}\"").as_str()));
-        (all && have.len() == labels.len()).then(|| value.parse().ok())?
-    })
-}
-
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    let r = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert!(r.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/plain"));
-    r.text().await.unwrap()
-}
+use helpers::*;
 
 #[tokio::test]
 async fn metrics_count_real_traffic_and_pass_promtool() {

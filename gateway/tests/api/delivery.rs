@@ -1,0 +1,268 @@
+//! Nothing committed is lost on the way to a subscriber: a fresh gateway's first events, a cut
+//! NATS link, a quiet board, a backlog after an outage, a client whose socket stays full, and
+//! events from the Go original's task service (no headers, no seq).
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use taskboard_tasks::testing::{self, TcpProxy};
+
+use crate::helpers::*;
+
+/// A gateway whose NATS link goes through a proxy the test can cut, in front of a task service
+/// that talks to NATS directly.
+async fn app_behind_proxy(tune_gw: impl FnOnce(&mut taskboard_gateway::Config)) -> (TestApp, TcpProxy) {
+    let proxy = TcpProxy::start(testing::socket_addr_of(&testing::nats_url())).await;
+    let url = format!("nats://{}", proxy.addr);
+    let app = spawn_app_with(
+        |_| {},
+        |g| {
+            g.nats_url = url;
+            tune_gw(g);
+        },
+    )
+    .await;
+    (app, proxy)
+}
+
+/// Waits until the gateway's `/ready` says NATS is down.
+async fn nats_down(app: &TestApp) -> bool {
+    eventually(WAIT, || async {
+        let r = app.http.get(app.url("/ready")).send().await.unwrap();
+        if r.status() != 503 {
+            return false;
+        }
+        let b: Value = r.json().await.unwrap();
+        b["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("nats: disconnected") || m.contains("nats: pending"))
+    })
+    .await
+}
+
+/// Reads events until `n` of them with a seq have arrived; returns their seqs in order.
+async fn seqs(ws: &mut Ws, n: usize) -> Vec<i64> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        match ws.next().await {
+            Ok(Next::Event(e)) => out.push(seq(&e)),
+            Ok(Next::Close(c, r)) => panic!("closed with {c} ({r}) after {out:?}"),
+            Err(e) => panic!("after {out:?}: {e}"),
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_fresh_gateway_delivers_every_event_from_the_first_100_times_in_a_row() {
+    const TRIES: i64 = 100;
+    const EVENTS: i64 = 20;
+    let tc = testing::test_config().await;
+    let nats = tc.nats_url.clone();
+    let tasks = testing::spawn_tasks(tc).await;
+    for attempt in 1..=TRIES {
+        // A gateway that has just started (not waited for), a client on a new board at once,
+        // then a burst of creates through it.
+        let mut app =
+            spawn_gateway(gw_config(&tasks.grpc_addr(), &tasks.subject_prefix, &nats)).await;
+        let mut ws = loop {
+            match ws_connect(app.addr, &format!("board_id={attempt}")).await {
+                Ok(ws) => break ws,
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        };
+        for i in 0..EVENTS {
+            let r = app
+                .http
+                .post(app.url("/api/tasks"))
+                .json(&json!({"board_id": attempt, "title": format!("t{i}")}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201, "try {attempt}");
+        }
+        assert_eq!(
+            seqs(&mut ws, EVENTS as usize).await,
+            (1..=EVENTS).collect::<Vec<_>>(),
+            "try {attempt}"
+        );
+        ws.close().await;
+        app.stop_gateway().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn ready_waits_for_the_server_to_confirm_the_event_subscription() {
+    // NATS unreachable: the gateway runs, and is not ready, even once the task service is.
+    let proxy = TcpProxy::start(testing::socket_addr_of(&testing::nats_url())).await;
+    proxy.cut();
+    let url = format!("nats://{}", proxy.addr);
+    let tc = testing::test_config().await;
+    let tasks = testing::spawn_tasks(tc).await;
+    let app = spawn_gateway(gw_config(&tasks.grpc_addr(), &tasks.subject_prefix, &url)).await;
+    let not_ready = || async {
+        let r = app.http.get(app.url("/ready")).send().await.unwrap();
+        r.status() == 503
+    };
+    assert!(not_ready().await);
+    proxy.restore();
+    app.wait_ready().await;
+}
+
+#[tokio::test]
+async fn a_quiet_watched_board_gets_what_was_committed_while_the_gateways_nats_link_was_cut() {
+    // Periodic checks far away: this is the reconnect's job.
+    let (app, proxy) = app_behind_proxy(|g| g.event_check_interval_ms = 600_000).await;
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        clients.push(app.ws("board_id=31").await);
+    }
+    proxy.cut();
+    assert!(nats_down(&app).await, "the gateway never noticed the cut");
+    app.create(31, "while cut").await;
+    proxy.restore();
+    for ws in &mut clients {
+        let e = ws.event().await.expect("the event after the reconnect");
+        assert_eq!((seq(&e), e["title"].as_str()), (1, Some("while cut")));
+    }
+}
+
+#[tokio::test]
+async fn an_event_lost_without_any_disconnect_arrives_within_two_check_intervals() {
+    // The task service publishes on other subjects than the gateway reads: every event is
+    // "lost" on the way, and only the periodic head check can bring it.
+    let mut tc = testing::test_config().await;
+    let gw_prefix = testing::unique("tbt_gw");
+    tc.nats_subject_prefix = testing::unique("tbt_elsewhere");
+    let nats = tc.nats_url.clone();
+    let tasks = testing::spawn_tasks(tc).await;
+    let mut cfg = gw_config(&tasks.grpc_addr(), &gw_prefix, &nats);
+    cfg.event_check_interval_ms = 300;
+    let app = spawn_gateway(cfg).await;
+    app.wait_ready().await;
+    let mut ws = app.ws("board_id=4").await;
+    app.create(4, "lost 1").await;
+    app.create(4, "lost 2").await;
+    assert_eq!(seqs(&mut ws, 2).await, [1, 2]);
+    assert!(metric(app.metrics_addr, "taskboard_events_recovered_total").await >= 2.0);
+}
+
+#[tokio::test]
+async fn a_backlog_after_an_outage_reaches_prompt_readers_without_1013() {
+    const BACKLOG: i64 = 100;
+    // A queue far smaller than the backlog.
+    let (app, proxy) = app_behind_proxy(|g| {
+        g.ws_queue = 16;
+        g.event_check_interval_ms = 600_000;
+    })
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(app.ws("board_id=8").await);
+    }
+    app.create(8, "before").await;
+    for ws in &mut clients {
+        assert_eq!(seqs(ws, 1).await, [1]);
+    }
+    proxy.cut();
+    assert!(nats_down(&app).await, "the gateway never noticed the cut");
+    for i in 0..BACKLOG {
+        app.create(8, &format!("during {i}")).await;
+    }
+    proxy.restore();
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|mut ws| tokio::spawn(async move { seqs(&mut ws, BACKLOG as usize).await }))
+        .collect();
+    // `seqs` fails on a close frame: none of them is closed with 1013.
+    for r in readers {
+        assert_eq!(r.await.unwrap(), (2..=BACKLOG + 1).collect::<Vec<_>>());
+    }
+}
+
+#[tokio::test]
+async fn a_client_whose_socket_stays_full_gets_1013_with_a_usable_hint_and_is_counted() {
+    const N: i64 = 60;
+    let app = spawn_app_with(
+        |_| {},
+        |g| {
+            g.ws_write_timeout_ms = 300;
+            g.ws_send_buffer = Some(4096);
+        },
+    )
+    .await;
+    // A tiny receive window, and no reading until the server gave up.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(2048).unwrap();
+    let stream = sock.connect(app.addr).await.unwrap();
+    let stuck = ws_handshake(stream, app.addr, "board_id=9").await.unwrap();
+    let mut stuck = Ws {
+        ws: fastwebsockets::FragmentCollector::new(stuck),
+    };
+    let desc = "y".repeat(3000);
+    for i in 0..N {
+        let r = app
+            .http
+            .post(app.url("/api/tasks"))
+            .json(&json!({"board_id": 9, "title": format!("big {i}"), "description": desc}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    assert!(
+        eventually(WAIT, || async {
+            metric(app.metrics_addr, "taskboard_ws_slow_consumers_total").await >= 1.0
+        })
+        .await,
+        "the write timeout was not counted as a slow consumer"
+    );
+    // Now read: whole events in order, then the close frame.
+    let mut got = Vec::new();
+    let (code, reason) = loop {
+        match stuck.next().await.expect("frames, then a close frame (not a reset)") {
+            Next::Event(e) => got.push(seq(&e)),
+            Next::Close(c, r) => break (c, r),
+        }
+    };
+    assert_eq!(code, 1013, "{reason}");
+    assert_eq!(got, (1..=got.len() as i64).collect::<Vec<_>>());
+    let last = got.last().copied().unwrap_or(0);
+    assert!(reason.ends_with(&format!("since={last}")), "{reason}");
+    let mut again = app.ws(&format!("board_id=9&since={last}")).await;
+    assert_eq!(
+        seqs(&mut again, (N - last) as usize).await,
+        ((last + 1)..=N).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn header_less_events_of_the_original_are_delivered_without_breaking_the_seq() {
+    let app = spawn_app().await;
+    let prefix = app.tasks.as_ref().unwrap().subject_prefix.clone();
+    let mut ws = app.ws("board_id=12").await;
+    let mut all = app.ws("").await;
+    app.create(12, "ours 1").await;
+    // Exactly what the Go original's task service publishes: no headers, its own JSON.
+    let original = json!({"type": "created", "task_id": 99, "board_id": 12, "title": "from the original",
+                          "completed": null, "timestamp": 1_795_801_831});
+    let nats = async_nats::connect(testing::nats_url()).await.unwrap();
+    nats.publish(format!("{prefix}.created"), original.to_string().into())
+        .await
+        .unwrap();
+    nats.flush().await.unwrap();
+    // Not routable: no headers and no board: dropped, and counted.
+    nats.publish(format!("{prefix}.created"), "{}".into())
+        .await
+        .unwrap();
+    nats.flush().await.unwrap();
+    app.create(12, "ours 2").await;
+    for ws in [&mut ws, &mut all] {
+        assert_eq!(seq(&ws.event().await.unwrap()), 1);
+        let legacy: Value = ws.event().await.unwrap();
+        assert_eq!(legacy, original, "passed on verbatim");
+        assert_eq!(seq(&ws.event().await.unwrap()), 2);
+    }
+    ws.expect_silence(Duration::from_millis(300)).await;
+    assert!(metric(app.metrics_addr, "taskboard_nats_unsequenced_total").await >= 1.0);
+    assert!(metric(app.metrics_addr, "taskboard_nats_dropped_total").await >= 1.0);
+}
