@@ -81,6 +81,11 @@ pub struct Config {
     #[arg(long, env = "WS_SEND_BUFFER")]
     pub ws_send_buffer: Option<usize>,
 
+    /// Deadline for receiving a whole request body once its headers are in (the original's read
+    /// timeout); a client that stalls gets 408.
+    #[arg(long, env = "BODY_TIMEOUT_MS", default_value_t = 15_000)]
+    pub body_timeout_ms: u64,
+
     /// On SIGTERM, how long in-flight requests get to finish before connections are dropped.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 25)]
     pub shutdown_grace_secs: u64,
@@ -104,6 +109,7 @@ impl Config {
             ws_write_timeout_ms: 10_000,
             ws_send_buffer: None,
             event_check_interval_ms: 2000,
+            body_timeout_ms: 15_000,
             shutdown_grace_secs: 25,
         }
     }

@@ -24,6 +24,8 @@ pub struct ApiError {
     pub error: String,
     pub message: Option<String>,
     pub code: &'static str,
+    /// Answer with `Connection: close` (the rest of the request was not read).
+    pub close: bool,
 }
 
 #[derive(Serialize)]
@@ -41,7 +43,14 @@ impl ApiError {
             error: error.into(),
             message: None,
             code,
+            close: false,
         }
+    }
+
+    /// Closes the connection after this answer.
+    pub fn closing(mut self) -> Self {
+        self.close = true;
+        self
     }
 
     pub fn with_message(mut self, m: impl Into<String>) -> Self {
@@ -88,6 +97,12 @@ impl ApiError {
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("application/json"),
         );
+        if self.close {
+            r.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+        }
         r
     }
 

@@ -43,6 +43,13 @@ pub struct AppState {
     pub subscribed: Arc<AtomicBool>,
 }
 
+impl AppState {
+    /// Deadline for a whole request body.
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.body_timeout_ms.max(1))
+    }
+}
+
 /// Runs the gateway on `listener` until `shutdown` resolves, then drains within the grace period.
 ///
 /// # Errors
@@ -130,11 +137,14 @@ pub async fn run_with_metrics(
     });
 
     tracing::info!(addr = %listener.local_addr()?, "gateway listening (HTTP + WebSocket /ws)");
-    server::serve(state.clone(), listener, shutdown, grace).await;
+    let deadline = server::serve(state.clone(), listener, shutdown, grace).await;
 
     token.cancel();
     tracker.close();
-    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+    if tokio::time::timeout_at(deadline, tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(
             clients = state.hub.clients(),
             "WebSocket sessions still open after the grace period"

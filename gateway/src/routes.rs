@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use taskboard_proto::{prost_types::Timestamp, v1};
@@ -18,6 +18,10 @@ use crate::AppState;
 
 /// Largest request body accepted (answered with 413 beyond it).
 pub const MAX_BODY: usize = 64 * 1024;
+/// How much of an oversized body is read and discarded before the 413 is sent: clients that
+/// write the whole body before reading (Python's urllib, many SDKs) would otherwise meet a reset
+/// instead of the answer. Beyond this the connection is closed after the 413.
+const DRAIN_LIMIT: usize = 1024 * 1024;
 /// Page size of `GET /api/tasks` when none (or a non-positive one) is given.
 const REST_PAGE_SIZE: i32 = 10;
 /// Deadline of the readiness probe of the task service.
@@ -227,7 +231,7 @@ async fn collection(state: &AppState, req: Request<Incoming>) -> Result<Resp, Ap
     match *req.method() {
         Method::GET => list(state, req.uri().query()).await,
         Method::POST => {
-            let b: CreateBody = read_json(req).await?;
+            let b: CreateBody = read_json(req, state.body_timeout()).await?;
             let r = state
                 .tasks
                 .create(v1::CreateTaskRequest {
@@ -271,7 +275,7 @@ async fn item(state: &AppState, req: Request<Incoming>, id: &str) -> Result<Resp
             Ok(json(StatusCode::OK, &TaskJson::from(task)))
         }
         Method::PUT => {
-            let b: UpdateBody = read_json(req).await?;
+            let b: UpdateBody = read_json(req, state.body_timeout()).await?;
             let r = state
                 .tasks
                 .update(v1::UpdateTaskRequest {
@@ -363,30 +367,69 @@ async fn list(state: &AppState, query: Option<&str>) -> Result<Resp, ApiError> {
     ))
 }
 
-/// Reads a JSON body of at most `MAX_BODY` bytes.
-async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError> {
+/// Reads a JSON body of at most `MAX_BODY` bytes, all of it within `deadline`.
+async fn read_json<T: DeserializeOwned>(
+    req: Request<Incoming>,
+    deadline: Duration,
+) -> Result<T, ApiError> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY as u64) {
-        return Err(ApiError::too_large(MAX_BODY));
-    }
-    let body = Limited::new(req.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                ApiError::too_large(MAX_BODY)
-            } else {
+    let mut body = req.into_body();
+    let read = async {
+        if declared.is_some_and(|n| n > MAX_BODY as u64) {
+            return Err(too_large(&mut body, declared).await);
+        }
+        let mut buf = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| {
                 ApiError::bad_request("Invalid request body")
                     .with_message("the request body could not be read")
+            })?;
+            if let Ok(data) = frame.into_data() {
+                if buf.len() + data.len() > MAX_BODY {
+                    return Err(too_large(&mut body, None).await);
+                }
+                buf.extend_from_slice(&data);
             }
-        })?
-        .to_bytes();
+        }
+        Ok(buf)
+    };
+    let body = tokio::time::timeout(deadline, read).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "deadline_exceeded",
+            "Request body timeout",
+        )
+        .with_message(format!(
+            "the request body did not arrive within {} ms",
+            deadline.as_millis()
+        ))
+        .closing()
+    })??;
     serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("Invalid request body").with_message(e.to_string()))
+}
+
+/// The 413, after reading and discarding what is left of a body that fits in `DRAIN_LIMIT`, so
+/// the client gets to read the answer; a larger one is not read (the connection closes).
+async fn too_large(body: &mut Incoming, declared: Option<u64>) -> ApiError {
+    let e = ApiError::too_large(MAX_BODY);
+    if declared.is_some_and(|n| n > DRAIN_LIMIT as u64) {
+        return e.closing();
+    }
+    let mut drained = 0usize;
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Ok(data) = frame.into_data() {
+            drained += data.len();
+            if drained > DRAIN_LIMIT {
+                return e.closing();
+            }
+        }
+    }
+    e
 }
 
 async fn ready(state: &AppState) -> Resp {

@@ -17,13 +17,15 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(15);
 /// Pause after an accept error (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
-/// Accepts until `shutdown` resolves, then waits up to `grace` for open HTTP exchanges.
+/// Accepts until `shutdown` resolves, then waits for open HTTP exchanges until the drain
+/// deadline (`grace` after the signal), which it returns: the whole drain, WebSocket sessions
+/// included, shares that one deadline.
 pub async fn serve(
     state: Arc<AppState>,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
     grace: Duration,
-) {
+) -> tokio::time::Instant {
     // Connections are tracked so shutdown can wait for their in-flight exchanges.
     let conns = TaskTracker::new();
     let stop = CancellationToken::new();
@@ -74,13 +76,15 @@ pub async fn serve(
             }
         });
     }
+    let deadline = tokio::time::Instant::now() + grace;
     drop(listener);
-    tracing::info!("shutdown: no longer accepting; finishing in-flight requests");
+    tracing::info!(?grace, "shutdown: no longer accepting; finishing in-flight requests");
     // WebSocket sessions are told to close at once (1001); plain HTTP exchanges get the grace.
     state.shutdown.cancel();
     stop.cancel();
     conns.close();
-    if tokio::time::timeout(grace, conns.wait()).await.is_err() {
+    if tokio::time::timeout_at(deadline, conns.wait()).await.is_err() {
         tracing::warn!(?grace, "grace period over with HTTP connections still open");
     }
+    deadline
 }

@@ -51,6 +51,9 @@ pub fn prometheus() -> PrometheusHandle {
         .clone()
 }
 
+/// The git commit this binary was built from (12 hex digits), or `unknown`.
+pub const GIT_SHA: &str = env!("TASKBOARD_GIT_SHA");
+
 /// Sets `taskboard_build_info{service, version, git_sha} 1`, and describes the gRPC metrics.
 pub fn build_info(service: &'static str) {
     metrics::describe_gauge!(
@@ -79,7 +82,7 @@ pub fn build_info(service: &'static str) {
         "taskboard_build_info",
         "service" => service,
         "version" => env!("CARGO_PKG_VERSION"),
-        "git_sha" => env!("TASKBOARD_GIT_SHA"),
+        "git_sha" => GIT_SHA,
     )
     .set(1.0);
 }
@@ -276,6 +279,47 @@ pub async fn metered<T>(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_build_records_the_commit_it_was_built_from() {
+        if std::env::var_os("GIT_SHA").is_some() {
+            return; // set by whoever builds; nothing to compare with
+        }
+        let head = std::process::Command::new("git")
+            .args(["rev-parse", "--short=12", "HEAD"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+        match head {
+            // Built after the last commit or checkout: the same commit.
+            Some(head) => assert_eq!(GIT_SHA, head, "build_info names a stale commit"),
+            None => assert_eq!(GIT_SHA, "unknown"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_default_bind_address_is_dual_stack() {
+        let l = bind("::", 0).await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let accept = tokio::spawn(async move {
+            for _ in 0..2 {
+                l.accept().await.unwrap();
+            }
+        });
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("IPv4 loopback");
+        match tokio::net::TcpStream::connect(("::1", port)).await {
+            Ok(_) => accept.await.unwrap(),
+            // A host without IPv6 (bind fell back to IPv4 only).
+            Err(e) => assert!(
+                std::net::TcpListener::bind("[::1]:0").is_err(),
+                "::1 exists but the dual-stack listener refused it: {e}"
+            ),
+        }
+    }
+
     use super::*;
 
     #[test]

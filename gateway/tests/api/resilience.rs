@@ -124,6 +124,36 @@ async fn shutdown_closes_websockets_with_1001_and_returns_promptly() {
 
 /// The real binary, stopped with a real SIGTERM.
 #[tokio::test]
+async fn the_whole_drain_shares_one_grace_period() {
+    use tokio::io::AsyncWriteExt;
+    let mut app = spawn_app_with(
+        |_| {},
+        |g| {
+            g.shutdown_grace_secs = 1;
+            g.body_timeout_ms = 60_000;
+        },
+    )
+    .await;
+    // An HTTP exchange that never finishes (its body stalls) and a WebSocket client that never
+    // answers the server's close: each phase alone would use the whole grace period.
+    let mut stalled = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    stalled
+        .write_all(b"POST /api/tasks HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n{")
+        .await
+        .unwrap();
+    let _silent = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let _deaf = ws_handshake(stream, app.addr, "board_id=1").await.unwrap();
+    let started = tokio::time::Instant::now();
+    app.stop_gateway().await.unwrap();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(1600),
+        "shutdown took {took:?} with a 1 s grace period"
+    );
+}
+
+#[tokio::test]
 async fn the_gateway_binary_drains_on_sigterm_and_exits_zero() {
     let tasks = testing::spawn_tasks(testing::test_config().await).await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")

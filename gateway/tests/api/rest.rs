@@ -258,6 +258,65 @@ async fn oversized_bodies_get_413() {
     assert_eq!(b["error"], "Request body too large");
 }
 
+/// Sends `head` and `body` on a raw connection, writing everything before reading (as Python's
+/// urllib does), then returns what the server answered.
+async fn write_all_then_read(app: &TestApp, head: String, body: &[u8]) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(app.addr).await?;
+    s.write_all(head.as_bytes()).await?;
+    s.write_all(body).await?;
+    let mut out = vec![0u8; 4096];
+    let n = tokio::time::timeout(WAIT, s.read(&mut out))
+        .await
+        .map_err(|_| std::io::Error::other("no answer in time"))??;
+    Ok(String::from_utf8_lossy(&out[..n]).into_owned())
+}
+
+#[tokio::test]
+async fn a_client_that_writes_a_whole_oversized_body_before_reading_gets_the_413() {
+    let app = spawn_app().await;
+    let body = vec![b'x'; 512 * 1024];
+    for framing in ["Content-Length: 524288", "Transfer-Encoding: chunked"] {
+        let payload = if framing.starts_with("Transfer") {
+            let mut c = format!("{:x}\r\n", body.len()).into_bytes();
+            c.extend_from_slice(&body);
+            c.extend_from_slice(b"\r\n0\r\n\r\n");
+            c
+        } else {
+            body.clone()
+        };
+        let head = format!(
+            "POST /api/tasks HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n{framing}\r\n\r\n"
+        );
+        let answer = write_all_then_read(&app, head, &payload)
+            .await
+            .unwrap_or_else(|e| panic!("{framing}: no answer, {e}"));
+        assert!(answer.starts_with("HTTP/1.1 413"), "{framing}: {answer}");
+    }
+}
+
+#[tokio::test]
+async fn a_body_that_stalls_gets_408_within_the_body_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(|_| {}, |g| g.body_timeout_ms = 500).await;
+    let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    s.write_all(
+        b"POST /api/tasks HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"board",
+    )
+    .await
+    .unwrap();
+    let started = tokio::time::Instant::now();
+    let mut out = vec![0u8; 4096];
+    let n = tokio::time::timeout(WAIT, s.read(&mut out))
+        .await
+        .expect("an answer, not a hang")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&out[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+}
+
 #[tokio::test]
 async fn unknown_paths_and_methods_are_404_and_405() {
     let app = spawn_app().await;
