@@ -8,8 +8,9 @@
    Prometheus on loopback after real traffic (taskboard-loadtest); every metric a panel names is one
    the services export, and every panel query returns data.
 
-Environment: TASKBOARD_TEST_PG (admin URL), TASKBOARD_TEST_NATS, TASKBOARD_BIN_DIR (default
-target/debug). Needs node/npm, promtool and prometheus (Debian's package), promql-parser (PyPI).
+Environment: TASKBOARD_TEST_PG (admin URL), TASKBOARD_TEST_NATS, TASKBOARD_BIN_DIR (default: the
+debug directory of cargo's target directory, as `cargo metadata` reports it, so CARGO_TARGET_DIR and
+.cargo/config are honoured). Needs node/npm, promtool and prometheus (Debian's package), promql-parser (PyPI).
 """
 import json
 import os
@@ -27,7 +28,19 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-BIN = Path(os.environ.get("TASKBOARD_BIN_DIR", ROOT / "target" / "debug"))
+
+
+def cargo_bin_dir():
+    """Where cargo puts the debug binaries of this workspace (wherever its target directory is)."""
+    try:
+        meta = subprocess.run(["cargo", "metadata", "--format-version", "1", "--no-deps"],
+                              cwd=ROOT, check=True, capture_output=True, text=True).stdout
+        return Path(json.loads(meta)["target_directory"]) / "debug"
+    except (OSError, subprocess.CalledProcessError, KeyError, ValueError):
+        return ROOT / "target" / "debug"
+
+
+BIN = Path(os.environ.get("TASKBOARD_BIN_DIR") or cargo_bin_dir())
 PG = os.environ.get("TASKBOARD_TEST_PG", "postgres://postgres@127.0.0.1:5432/postgres")
 NATS = os.environ.get("TASKBOARD_TEST_NATS", "nats://127.0.0.1:4222")
 DASHBOARDS = sorted(HERE.glob("*.json"))

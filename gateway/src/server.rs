@@ -78,12 +78,18 @@ pub async fn serve(
     }
     let deadline = tokio::time::Instant::now() + grace;
     drop(listener);
-    tracing::info!(?grace, "shutdown: no longer accepting; finishing in-flight requests");
+    tracing::info!(
+        ?grace,
+        "shutdown: no longer accepting; finishing in-flight requests"
+    );
     // WebSocket sessions are told to close at once (1001); plain HTTP exchanges get the grace.
     state.shutdown.cancel();
     stop.cancel();
     conns.close();
-    if tokio::time::timeout_at(deadline, conns.wait()).await.is_err() {
+    if tokio::time::timeout_at(deadline, conns.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(?grace, "grace period over with HTTP connections still open");
     }
     deadline

@@ -155,16 +155,50 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// The default clap would use for `--id` (from the definition, never the environment).
+    fn cli_default(id: &str) -> String {
+        use clap::CommandFactory;
+        let cmd = Config::command();
+        let arg = cmd
+            .get_arguments()
+            .find(|a| a.get_id() == id)
+            .unwrap_or_else(|| panic!("no argument {id}"));
+        arg.get_default_values()
+            .first()
+            .unwrap_or_else(|| panic!("{id} has no default"))
+            .to_string_lossy()
+            .into_owned()
+    }
+
     #[test]
     fn for_urls_matches_the_cli_defaults() {
-        let cli = Config::parse_from(["taskboard-tasks", "--database-url", "postgres://x@h/db"]);
-        let built = Config::for_urls("postgres://x@h/db", &cli.nats_url);
-        // Everything but the bind address (tests stay on loopback) and the password must agree.
-        assert_eq!(cli.db_pool_size, built.db_pool_size);
-        assert_eq!(cli.relay_poll_interval_ms, built.relay_poll_interval_ms);
-        assert_eq!(cli.event_retention_secs, built.event_retention_secs);
-        assert_eq!(cli.nats_subject_prefix, built.nats_subject_prefix);
-        assert_eq!(cli.db_acquire_timeout_ms, built.db_acquire_timeout_ms);
+        let built = Config::for_urls("postgres://x@h/db", "nats://n");
+        // Everything but the bind address (tests stay on loopback) and the URLs must agree.
+        assert_eq!(cli_default("db_pool_size"), built.db_pool_size.to_string());
+        assert_eq!(
+            cli_default("relay_poll_interval_ms"),
+            built.relay_poll_interval_ms.to_string()
+        );
+        assert_eq!(
+            cli_default("event_retention_secs"),
+            built.event_retention_secs.to_string()
+        );
+        assert_eq!(
+            cli_default("nats_subject_prefix"),
+            built.nats_subject_prefix
+        );
+        assert_eq!(
+            cli_default("db_acquire_timeout_ms"),
+            built.db_acquire_timeout_ms.to_string()
+        );
+        assert_eq!(
+            cli_default("shutdown_grace_secs"),
+            built.shutdown_grace_secs.to_string()
+        );
+        assert_eq!(cli_default("port"), built.port.to_string());
+        assert_eq!(cli_default("metrics_port"), built.metrics_port.to_string());
+        assert_eq!(cli_default("nats_url"), "nats://localhost:4222");
+        assert_eq!(built.nats_url, "nats://n");
     }
 
     #[test]

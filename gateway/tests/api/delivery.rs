@@ -10,7 +10,9 @@ use crate::helpers::*;
 
 /// A gateway whose NATS link goes through a proxy the test can cut, in front of a task service
 /// that talks to NATS directly.
-async fn app_behind_proxy(tune_gw: impl FnOnce(&mut taskboard_gateway::Config)) -> (TestApp, TcpProxy) {
+async fn app_behind_proxy(
+    tune_gw: impl FnOnce(&mut taskboard_gateway::Config),
+) -> (TestApp, TcpProxy) {
     let proxy = TcpProxy::start(testing::socket_addr_of(&testing::nats_url())).await;
     let url = format!("nats://{}", proxy.addr);
     let app = spawn_app_with(
@@ -219,7 +221,11 @@ async fn a_client_whose_socket_stays_full_gets_1013_with_a_usable_hint_and_is_co
     // Now read: whole events in order, then the close frame.
     let mut got = Vec::new();
     let (code, reason) = loop {
-        match stuck.next().await.expect("frames, then a close frame (not a reset)") {
+        match stuck
+            .next()
+            .await
+            .expect("frames, then a close frame (not a reset)")
+        {
             Next::Event(e) => got.push(seq(&e)),
             Next::Close(c, r) => break (c, r),
         }

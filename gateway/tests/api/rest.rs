@@ -262,7 +262,10 @@ async fn oversized_bodies_get_413() {
 /// urllib does), then returns what the server answered.
 async fn write_all_then_read(app: &TestApp, head: String, body: &[u8]) -> std::io::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(app.addr).await?;
+    // A small send buffer: the client is still writing when the server answers.
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    sock.set_send_buffer_size(16 * 1024)?;
+    let mut s = sock.connect(app.addr).await?;
     s.write_all(head.as_bytes()).await?;
     s.write_all(body).await?;
     let mut out = vec![0u8; 4096];
@@ -275,8 +278,8 @@ async fn write_all_then_read(app: &TestApp, head: String, body: &[u8]) -> std::i
 #[tokio::test]
 async fn a_client_that_writes_a_whole_oversized_body_before_reading_gets_the_413() {
     let app = spawn_app().await;
-    let body = vec![b'x'; 512 * 1024];
-    for framing in ["Content-Length: 524288", "Transfer-Encoding: chunked"] {
+    let body = vec![b'x'; 900 * 1024];
+    for framing in ["Content-Length: 921600", "Transfer-Encoding: chunked"] {
         let payload = if framing.starts_with("Transfer") {
             let mut c = format!("{:x}\r\n", body.len()).into_bytes();
             c.extend_from_slice(&body);
@@ -313,7 +316,10 @@ async fn a_body_that_stalls_gets_408_within_the_body_deadline() {
         .unwrap();
     let answer = String::from_utf8_lossy(&out[..n]);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
     assert!(started.elapsed() < std::time::Duration::from_secs(3));
 }
 

@@ -165,7 +165,10 @@ async fn bad_ws_queries_are_400_before_the_upgrade() {
         assert_eq!(r.status(), 400, "{q}");
         let b: serde_json::Value = r.json().await.unwrap();
         assert_eq!(b["code"], "invalid_argument", "{q}: {b}");
-        assert!(b["error"].as_str().unwrap().starts_with("Invalid"), "{q}: {b}");
+        assert!(
+            b["error"].as_str().unwrap().starts_with("Invalid"),
+            "{q}: {b}"
+        );
         // And the WebSocket client sees its handshake refused.
         assert!(ws_connect(app.addr, q).await.is_err(), "{q}");
     }
