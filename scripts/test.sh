@@ -48,6 +48,11 @@ fi
 log "Rust tests"
 cargo nextest run --workspace --no-fail-fast "$@"
 
+# Where cargo puts the binaries (CARGO_TARGET_DIR and .cargo/config honoured), for the checks below.
+TASKBOARD_BIN_DIR=$(cargo metadata --format-version 1 --no-deps |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug
+export TASKBOARD_BIN_DIR
+
 log "dashboards and alert rules (schema, PromQL, promtool, a real Prometheus)"
 python3 -c 'import promql_parser' 2>/dev/null || pip install -q promql-parser
 cargo build --quiet --bins

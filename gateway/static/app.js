@@ -132,7 +132,10 @@
 
   function retryLater(gen, fn, soon = false) {
     state.retries += 1;
-    setConn(state.retries > 6 || !navigator.onLine ? "offline" : "reconnecting");
+    // The badge describes our link to the gateway, which the page observes, not the browser's
+    // guess about the network (navigator.onLine is false on hosts without a default route even
+    // when the gateway is on the same machine).
+    setConn(state.retries > 6 ? "offline" : "reconnecting");
     const base = soon ? 100 : Math.min(10000, 500 * 2 ** Math.min(state.retries - 1, 5));
     const delay = base / 2 + Math.random() * base / 2;
     clearTimeout(state.timer);
