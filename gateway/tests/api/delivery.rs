@@ -92,21 +92,75 @@ async fn a_fresh_gateway_delivers_every_event_from_the_first_100_times_in_a_row(
     }
 }
 
+/// A NATS server that completes the handshake and answers pings (so the client reports itself
+/// connected) but never processes a subscription or delivers a message.
+async fn deaf_nats() -> std::net::SocketAddr {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (r, mut w) = s.into_split();
+                let info = r#"INFO {"server_id":"deaf","version":"2.9.0","proto":1,"headers":true,"max_payload":1048576}"#;
+                if w.write_all(format!("{info}\r\n").as_bytes()).await.is_err() {
+                    return;
+                }
+                let mut lines = BufReader::new(r).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if line.starts_with("PING") && w.write_all(b"PONG\r\n").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
 #[tokio::test]
 async fn ready_waits_for_the_server_to_confirm_the_event_subscription() {
-    // NATS unreachable: the gateway runs, and is not ready, even once the task service is.
-    let proxy = TcpProxy::start(testing::socket_addr_of(&testing::nats_url())).await;
-    proxy.cut();
-    let url = format!("nats://{}", proxy.addr);
     let tc = testing::test_config().await;
     let tasks = testing::spawn_tasks(tc).await;
-    let app = spawn_gateway(gw_config(&tasks.grpc_addr(), &tasks.subject_prefix, &url)).await;
-    let not_ready = || async {
+    let nats = format!("nats://{}", deaf_nats().await);
+    let app = spawn_gateway(gw_config(&tasks.grpc_addr(), &tasks.subject_prefix, &nats)).await;
+    // The task service answers and the NATS connection is up, yet the subscription is never
+    // confirmed: not ready, and it says why.
+    let said_why = eventually(WAIT, || async {
         let r = app.http.get(app.url("/ready")).send().await.unwrap();
-        r.status() == 503
-    };
-    assert!(not_ready().await);
-    proxy.restore();
+        if r.status() != 503 {
+            return false;
+        }
+        let b: Value = r.json().await.unwrap();
+        b["message"] == "nats: event subscription not confirmed yet"
+    })
+    .await;
+    assert!(said_why, "ready before the subscription was confirmed");
+    let r = app.http.get(app.url("/ready")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+}
+
+#[tokio::test]
+async fn ready_accepts_a_task_service_without_the_grpc_health_service() {
+    // A gRPC server with no health service (as the Go original's): any answer to a plain call
+    // means it is up.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(taskboard_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(reflection)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let app = spawn_gateway(gw_config(
+        &addr.to_string(),
+        &testing::unique("tbt"),
+        &testing::nats_url(),
+    ))
+    .await;
     app.wait_ready().await;
 }
 
