@@ -12,7 +12,8 @@ command -v cargo >/dev/null || die "cargo not found: install the Rust toolchain 
 ensure_postgres
 ensure_nats
 ensure_nats_binary # the resilience tests start and kill a private nats-server
-command -v shellcheck >/dev/null || apt_install shellcheck || true
+# Optional: a subshell, so a failed install (no network) skips the lint instead of ending the run.
+command -v shellcheck >/dev/null || (apt_install shellcheck) || log "shellcheck unavailable; skipping the shell lint"
 # promtool checks the metrics exposition in the Rust tests (Debian's prometheus package has it).
 command -v promtool >/dev/null || apt_install prometheus
 export TASKBOARD_REQUIRE_PROMTOOL=1
