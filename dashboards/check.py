@@ -72,7 +72,7 @@ def queries():
 def check_schema():
     step("dashboards against @grafana/schema's Dashboard type")
     tooling = HERE / "tooling"
-    subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--silent"], cwd=tooling, check=True)
+    subprocess.run(["npm", "ci", "--prefer-offline", "--no-audit", "--no-fund", "--silent"], cwd=tooling, check=True)
     schema = Path(tempfile.mkdtemp()) / "dashboard.schema.json"
     subprocess.run([str(tooling / "node_modules/.bin/ts-json-schema-generator"), "-p",
                     str(tooling / "node_modules/@grafana/schema/dist/types/raw/dashboard/x/types.gen.d.ts"),

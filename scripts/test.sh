@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/services.sh
 . scripts/services.sh
 trap stop_private_services EXIT
+# A signal ends the run through the EXIT trap, so private servers never outlive it.
+trap 'exit 130' INT TERM
 
 command -v cargo >/dev/null || die "cargo not found: install the Rust toolchain (rustup)"
 ensure_postgres
@@ -61,5 +63,5 @@ python3 dashboards/check.py
 
 log "browser tests (headless Chromium)"
 [ -x /usr/bin/chromium ] || apt_install chromium
-(cd gateway/tests/browser && npm ci --no-audit --no-fund --silent && npm test)
+(cd gateway/tests/browser && npm ci --prefer-offline --no-audit --no-fund --silent && npm test)
 log "browser test screenshots: gateway/tests/browser/artifacts/"
