@@ -61,7 +61,7 @@ impl Delivery {
             board_id,
             seq,
             kind: Kind::Event,
-            frame: text_frame(payload),
+            frame: crate::ws::frame::text_frame(payload),
             timing: None,
         }
     }
@@ -72,7 +72,7 @@ impl Delivery {
             board_id,
             seq: 0,
             kind: Kind::Unsequenced,
-            frame: text_frame(payload),
+            frame: crate::ws::frame::text_frame(payload),
             timing: None,
         }
     }
@@ -112,24 +112,6 @@ impl Delivery {
             }
         }
     }
-}
-
-/// A final, unmasked WebSocket text frame (server to client) carrying `payload`.
-pub fn text_frame(payload: &[u8]) -> Bytes {
-    let len = payload.len();
-    let mut f = Vec::with_capacity(len + 10);
-    f.push(0x81); // FIN + text
-    if len < 126 {
-        f.push(len as u8);
-    } else if len <= u16::MAX as usize {
-        f.push(126);
-        f.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        f.push(127);
-        f.extend_from_slice(&(len as u64).to_be_bytes());
-    }
-    f.extend_from_slice(payload);
-    Bytes::from(f)
 }
 
 /// One watched board.
@@ -297,17 +279,6 @@ mod tests {
 
     fn d(board: i64, seq: i64) -> Delivery {
         Delivery::new(board, seq, format!("{{\"seq\":{seq}}}").as_bytes())
-    }
-
-    #[test]
-    fn frames_have_the_right_length_encoding() {
-        assert_eq!(&text_frame(b"hi")[..], b"\x81\x02hi");
-        let mid = text_frame(&[b'a'; 300]);
-        assert_eq!(&mid[..4], &[0x81, 126, 1, 44]);
-        assert_eq!(mid.len(), 304);
-        let big = text_frame(&vec![b'a'; 70_000]);
-        assert_eq!(big[1], 127);
-        assert_eq!(u64::from_be_bytes(big[2..10].try_into().unwrap()), 70_000);
     }
 
     #[test]

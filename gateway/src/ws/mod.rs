@@ -1,5 +1,8 @@
 //! `/ws`: query parsing and the upgrade; the connection itself lives in `session`.
+mod feed;
+pub mod frame;
 mod inbound;
+mod outbound;
 mod session;
 
 use std::collections::BTreeMap;

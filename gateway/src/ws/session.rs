@@ -7,26 +7,24 @@
 //! its socket as they are, several at once with one vectored write when more are queued. What the
 //! client sends (pongs, pings, close) is read by `inbound`, whose buffer is empty while it is silent.
 use std::collections::HashMap;
-use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Payload, WebSocket};
-use futures_util::StreamExt;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::broadcast;
-use tokio_stream::wrappers::{errors::BroadcastStreamRecvError, BroadcastStream};
-use tokio_stream::StreamMap;
 use tokio_util::sync::CancellationToken;
 
+use super::feed::{Feed, FeedError};
+use super::frame::text_frame;
 use super::inbound::{self, Kind, ReadError};
+use super::outbound::{WriteError, Writer};
 use super::Subscription;
-use crate::hub::{text_frame, Delivery, Hub, Kind as DeliveryKind};
+use crate::hub::{Delivery, Hub, Kind as DeliveryKind};
 use crate::tasks_client::TasksClient;
 
 /// Largest message accepted from a client (clients have nothing to say but pongs and close).
@@ -96,6 +94,15 @@ impl End {
     }
 }
 
+impl From<WriteError> for End {
+    fn from(e: WriteError) -> End {
+        match e {
+            WriteError::TimedOut => End::WriteTimeout,
+            WriteError::Io(e) => End::Io(e),
+        }
+    }
+}
+
 impl std::fmt::Display for End {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -115,106 +122,6 @@ fn sendable(code: u16) -> u16 {
     match code {
         1000..=1003 | 1007..=1014 | 3000..=4999 => code,
         _ => 1000,
-    }
-}
-
-/// The live feed of a session: one receiver (one board, or all boards) or several boards merged.
-/// Dropping it frees the hub's channels that nobody else uses.
-struct Feed {
-    rx: FeedRx,
-    // Declared after `rx`, so the receivers are gone when it runs.
-    _release: Release,
-}
-
-enum FeedRx {
-    One(broadcast::Receiver<Delivery>),
-    Many(StreamMap<i64, BroadcastStream<Delivery>>),
-}
-
-/// Frees a session's board channels in the hub once its receivers are dropped.
-struct Release {
-    hub: Arc<Hub>,
-    boards: Vec<i64>,
-}
-
-impl Drop for Release {
-    fn drop(&mut self) {
-        if !self.boards.is_empty() {
-            self.hub.release(&self.boards);
-        }
-    }
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum FeedError {
-    Lagged,
-    Closed,
-}
-
-impl Feed {
-    /// Subscribes to `boards` (every board when empty); also returns the latest seq the hub knew
-    /// of each board at that instant.
-    fn new(hub: &Arc<Hub>, boards: &[i64]) -> (Feed, Vec<(i64, Option<i64>)>) {
-        let mut known = Vec::with_capacity(boards.len());
-        let rx = match boards {
-            [] => FeedRx::One(hub.subscribe(None)),
-            [b] => {
-                let (rx, seq) = hub.subscribe_with_seq(Some(*b));
-                known.push((*b, seq));
-                FeedRx::One(rx)
-            }
-            many => FeedRx::Many(
-                many.iter()
-                    .map(|b| {
-                        let (rx, seq) = hub.subscribe_with_seq(Some(*b));
-                        known.push((*b, seq));
-                        (*b, BroadcastStream::new(rx))
-                    })
-                    .collect(),
-            ),
-        };
-        let feed = Feed {
-            rx,
-            _release: Release {
-                hub: hub.clone(),
-                boards: boards.to_vec(),
-            },
-        };
-        (feed, known)
-    }
-
-    async fn recv(&mut self) -> Result<Delivery, FeedError> {
-        match &mut self.rx {
-            FeedRx::One(rx) => rx.recv().await.map_err(|e| match e {
-                broadcast::error::RecvError::Lagged(_) => FeedError::Lagged,
-                broadcast::error::RecvError::Closed => FeedError::Closed,
-            }),
-            FeedRx::Many(m) => match m.next().await {
-                Some((_, Ok(d))) => Ok(d),
-                Some((_, Err(BroadcastStreamRecvError::Lagged(_)))) => Err(FeedError::Lagged),
-                None => Err(FeedError::Closed),
-            },
-        }
-    }
-
-    /// An event that is already queued, without waiting (`Ok(None)` when there is none). A
-    /// receiver that fell behind says so here too: tokio's receiver skips ahead to the oldest
-    /// retained event after reporting `Lagged` once, so swallowing it would lose events silently.
-    fn try_recv(&mut self) -> Result<Option<Delivery>, FeedError> {
-        match &mut self.rx {
-            FeedRx::One(rx) => match rx.try_recv() {
-                Ok(d) => Ok(Some(d)),
-                Err(broadcast::error::TryRecvError::Empty) => Ok(None),
-                Err(broadcast::error::TryRecvError::Lagged(_)) => Err(FeedError::Lagged),
-                Err(broadcast::error::TryRecvError::Closed) => Err(FeedError::Closed),
-            },
-            FeedRx::Many(m) => match futures_util::FutureExt::now_or_never(m.next()) {
-                None => Ok(None),
-                Some(Some((_, Ok(d)))) => Ok(Some(d)),
-                Some(Some((_, Err(BroadcastStreamRecvError::Lagged(_))))) => Err(FeedError::Lagged),
-                Some(None) => Err(FeedError::Closed),
-            },
-        }
     }
 }
 
@@ -308,87 +215,6 @@ impl Session {
     }
 }
 
-/// The writing side: raw frames to the socket, with a deadline on every write.
-struct Writer<W> {
-    io: W,
-    timeout: Duration,
-    /// Scratch space for control frames.
-    scratch: Vec<u8>,
-    /// After a write timed out: the rest of the frame it left half-written (the client must get
-    /// it whole before a close frame can follow), and how many frames of that write were whole.
-    unfinished: Vec<u8>,
-    whole: usize,
-}
-
-impl<W: AsyncWrite + Unpin> Writer<W> {
-    fn new(io: W, timeout: Duration) -> Self {
-        Writer {
-            io,
-            timeout,
-            scratch: Vec::new(),
-            unfinished: Vec::new(),
-            whole: 0,
-        }
-    }
-
-    async fn bytes(&mut self, b: &[u8]) -> Result<(), End> {
-        self.frames(&[b]).await
-    }
-
-    /// Writes several frames with as few syscalls as the socket allows. On a timeout, `whole` and
-    /// `unfinished` say where it stopped.
-    async fn frames<F: AsRef<[u8]>>(&mut self, frames: &[F]) -> Result<(), End> {
-        let mut first = 0; // first frame not completely written
-        let mut offset = 0; // bytes of it already written
-        let io = &mut self.io;
-        let write_all = async {
-            while first < frames.len() {
-                let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(frames.len() - first);
-                slices.push(IoSlice::new(&frames[first].as_ref()[offset..]));
-                slices.extend(frames[first + 1..].iter().map(|f| IoSlice::new(f.as_ref())));
-                let mut n = io.write_vectored(&slices).await?;
-                if n == 0 {
-                    return Err(std::io::Error::from(std::io::ErrorKind::WriteZero));
-                }
-                while first < frames.len() && n > 0 {
-                    let left = frames[first].as_ref().len() - offset;
-                    if n >= left {
-                        n -= left;
-                        first += 1;
-                        offset = 0;
-                    } else {
-                        offset += n;
-                        n = 0;
-                    }
-                }
-            }
-            Ok::<(), std::io::Error>(())
-        };
-        match tokio::time::timeout(self.timeout, write_all).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(End::Io(e.to_string())),
-            Err(_) => {
-                self.whole = first;
-                self.unfinished.clear();
-                if offset > 0 {
-                    self.unfinished
-                        .extend_from_slice(&frames[first].as_ref()[offset..]);
-                    // The half-written frame will be finished before the close: count it.
-                    self.whole += 1;
-                }
-                Err(End::WriteTimeout)
-            }
-        }
-    }
-
-    async fn control(&mut self, mut frame: Frame<'_>) -> Result<(), End> {
-        let mut scratch = std::mem::take(&mut self.scratch);
-        let r = self.bytes(frame.write(&mut scratch)).await;
-        self.scratch = scratch;
-        r
-    }
-}
-
 impl Ctx {
     async fn serve<R, W>(&self, r: R, w: W, mut feed: Feed, start: HashMap<i64, i64>) -> End
     where
@@ -452,7 +278,7 @@ impl Ctx {
                         }
                         Kind::Ping => match wr.control(Frame::pong(Payload::Owned(f.payload))).await {
                             Ok(()) => continue,
-                            Err(e) => e,
+                            Err(e) => e.into(),
                         },
                         Kind::Pong => { awaiting_pong = false; continue; }
                         Kind::Data => continue,
@@ -470,7 +296,7 @@ impl Ctx {
                         awaiting_pong = true;
                         match wr.control(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b""))).await {
                             Ok(()) => continue,
-                            Err(e) => e,
+                            Err(e) => e.into(),
                         }
                     }
                 }
@@ -589,10 +415,10 @@ impl Ctx {
             return Ok(());
         }
         if let Err(e) = wr.frames(batch).await {
-            if matches!(e, End::WriteTimeout) {
+            if matches!(e, WriteError::TimedOut) {
                 rewind(last, &batch[wr.whole.min(batch.len())..]);
             }
-            return Err(e);
+            return Err(e.into());
         }
         let m = &self.hub.metrics;
         m.frames_sent.increment(batch.len() as u64);
@@ -727,34 +553,6 @@ mod tests {
         assert!(hint.ends_with("reload the board and reconnect"), "{hint}");
     }
 
-    #[tokio::test]
-    async fn a_lagged_receiver_is_reported_by_try_recv_not_skipped() {
-        for boards in [vec![1], vec![1, 2]] {
-            let hub = Arc::new(Hub::new(2));
-            let (mut feed, _) = Feed::new(&hub, &boards);
-            for seq in 1..=5 {
-                hub.publish(Delivery::new(1, seq, b"{}"));
-            }
-            assert_eq!(
-                feed.try_recv().map(|d| d.map(|d| d.seq)),
-                Err(FeedError::Lagged),
-                "{boards:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn dropping_a_feed_frees_its_board_channels() {
-        let hub = Arc::new(Hub::new(2));
-        let (a, _) = Feed::new(&hub, &[1, 2]);
-        let (b, _) = Feed::new(&hub, &[2]);
-        assert_eq!(hub.board_count(), 2);
-        drop(a);
-        assert_eq!(hub.board_count(), 1, "board 2 is still watched");
-        drop(b);
-        assert_eq!(hub.board_count(), 0);
-    }
-
     #[test]
     fn a_timed_out_batch_rewinds_to_the_last_event_sent_whole() {
         let mut last = HashMap::from([(1, 5), (2, 9)]);
@@ -769,49 +567,11 @@ mod tests {
         assert_eq!(last, HashMap::from([(1, 3), (2, 7)]));
     }
 
-    #[tokio::test]
-    async fn a_timed_out_write_keeps_the_rest_of_its_half_written_frame() {
-        let (a, mut b) = tokio::io::duplex(10);
-        let mut wr = Writer::new(a, Duration::from_millis(50));
-        let frames = [
-            text_frame(b"0123"),
-            text_frame(b"abcdefghij"),
-            text_frame(b"z"),
-        ];
-        assert!(matches!(wr.frames(&frames).await, Err(End::WriteTimeout)));
-        // 10 bytes went out: frame 0 (6 bytes) whole, 4 bytes of frame 1.
-        assert_eq!(wr.whole, 2, "the half-written frame counts as sent");
-        assert_eq!(wr.unfinished, frames[1][4..].to_vec());
-        let mut got = vec![0u8; 10];
-        b.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got[..6], &frames[0][..]);
-    }
-
     #[test]
     fn only_sendable_close_codes_are_echoed() {
         assert_eq!(sendable(1000), 1000);
         assert_eq!(sendable(4001), 4001);
         assert_eq!(sendable(1005), 1000);
         assert_eq!(sendable(1006), 1000);
-    }
-
-    #[tokio::test]
-    async fn batched_frames_arrive_whole_and_in_order_through_partial_writes() {
-        // A pipe with a tiny buffer forces many partial vectored writes.
-        let (a, mut b) = tokio::io::duplex(7);
-        let mut wr = Writer::new(a, Duration::from_secs(5));
-        let frames: Vec<Bytes> = (0..20)
-            .map(|i| text_frame(format!("event number {i}").as_bytes()))
-            .collect();
-        let expected: Vec<u8> = frames.iter().flat_map(|f| f.to_vec()).collect();
-        let reader = tokio::spawn(async move {
-            let mut got = vec![0u8; expected.len()];
-            tokio::io::AsyncReadExt::read_exact(&mut b, &mut got)
-                .await
-                .unwrap();
-            assert_eq!(got, expected);
-        });
-        wr.frames(&frames).await.map_err(|e| e.to_string()).unwrap();
-        reader.await.unwrap();
     }
 }

@@ -302,25 +302,32 @@ async fn header_less_events_of_the_original_are_delivered_without_breaking_the_s
     let mut ws = app.ws("board_id=12").await;
     let mut all = app.ws("").await;
     app.create(12, "ours 1").await;
+    for ws in [&mut ws, &mut all] {
+        assert_eq!(seq(&ws.event().await.unwrap()), 1);
+    }
     // Exactly what the Go original's task service publishes: no headers, its own JSON.
     let original = json!({"type": "created", "task_id": 99, "board_id": 12, "title": "from the original",
                           "completed": null, "timestamp": 1_795_801_831});
     let nats = async_nats::connect(testing::nats_url()).await.unwrap();
+    // Not routable (no headers and no board): dropped, and counted.
+    nats.publish(format!("{prefix}.created"), "{}".into())
+        .await
+        .unwrap();
     nats.publish(format!("{prefix}.created"), original.to_string().into())
         .await
         .unwrap();
     nats.flush().await.unwrap();
-    // Not routable: no headers and no board: dropped, and counted.
-    nats.publish(format!("{prefix}.created"), "{}".into())
-        .await
-        .unwrap();
-    nats.flush().await.unwrap();
-    app.create(12, "ours 2").await;
     for ws in [&mut ws, &mut all] {
-        assert_eq!(seq(&ws.event().await.unwrap()), 1);
         let legacy: Value = ws.event().await.unwrap();
         assert_eq!(legacy, original, "passed on verbatim");
-        assert_eq!(seq(&ws.event().await.unwrap()), 2);
+    }
+    app.create(12, "ours 2").await;
+    for ws in [&mut ws, &mut all] {
+        assert_eq!(
+            seq(&ws.event().await.unwrap()),
+            2,
+            "the seq goes on unbroken"
+        );
     }
     ws.expect_silence(Duration::from_millis(300)).await;
     assert!(metric(app.metrics_addr, "taskboard_nats_unsequenced_total").await >= 1.0);

@@ -1,0 +1,146 @@
+//! The writing side of a session: pre-built frames to the socket, several per vectored write, each
+//! write under a deadline; after a timeout it remembers where it stopped, so the half-written frame
+//! can be finished before a close frame.
+use std::io::IoSlice;
+use std::time::Duration;
+
+use fastwebsockets::Frame;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+/// Why a write failed.
+#[derive(Debug)]
+pub enum WriteError {
+    /// The socket took nothing for the whole deadline (a client that does not read).
+    TimedOut,
+    Io(String),
+}
+
+/// The writing side: raw frames to the socket, with a deadline on every write.
+pub struct Writer<W> {
+    pub io: W,
+    timeout: Duration,
+    /// Scratch space for control frames.
+    scratch: Vec<u8>,
+    /// After a write timed out: the rest of the frame it left half-written (the client must get
+    /// it whole before a close frame can follow), and how many frames of that write were whole.
+    pub unfinished: Vec<u8>,
+    pub whole: usize,
+}
+
+impl<W: AsyncWrite + Unpin> Writer<W> {
+    pub fn new(io: W, timeout: Duration) -> Self {
+        Writer {
+            io,
+            timeout,
+            scratch: Vec::new(),
+            unfinished: Vec::new(),
+            whole: 0,
+        }
+    }
+
+    pub async fn bytes(&mut self, b: &[u8]) -> Result<(), WriteError> {
+        self.frames(&[b]).await
+    }
+
+    /// Writes several frames with as few syscalls as the socket allows. On a timeout, `whole` and
+    /// `unfinished` say where it stopped.
+    pub async fn frames<F: AsRef<[u8]>>(&mut self, frames: &[F]) -> Result<(), WriteError> {
+        let mut first = 0; // first frame not completely written
+        let mut offset = 0; // bytes of it already written
+        let io = &mut self.io;
+        let write_all = async {
+            while first < frames.len() {
+                let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(frames.len() - first);
+                slices.push(IoSlice::new(&frames[first].as_ref()[offset..]));
+                slices.extend(frames[first + 1..].iter().map(|f| IoSlice::new(f.as_ref())));
+                let mut n = io.write_vectored(&slices).await?;
+                if n == 0 {
+                    return Err(std::io::Error::from(std::io::ErrorKind::WriteZero));
+                }
+                while first < frames.len() && n > 0 {
+                    let left = frames[first].as_ref().len() - offset;
+                    if n >= left {
+                        n -= left;
+                        first += 1;
+                        offset = 0;
+                    } else {
+                        offset += n;
+                        n = 0;
+                    }
+                }
+            }
+            Ok::<(), std::io::Error>(())
+        };
+        match tokio::time::timeout(self.timeout, write_all).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(WriteError::Io(e.to_string())),
+            Err(_) => {
+                self.whole = first;
+                self.unfinished.clear();
+                if offset > 0 {
+                    self.unfinished
+                        .extend_from_slice(&frames[first].as_ref()[offset..]);
+                    // The half-written frame will be finished before the close: count it.
+                    self.whole += 1;
+                }
+                Err(WriteError::TimedOut)
+            }
+        }
+    }
+
+    pub async fn control(&mut self, mut frame: Frame<'_>) -> Result<(), WriteError> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let r = self.bytes(frame.write(&mut scratch)).await;
+        self.scratch = scratch;
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ws::frame::text_frame;
+    use bytes::Bytes;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn a_timed_out_write_keeps_the_rest_of_its_half_written_frame() {
+        let (a, mut b) = tokio::io::duplex(10);
+        let mut wr = Writer::new(a, Duration::from_millis(50));
+        let frames = [
+            text_frame(b"0123"),
+            text_frame(b"abcdefghij"),
+            text_frame(b"z"),
+        ];
+        assert!(matches!(
+            wr.frames(&frames).await,
+            Err(WriteError::TimedOut)
+        ));
+        // 10 bytes went out: frame 0 (6 bytes) whole, 4 bytes of frame 1.
+        assert_eq!(wr.whole, 2, "the half-written frame counts as sent");
+        assert_eq!(wr.unfinished, frames[1][4..].to_vec());
+        let mut got = vec![0u8; 10];
+        b.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got[..6], &frames[0][..]);
+    }
+
+    #[tokio::test]
+    async fn batched_frames_arrive_whole_and_in_order_through_partial_writes() {
+        // A pipe with a tiny buffer forces many partial vectored writes.
+        let (a, mut b) = tokio::io::duplex(7);
+        let mut wr = Writer::new(a, Duration::from_secs(5));
+        let frames: Vec<Bytes> = (0..20)
+            .map(|i| text_frame(format!("event number {i}").as_bytes()))
+            .collect();
+        let expected: Vec<u8> = frames.iter().flat_map(|f| f.to_vec()).collect();
+        let reader = tokio::spawn(async move {
+            let mut got = vec![0u8; expected.len()];
+            tokio::io::AsyncReadExt::read_exact(&mut b, &mut got)
+                .await
+                .unwrap();
+            assert_eq!(got, expected);
+        });
+        wr.frames(&frames).await.unwrap();
+        reader.await.unwrap();
+    }
+}
