@@ -12,6 +12,9 @@ const STYLE: &str = include_str!("../static/style.css");
 const CSP: &str = "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; \
                    object-src 'none'; base-uri 'none'; frame-ancestors 'none'";
 
+/// The paths the page is served at (the route table routes them here).
+pub const PATHS: &[&str] = &["/", "/index.html", "/static/app.js", "/static/style.css"];
+
 /// The embedded file at `path`, if there is one.
 pub fn file(path: &str) -> Option<Response<Full<Bytes>>> {
     let (body, kind) = match path {

@@ -1,13 +1,16 @@
-//! `/ws`: query parsing and the upgrade; the connection itself lives in `session`.
+//! `/ws`: query parsing (here), the upgrade (`upgrade`), and the connection itself (`session`,
+//! with its `feed`, `inbound` reader and `outbound` writer).
 mod feed;
 pub mod frame;
 mod inbound;
 mod outbound;
 mod session;
+mod upgrade;
 
 use std::collections::BTreeMap;
 
 pub use session::{Session, SessionSettings};
+pub use upgrade::upgrade;
 
 use crate::error::ApiError;
 

@@ -1,0 +1,264 @@
+//! `/api/tasks` and `/api/tasks/{id}`: the original's REST contract over the task service's gRPC,
+//! with its defects fixed (404s, `[]`, RFC 3339 timestamps).
+use chrono::{DateTime, SecondsFormat};
+use http::{HeaderValue, Method, Request, StatusCode};
+use hyper::body::Incoming;
+use serde::{Deserialize, Serialize};
+use taskboard_proto::{prost_types::Timestamp, v1};
+
+use super::body::read_json;
+use super::{empty, json, not_allowed, Resp};
+use crate::error::ApiError;
+use crate::AppState;
+
+/// Page size of `GET /api/tasks` when none (or a non-positive one) is given.
+const REST_PAGE_SIZE: i32 = 10;
+
+/// A task as the REST API shows it: every field present, timestamps RFC 3339 UTC.
+#[derive(Serialize, Debug)]
+pub struct TaskJson {
+    pub id: i64,
+    pub board_id: i64,
+    pub title: String,
+    pub description: String,
+    pub completed: bool,
+    pub created_by: i64,
+    pub created_at: String,
+    pub updated_at: String,
+    pub version: i64,
+}
+
+/// RFC 3339 UTC with microseconds: the same text the event payloads carry.
+fn rfc3339(t: Option<Timestamp>) -> String {
+    t.and_then(|t| DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+impl From<v1::Task> for TaskJson {
+    fn from(t: v1::Task) -> Self {
+        TaskJson {
+            id: t.id,
+            board_id: t.board_id,
+            title: t.title,
+            description: t.description,
+            completed: t.completed,
+            created_by: t.created_by,
+            created_at: rfc3339(t.created_at),
+            updated_at: rfc3339(t.updated_at),
+            version: t.version,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ListJson {
+    tasks: Vec<TaskJson>,
+    total_count: i32,
+    page: i32,
+    page_size: i32,
+    /// The board's latest event seq in the same snapshot: follow `/ws?since=head_seq` from here.
+    head_seq: i64,
+}
+
+/// POST /api/tasks body; absent or null fields become empty/zero and are then validated.
+#[derive(Deserialize)]
+struct CreateBody {
+    #[serde(default)]
+    board_id: Option<i64>,
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    created_by: Option<i64>,
+}
+
+/// PUT /api/tasks/{id} body; absent or null = unchanged.
+#[derive(Deserialize)]
+struct UpdateBody {
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    completed: Option<bool>,
+}
+
+/// Adds the seq of the event a mutation committed, so a client can match its own change.
+fn with_seq(mut r: Resp, seq: i64) -> Resp {
+    if seq > 0 {
+        r.headers_mut()
+            .insert("Taskboard-Seq", HeaderValue::from(seq));
+    }
+    r
+}
+
+pub(super) async fn collection(state: &AppState, req: Request<Incoming>) -> Result<Resp, ApiError> {
+    match *req.method() {
+        Method::GET => list(state, req.uri().query()).await,
+        Method::POST => {
+            let b: CreateBody = read_json(req, state.body_timeout()).await?;
+            let r = state
+                .tasks
+                .create(v1::CreateTaskRequest {
+                    board_id: b.board_id.unwrap_or(0),
+                    title: b.title.unwrap_or_default(),
+                    description: b.description.unwrap_or_default(),
+                    created_by: b.created_by.unwrap_or(0),
+                })
+                .await
+                .map_err(|s| ApiError::from_status(&s, "create"))?;
+            let task = r.task.ok_or_else(missing_task)?;
+            Ok(with_seq(
+                json(StatusCode::CREATED, &TaskJson::from(task)),
+                r.seq,
+            ))
+        }
+        Method::OPTIONS => Ok(empty(StatusCode::OK)),
+        _ => Ok(not_allowed("GET, POST, OPTIONS")),
+    }
+}
+
+pub(super) async fn item(
+    state: &AppState,
+    req: Request<Incoming>,
+    id: &str,
+) -> Result<Resp, ApiError> {
+    if req.method() == Method::OPTIONS {
+        return Ok(empty(StatusCode::OK));
+    }
+    if !matches!(*req.method(), Method::GET | Method::PUT | Method::DELETE) {
+        return Ok(not_allowed("GET, PUT, DELETE, OPTIONS"));
+    }
+    let id = id.parse::<i64>().ok().filter(|i| *i > 0).ok_or_else(|| {
+        ApiError::bad_request("Invalid task ID")
+            .with_message(format!("task ID must be a positive integer, got {id:?}"))
+    })?;
+    match *req.method() {
+        Method::GET => {
+            let r = state
+                .tasks
+                .get(id)
+                .await
+                .map_err(|s| ApiError::from_status(&s, "get"))?;
+            let task = r.task.ok_or_else(missing_task)?;
+            Ok(json(StatusCode::OK, &TaskJson::from(task)))
+        }
+        Method::PUT => {
+            let b: UpdateBody = read_json(req, state.body_timeout()).await?;
+            let r = state
+                .tasks
+                .update(v1::UpdateTaskRequest {
+                    id,
+                    title: b.title,
+                    description: b.description,
+                    completed: b.completed,
+                })
+                .await
+                .map_err(|s| ApiError::from_status(&s, "update"))?;
+            let task = r.task.ok_or_else(missing_task)?;
+            Ok(with_seq(json(StatusCode::OK, &TaskJson::from(task)), r.seq))
+        }
+        _ => {
+            let r = state
+                .tasks
+                .delete(id)
+                .await
+                .map_err(|s| ApiError::from_status(&s, "delete"))?;
+            Ok(with_seq(empty(StatusCode::NO_CONTENT), r.seq))
+        }
+    }
+}
+
+fn missing_task() -> ApiError {
+    tracing::error!("task service answered without a task");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "Internal server error",
+    )
+}
+
+/// Go's strconv.ParseBool, which the original used for `completed`.
+fn parse_bool(v: &str) -> Option<bool> {
+    match v {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+async fn list(state: &AppState, query: Option<&str>) -> Result<Resp, ApiError> {
+    let mut board = None;
+    let mut page = 0i32;
+    let mut size = 0i32;
+    let mut completed = None;
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        let bad = |what: &str| {
+            ApiError::bad_request(format!("Invalid {what}"))
+                .with_message(format!("{what} must be an integer, got {v:?}"))
+        };
+        match &*k {
+            "board_id" if !v.is_empty() => {
+                board = Some(v.parse::<i64>().map_err(|_| bad("board_id"))?)
+            }
+            "page" if !v.is_empty() => page = v.parse().map_err(|_| bad("page"))?,
+            "page_size" if !v.is_empty() => size = v.parse().map_err(|_| bad("page_size"))?,
+            "completed" if !v.is_empty() => {
+                completed = Some(parse_bool(&v).ok_or_else(|| {
+                    ApiError::bad_request("Invalid completed")
+                        .with_message(format!("completed must be true or false, got {v:?}"))
+                })?)
+            }
+            _ => {}
+        }
+    }
+    let r = state
+        .tasks
+        .list(v1::ListTasksRequest {
+            board_id: board.unwrap_or(0),
+            completed,
+            // REST's default page size is 10 (the original gateway's); the task service's own
+            // default for 0 is the original gRPC default of 50.
+            page_size: if size <= 0 { REST_PAGE_SIZE } else { size },
+            page_number: page,
+        })
+        .await
+        .map_err(|s| ApiError::from_status(&s, "list"))?;
+    Ok(json(
+        StatusCode::OK,
+        &ListJson {
+            tasks: r.tasks.into_iter().map(TaskJson::from).collect(),
+            total_count: r.total_count,
+            page: r.page_number,
+            page_size: r.page_size,
+            head_seq: r.head_seq,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_micros() {
+        let t = Timestamp {
+            seconds: 1_795_801_831,
+            nanos: 123_456_000,
+        };
+        assert_eq!(rfc3339(Some(t)), "2026-11-27T17:50:31.123456Z");
+    }
+
+    #[test]
+    fn completed_filter_accepts_what_go_accepted() {
+        for v in ["1", "t", "true", "TRUE", "True"] {
+            assert_eq!(parse_bool(v), Some(true));
+        }
+        for v in ["0", "f", "false", "FALSE", "False"] {
+            assert_eq!(parse_bool(v), Some(false));
+        }
+        assert_eq!(parse_bool("yes"), None);
+    }
+}
