@@ -26,6 +26,14 @@ pub enum Error {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// A migration already applied to the database is not the one in this build: changes to the
+    /// schema belong in a new migration file.
+    #[error("migration {version} was edited after it was applied (recorded sha256 {recorded}, this build's {now}); put changes in a new migration")]
+    MigrationEdited {
+        version: i32,
+        recorded: String,
+        now: String,
+    },
     /// NATS could not be reached or configured.
     #[error("nats: {0}")]
     Nats(String),

@@ -190,7 +190,7 @@ async fn migrate_with_retry(pg: &tokio_postgres::Config) -> Result<(), Error> {
     loop {
         match db::migrate(pg).await {
             Ok(()) => return Ok(()),
-            Err(e @ Error::Migration { .. }) => return Err(e),
+            Err(e @ (Error::Migration { .. } | Error::MigrationEdited { .. })) => return Err(e),
             Err(e) if tokio::time::Instant::now() + delay > deadline => return Err(e),
             Err(e) => {
                 tracing::warn!(error = %e, ?delay, "database not ready; retrying");

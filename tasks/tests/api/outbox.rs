@@ -128,6 +128,55 @@ async fn replicas_starting_together_migrate_once() {
 }
 
 #[tokio::test]
+async fn an_applied_migration_that_was_edited_stops_the_start() {
+    let url = testing::fresh_database().await;
+    let pg: tokio_postgres::Config = url.parse().unwrap();
+    taskboard_tasks::db::migrate(&pg).await.unwrap();
+    let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let recorded: String = c
+        .query_one(
+            "SELECT checksum FROM schema_migrations WHERE version = 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(recorded.len(), 64, "a sha256 in hex: {recorded}");
+
+    // A database migrated by a build that recorded no checksum gets one, and starts.
+    c.batch_execute("UPDATE schema_migrations SET checksum = NULL")
+        .await
+        .unwrap();
+    taskboard_tasks::db::migrate(&pg).await.unwrap();
+    let again: String = c
+        .query_one(
+            "SELECT checksum FROM schema_migrations WHERE version = 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(again, recorded);
+
+    // Applied with other text than this build's: refuse, and say what to do.
+    c.batch_execute("UPDATE schema_migrations SET checksum = 'edited'")
+        .await
+        .unwrap();
+    let e = taskboard_tasks::db::migrate(&pg).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            taskboard_tasks::Error::MigrationEdited { version: 1, .. }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("new migration"), "{e}");
+}
+
+#[tokio::test]
 async fn shutdown_returns_promptly_even_with_an_open_watch_stream() {
     let mut t = spawn().await;
     let _stream = t
