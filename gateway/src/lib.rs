@@ -160,40 +160,31 @@ async fn connect_nats(
     urls: &str,
     reconnected: mpsc::Sender<()>,
 ) -> Result<async_nats::Client, Error> {
-    let addrs = urls
-        .split(',')
-        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Error::Config(format!("invalid NATS_URL {urls:?}: {e}")))?;
     let connected_before = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    async_nats::ConnectOptions::new()
-        .name("taskboard-gateway")
-        .retry_on_initial_connect()
-        .max_reconnects(None)
-        .reconnect_delay_callback(|attempt| {
-            Duration::from_millis(100u64 << attempt.min(4)).min(Duration::from_secs(2))
-        })
-        .event_callback(move |ev| {
-            let reconnected = reconnected.clone();
-            let connected_before = connected_before.clone();
-            async move {
-                match ev {
-                    async_nats::Event::Connected => {
-                        tracing::info!("Connected to NATS successfully");
-                        let again =
-                            connected_before.swap(true, std::sync::atomic::Ordering::Relaxed);
-                        metrics::nats_connected(true, again);
-                        let _ = reconnected.try_send(());
-                    }
-                    async_nats::Event::Disconnected => {
-                        tracing::warn!("NATS disconnected");
-                        metrics::nats_connected(false, false);
-                    }
-                    other => tracing::info!(event = %other, "NATS event"),
+    taskboard_proto::nats::connect("taskboard-gateway", urls, move |ev| {
+        let reconnected = reconnected.clone();
+        let connected_before = connected_before.clone();
+        async move {
+            match ev {
+                async_nats::Event::Connected => {
+                    tracing::info!("Connected to NATS successfully");
+                    let again = connected_before.swap(true, std::sync::atomic::Ordering::Relaxed);
+                    metrics::nats_connected(true, again);
+                    let _ = reconnected.try_send(());
                 }
+                async_nats::Event::Disconnected => {
+                    tracing::warn!("NATS disconnected");
+                    metrics::nats_connected(false, false);
+                }
+                other => tracing::info!(event = %other, "NATS event"),
             }
-        })
-        .connect(addrs)
-        .await
-        .map_err(|e| Error::Nats(e.to_string()))
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        taskboard_proto::nats::ConnectError::BadUrl(m) => {
+            Error::Config(format!("invalid NATS_URL {m}"))
+        }
+        other => Error::Nats(other.to_string()),
+    })
 }

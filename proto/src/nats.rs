@@ -16,6 +16,66 @@ pub const HEADER_COMMITTED_AT_US: &str = "Taskboard-Committed-At-Us";
 /// JetStream's de-duplication id: `<board>-<seq>`.
 pub const HEADER_MSG_ID: &str = "Nats-Msg-Id";
 
+/// The `kind` of the event that says "events were pruned: reload the board, then follow from
+/// `seq`" (ListEvents' `reset`, WatchEvents' reset event, the WebSocket frame).
+pub const KIND_RESET: &str = "reset";
+
+/// The browser JSON of a reset: `{"type":"reset","board_id":B,"seq":HEAD}`.
+pub fn reset_payload(board_id: i64, head: i64) -> String {
+    format!(r#"{{"type":"{KIND_RESET}","board_id":{board_id},"seq":{head}}}"#)
+}
+
+/// Why [`connect`] failed.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// `NATS_URL` does not parse.
+    BadUrl(String),
+    Connect(String),
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::BadUrl(m) => write!(f, "invalid NATS_URL {m}"),
+            ConnectError::Connect(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for ConnectError {}
+
+/// Connects to the comma-separated `urls` in the background (start-up never waits for NATS) and
+/// reconnects forever with a capped backoff; `on_event` hears every connection event.
+///
+/// # Errors
+/// A URL does not parse.
+pub async fn connect<F, Fut>(
+    name: &str,
+    urls: &str,
+    on_event: F,
+) -> Result<async_nats::Client, ConnectError>
+where
+    F: Fn(async_nats::Event) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + Sync + 'static,
+{
+    let addrs = urls
+        .split(',')
+        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ConnectError::BadUrl(format!("{urls:?}: {e}")))?;
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .reconnect_delay_callback(|attempt| {
+            Duration::from_millis(100u64 << attempt.min(4)).min(Duration::from_secs(2))
+        })
+        .event_callback(on_event)
+        .connect(addrs)
+        .await
+        .map_err(|e| ConnectError::Connect(e.to_string()))
+}
+
 /// The subject of an event of `kind` (`created`, `updated`, `deleted`) under `prefix`.
 pub fn subject(prefix: &str, kind: &str) -> String {
     format!("{prefix}.{kind}")
@@ -75,5 +135,18 @@ impl RoundTrip {
             false
         };
         Ok(tokio::time::timeout(timeout, echoed).await.unwrap_or(false))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reset_payload_is_the_documented_json() {
+        assert_eq!(
+            reset_payload(3, 17),
+            r#"{"type":"reset","board_id":3,"seq":17}"#
+        );
     }
 }

@@ -206,21 +206,16 @@ async fn migrate_with_retry(pg: &tokio_postgres::Config) -> Result<(), Error> {
 /// # Errors
 /// The URL does not parse.
 pub async fn connect_nats(urls: &str) -> Result<async_nats::Client, Error> {
-    let addrs = urls
-        .split(',')
-        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Error::Config(format!("invalid NATS_URL {urls:?}: {e}")))?;
-    async_nats::ConnectOptions::new()
-        .name("taskboard-tasks")
-        .retry_on_initial_connect()
-        .max_reconnects(None)
-        .reconnect_delay_callback(|attempt| {
-            Duration::from_millis(100u64 << attempt.min(4)).min(Duration::from_secs(2))
-        })
-        .connect(addrs)
-        .await
-        .map_err(|e| Error::Nats(e.to_string()))
+    taskboard_proto::nats::connect("taskboard-tasks", urls, |ev| async move {
+        tracing::info!(event = %ev, "NATS event");
+    })
+    .await
+    .map_err(|e| match e {
+        taskboard_proto::nats::ConnectError::BadUrl(m) => {
+            Error::Config(format!("invalid NATS_URL {m}"))
+        }
+        other => Error::Nats(other.to_string()),
+    })
 }
 
 /// Keeps the gRPC health status and the fail-fast gate in step with the database: NOT_SERVING

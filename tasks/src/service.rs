@@ -47,8 +47,8 @@ fn reset_event(board_id: i64, head: i64) -> v1::Event {
     v1::Event {
         board_id,
         seq: head,
-        kind: "reset".into(),
-        payload: format!(r#"{{"type":"reset","board_id":{board_id},"seq":{head}}}"#).into(),
+        kind: taskboard_proto::nats::KIND_RESET.into(),
+        payload: taskboard_proto::nats::reset_payload(board_id, head).into(),
         committed_at: None,
         task_id: 0,
     }

@@ -449,10 +449,7 @@ impl Ctx {
                     End::ReplayUnavailable
                 })?;
             if page.reset {
-                let reset = format!(
-                    r#"{{"type":"reset","board_id":{board},"seq":{}}}"#,
-                    page.head_seq
-                );
+                let reset = taskboard_proto::nats::reset_payload(board, page.head_seq);
                 wr.bytes(&text_frame(reset.as_bytes())).await?;
                 last.insert(board, page.head_seq);
                 return Ok(());
