@@ -6,7 +6,7 @@ use taskboard_proto::v1::{self, task_service_client::TaskServiceClient};
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
 
-use taskboard_telemetry::{metered, Side};
+use taskboard_telemetry::{GrpcMetrics, GrpcMetricsLayer, Side};
 
 use crate::Error;
 
@@ -37,8 +37,12 @@ impl TasksClient {
         })
     }
 
-    fn client(&self) -> TaskServiceClient<Channel> {
-        TaskServiceClient::new(self.channel.clone())
+    /// A client whose every call is counted and timed by method and code.
+    fn client(&self) -> TaskServiceClient<GrpcMetrics<Channel>> {
+        TaskServiceClient::new(tower::Layer::layer(
+            &GrpcMetricsLayer::new(Side::Client, taskboard_proto::method_of),
+            self.channel.clone(),
+        ))
     }
 
     /// A request carrying the deadline (sent as `grpc-timeout`, so the server sees it too).
@@ -52,20 +56,17 @@ impl TasksClient {
         &self,
         m: v1::CreateTaskRequest,
     ) -> Result<v1::CreateTaskResponse, tonic::Status> {
-        metered(Side::Client, "CreateTask", async {
-            Ok(self.client().create_task(self.req(m)).await?.into_inner())
-        })
-        .await
+        async { Ok(self.client().create_task(self.req(m)).await?.into_inner()) }.await
     }
 
     pub async fn get(&self, id: i64) -> Result<v1::GetTaskResponse, tonic::Status> {
-        metered(Side::Client, "GetTask", async {
+        async {
             Ok(self
                 .client()
                 .get_task(self.req(v1::GetTaskRequest { id }))
                 .await?
                 .into_inner())
-        })
+        }
         .await
     }
 
@@ -73,30 +74,24 @@ impl TasksClient {
         &self,
         m: v1::ListTasksRequest,
     ) -> Result<v1::ListTasksResponse, tonic::Status> {
-        metered(Side::Client, "ListTasks", async {
-            Ok(self.client().list_tasks(self.req(m)).await?.into_inner())
-        })
-        .await
+        async { Ok(self.client().list_tasks(self.req(m)).await?.into_inner()) }.await
     }
 
     pub async fn update(
         &self,
         m: v1::UpdateTaskRequest,
     ) -> Result<v1::UpdateTaskResponse, tonic::Status> {
-        metered(Side::Client, "UpdateTask", async {
-            Ok(self.client().update_task(self.req(m)).await?.into_inner())
-        })
-        .await
+        async { Ok(self.client().update_task(self.req(m)).await?.into_inner()) }.await
     }
 
     pub async fn delete(&self, id: i64) -> Result<v1::DeleteTaskResponse, tonic::Status> {
-        metered(Side::Client, "DeleteTask", async {
+        async {
             Ok(self
                 .client()
                 .delete_task(self.req(v1::DeleteTaskRequest { id }))
                 .await?
                 .into_inner())
-        })
+        }
         .await
     }
 
@@ -107,7 +102,7 @@ impl TasksClient {
         after_seq: i64,
         limit: i32,
     ) -> Result<v1::ListEventsResponse, tonic::Status> {
-        metered(Side::Client, "ListEvents", async {
+        async {
             Ok(self
                 .client()
                 .list_events(self.req(v1::ListEventsRequest {
@@ -117,7 +112,7 @@ impl TasksClient {
                 }))
                 .await?
                 .into_inner())
-        })
+        }
         .await
     }
 
@@ -126,14 +121,14 @@ impl TasksClient {
         &self,
         boards: Vec<i64>,
     ) -> Result<std::collections::HashMap<i64, i64>, tonic::Status> {
-        metered(Side::Client, "BoardHeads", async {
+        async {
             Ok(self
                 .client()
                 .board_heads(self.req(v1::BoardHeadsRequest { board_ids: boards }))
                 .await?
                 .into_inner()
                 .heads)
-        })
+        }
         .await
     }
 

@@ -155,6 +155,11 @@ pub async fn run_with_metrics(
         }
     };
     let serve = tonic::transport::Server::builder()
+        // Every call counted and timed by method and code, whatever the RPC.
+        .layer(taskboard_telemetry::GrpcMetricsLayer::new(
+            taskboard_telemetry::Side::Server,
+            taskboard_proto::method_of,
+        ))
         .add_service(health_svc)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -61,19 +61,15 @@ impl TaskService for Service {
         &self,
         req: Request<v1::CreateTaskRequest>,
     ) -> Result<Response<v1::CreateTaskResponse>, Status> {
-        taskboard_telemetry::metered(
-            taskboard_telemetry::Side::Server,
-            "CreateTask",
-            self.db_call(async move {
-                let r = req.get_ref();
-                let new = validate::new_task(r.board_id, &r.title, &r.description, r.created_by)?;
-                let (task, seq) = db::create(&self.pool, &new).await?;
-                Ok(Response::new(v1::CreateTaskResponse {
-                    task: Some(task),
-                    seq,
-                }))
-            }),
-        )
+        self.db_call(async move {
+            let r = req.get_ref();
+            let new = validate::new_task(r.board_id, &r.title, &r.description, r.created_by)?;
+            let (task, seq) = db::create(&self.pool, &new).await?;
+            Ok(Response::new(v1::CreateTaskResponse {
+                task: Some(task),
+                seq,
+            }))
+        })
         .await
     }
 
@@ -82,17 +78,13 @@ impl TaskService for Service {
         &self,
         req: Request<v1::GetTaskRequest>,
     ) -> Result<Response<v1::GetTaskResponse>, Status> {
-        taskboard_telemetry::metered(
-            taskboard_telemetry::Side::Server,
-            "GetTask",
-            self.db_call(async move {
-                let id = validate::task_id(req.get_ref().id)?;
-                match db::get(&self.pool, id).await? {
-                    Some(task) => Ok(Response::new(v1::GetTaskResponse { task: Some(task) })),
-                    None => Err(not_found(id)),
-                }
-            }),
-        )
+        self.db_call(async move {
+            let id = validate::task_id(req.get_ref().id)?;
+            match db::get(&self.pool, id).await? {
+                Some(task) => Ok(Response::new(v1::GetTaskResponse { task: Some(task) })),
+                None => Err(not_found(id)),
+            }
+        })
         .await
     }
 
@@ -101,24 +93,20 @@ impl TaskService for Service {
         &self,
         req: Request<v1::ListTasksRequest>,
     ) -> Result<Response<v1::ListTasksResponse>, Status> {
-        taskboard_telemetry::metered(
-            taskboard_telemetry::Side::Server,
-            "ListTasks",
-            self.db_call(async move {
-                let r = req.get_ref();
-                let board = validate::board_id(r.board_id)?;
-                let (page, size) = validate::paging(r.page_number, r.page_size);
-                let offset = (i64::from(page) - 1) * i64::from(size);
-                let p = db::list(&self.pool, board, r.completed, i64::from(size), offset).await?;
-                Ok(Response::new(v1::ListTasksResponse {
-                    tasks: p.tasks,
-                    total_count: i32::try_from(p.total).unwrap_or(i32::MAX),
-                    page_number: page,
-                    page_size: size,
-                    head_seq: p.head_seq,
-                }))
-            }),
-        )
+        self.db_call(async move {
+            let r = req.get_ref();
+            let board = validate::board_id(r.board_id)?;
+            let (page, size) = validate::paging(r.page_number, r.page_size);
+            let offset = (i64::from(page) - 1) * i64::from(size);
+            let p = db::list(&self.pool, board, r.completed, i64::from(size), offset).await?;
+            Ok(Response::new(v1::ListTasksResponse {
+                tasks: p.tasks,
+                total_count: i32::try_from(p.total).unwrap_or(i32::MAX),
+                page_number: page,
+                page_size: size,
+                head_seq: p.head_seq,
+            }))
+        })
         .await
     }
 
@@ -127,36 +115,32 @@ impl TaskService for Service {
         &self,
         req: Request<v1::UpdateTaskRequest>,
     ) -> Result<Response<v1::UpdateTaskResponse>, Status> {
-        taskboard_telemetry::metered(
-            taskboard_telemetry::Side::Server,
-            "UpdateTask",
-            self.db_call(async move {
-                let r = req.get_ref();
-                let ch = validate::change(
-                    r.id,
-                    r.title.as_deref(),
-                    r.description.as_deref(),
-                    r.completed,
-                )?;
-                if ch.title.is_none() && ch.description.is_none() && ch.completed.is_none() {
-                    // Nothing to change: answer with the task as it is, and emit no event.
-                    return match db::get(&self.pool, ch.id).await? {
-                        Some(task) => Ok(Response::new(v1::UpdateTaskResponse {
-                            task: Some(task),
-                            seq: 0,
-                        })),
-                        None => Err(not_found(ch.id)),
-                    };
-                }
-                match db::update(&self.pool, &ch).await? {
-                    Some((task, seq)) => Ok(Response::new(v1::UpdateTaskResponse {
+        self.db_call(async move {
+            let r = req.get_ref();
+            let ch = validate::change(
+                r.id,
+                r.title.as_deref(),
+                r.description.as_deref(),
+                r.completed,
+            )?;
+            if ch.title.is_none() && ch.description.is_none() && ch.completed.is_none() {
+                // Nothing to change: answer with the task as it is, and emit no event.
+                return match db::get(&self.pool, ch.id).await? {
+                    Some(task) => Ok(Response::new(v1::UpdateTaskResponse {
                         task: Some(task),
-                        seq,
+                        seq: 0,
                     })),
                     None => Err(not_found(ch.id)),
-                }
-            }),
-        )
+                };
+            }
+            match db::update(&self.pool, &ch).await? {
+                Some((task, seq)) => Ok(Response::new(v1::UpdateTaskResponse {
+                    task: Some(task),
+                    seq,
+                })),
+                None => Err(not_found(ch.id)),
+            }
+        })
         .await
     }
 
@@ -165,19 +149,13 @@ impl TaskService for Service {
         &self,
         req: Request<v1::DeleteTaskRequest>,
     ) -> Result<Response<v1::DeleteTaskResponse>, Status> {
-        taskboard_telemetry::metered(
-            taskboard_telemetry::Side::Server,
-            "DeleteTask",
-            self.db_call(async move {
-                let id = validate::task_id(req.get_ref().id)?;
-                match db::delete(&self.pool, id).await? {
-                    Some((_, seq)) => {
-                        Ok(Response::new(v1::DeleteTaskResponse { success: true, seq }))
-                    }
-                    None => Err(not_found(id)),
-                }
-            }),
-        )
+        self.db_call(async move {
+            let id = validate::task_id(req.get_ref().id)?;
+            match db::delete(&self.pool, id).await? {
+                Some((_, seq)) => Ok(Response::new(v1::DeleteTaskResponse { success: true, seq })),
+                None => Err(not_found(id)),
+            }
+        })
         .await
     }
 
@@ -188,32 +166,28 @@ impl TaskService for Service {
         &self,
         req: Request<v1::ListTasksRequest>,
     ) -> Result<Response<Self::WatchTasksStream>, Status> {
-        taskboard_telemetry::metered(
-            taskboard_telemetry::Side::Server,
-            "WatchTasks",
-            self.db_call(async move {
-                let board = validate::board_id(req.get_ref().board_id)?;
-                let completed = req.get_ref().completed;
-                // The original's stream has no resume point: changes from now on.
-                let head = db::heads(&self.pool, &[board])
-                    .await?
-                    .first()
-                    .map_or(0, |(_, h)| *h);
-                let (tx, rx) = mpsc::channel(WATCH_BUFFER);
-                let svc = self.clone();
-                self.tracker.spawn(async move {
-                    svc.watch(board, head, tx, move |e| match e {
-                        WatchItem::Event(e) => {
-                            task_of_event(e).filter(|t| completed.is_none_or(|c| t.completed == c))
-                        }
-                        // Nothing the original's message can say; the stream goes on from head.
-                        WatchItem::Reset(_) => None,
-                    })
-                    .await
-                });
-                Ok(Response::new(ReceiverStream::new(rx)))
-            }),
-        )
+        self.db_call(async move {
+            let board = validate::board_id(req.get_ref().board_id)?;
+            let completed = req.get_ref().completed;
+            // The original's stream has no resume point: changes from now on.
+            let head = db::heads(&self.pool, &[board])
+                .await?
+                .first()
+                .map_or(0, |(_, h)| *h);
+            let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+            let svc = self.clone();
+            self.tracker.spawn(async move {
+                svc.watch(board, head, tx, move |e| match e {
+                    WatchItem::Event(e) => {
+                        task_of_event(e).filter(|t| completed.is_none_or(|c| t.completed == c))
+                    }
+                    // Nothing the original's message can say; the stream goes on from head.
+                    WatchItem::Reset(_) => None,
+                })
+                .await
+            });
+            Ok(Response::new(ReceiverStream::new(rx)))
+        })
         .await
     }
 
@@ -224,29 +198,25 @@ impl TaskService for Service {
         &self,
         req: Request<v1::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
-        taskboard_telemetry::metered(
-            taskboard_telemetry::Side::Server,
-            "WatchEvents",
-            self.db_call(async move {
-                let board = validate::board_id(req.get_ref().board_id)?;
-                let since = req.get_ref().since_seq;
-                if since < 0 {
-                    return Err(Status::invalid_argument("since_seq must not be negative"));
-                }
-                let (tx, rx) = mpsc::channel(WATCH_BUFFER);
-                let svc = self.clone();
-                self.tracker.spawn(async move {
-                    svc.watch(board, since, tx, move |e| {
-                        Some(match e {
-                            WatchItem::Event(e) => e.to_proto(),
-                            WatchItem::Reset(head) => reset_event(board, head),
-                        })
+        self.db_call(async move {
+            let board = validate::board_id(req.get_ref().board_id)?;
+            let since = req.get_ref().since_seq;
+            if since < 0 {
+                return Err(Status::invalid_argument("since_seq must not be negative"));
+            }
+            let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+            let svc = self.clone();
+            self.tracker.spawn(async move {
+                svc.watch(board, since, tx, move |e| {
+                    Some(match e {
+                        WatchItem::Event(e) => e.to_proto(),
+                        WatchItem::Reset(head) => reset_event(board, head),
                     })
-                    .await
-                });
-                Ok(Response::new(ReceiverStream::new(rx)))
-            }),
-        )
+                })
+                .await
+            });
+            Ok(Response::new(ReceiverStream::new(rx)))
+        })
         .await
     }
 
@@ -255,25 +225,21 @@ impl TaskService for Service {
         &self,
         req: Request<v1::BoardHeadsRequest>,
     ) -> Result<Response<v1::BoardHeadsResponse>, Status> {
-        taskboard_telemetry::metered(
-            taskboard_telemetry::Side::Server,
-            "BoardHeads",
-            self.db_call(async move {
-                let ids = &req.get_ref().board_ids;
-                if ids.len() > MAX_HEADS {
-                    return Err(Status::invalid_argument(format!(
-                        "at most {MAX_HEADS} board_ids per call"
-                    )));
-                }
-                for b in ids {
-                    validate::board_id(*b)?;
-                }
-                let mut heads: std::collections::HashMap<i64, i64> =
-                    ids.iter().map(|b| (*b, 0)).collect();
-                heads.extend(db::heads(&self.pool, ids).await?);
-                Ok(Response::new(v1::BoardHeadsResponse { heads }))
-            }),
-        )
+        self.db_call(async move {
+            let ids = &req.get_ref().board_ids;
+            if ids.len() > MAX_HEADS {
+                return Err(Status::invalid_argument(format!(
+                    "at most {MAX_HEADS} board_ids per call"
+                )));
+            }
+            for b in ids {
+                validate::board_id(*b)?;
+            }
+            let mut heads: std::collections::HashMap<i64, i64> =
+                ids.iter().map(|b| (*b, 0)).collect();
+            heads.extend(db::heads(&self.pool, ids).await?);
+            Ok(Response::new(v1::BoardHeadsResponse { heads }))
+        })
         .await
     }
 
@@ -282,30 +248,26 @@ impl TaskService for Service {
         &self,
         req: Request<v1::ListEventsRequest>,
     ) -> Result<Response<v1::ListEventsResponse>, Status> {
-        taskboard_telemetry::metered(
-            taskboard_telemetry::Side::Server,
-            "ListEvents",
-            self.db_call(async move {
-                let r = req.get_ref();
-                let board = validate::board_id(r.board_id)?;
-                if r.after_seq < 0 {
-                    return Err(Status::invalid_argument("after_seq must not be negative"));
-                }
-                let limit = validate::events_limit(r.limit);
-                let (events, head) =
-                    db::list_events(&self.pool, board, r.after_seq, i64::from(limit)).await?;
-                let reset = needs_reset(r.after_seq, head, &events);
-                Ok(Response::new(v1::ListEventsResponse {
-                    events: if reset {
-                        Vec::new()
-                    } else {
-                        events.iter().map(EventRow::to_proto).collect()
-                    },
-                    head_seq: head,
-                    reset,
-                }))
-            }),
-        )
+        self.db_call(async move {
+            let r = req.get_ref();
+            let board = validate::board_id(r.board_id)?;
+            if r.after_seq < 0 {
+                return Err(Status::invalid_argument("after_seq must not be negative"));
+            }
+            let limit = validate::events_limit(r.limit);
+            let (events, head) =
+                db::list_events(&self.pool, board, r.after_seq, i64::from(limit)).await?;
+            let reset = needs_reset(r.after_seq, head, &events);
+            Ok(Response::new(v1::ListEventsResponse {
+                events: if reset {
+                    Vec::new()
+                } else {
+                    events.iter().map(EventRow::to_proto).collect()
+                },
+                head_seq: head,
+                reset,
+            }))
+        })
         .await
     }
 }

@@ -2,6 +2,8 @@
 //! listener that serves `/metrics` (never the public port), and the stop signal of the binaries.
 #![forbid(unsafe_code)]
 
+mod grpc;
+
 use std::future::Future;
 use std::sync::OnceLock;
 
@@ -12,6 +14,8 @@ use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
+
+pub use grpc::{GrpcMetrics, GrpcMetricsLayer};
 
 /// Histogram buckets, seconds: 100 µs … 5 s (base units, as Prometheus expects).
 pub const BUCKETS: &[f64] = &[
@@ -259,22 +263,6 @@ pub fn grpc(side: Side, method: &'static str, code: tonic::Code, elapsed: std::t
                 .record(elapsed.as_secs_f64());
         }
     }
-}
-
-/// Runs a gRPC call (either side) and records it.
-pub async fn metered<T>(
-    side: Side,
-    method: &'static str,
-    call: impl Future<Output = Result<T, tonic::Status>>,
-) -> Result<T, tonic::Status> {
-    let start = std::time::Instant::now();
-    let r = call.await;
-    let code = match &r {
-        Ok(_) => tonic::Code::Ok,
-        Err(s) => s.code(),
-    };
-    grpc(side, method, code, start.elapsed());
-    r
 }
 
 #[cfg(test)]
