@@ -1,6 +1,5 @@
 //! Taskboard gateway: the REST API over the task service's gRPC, and a WebSocket fan-out of task
 //! events received from NATS.
-#![forbid(unsafe_code)]
 
 pub mod config;
 pub mod cors;

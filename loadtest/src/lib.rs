@@ -1,7 +1,6 @@
 //! Taskboard's load suite: the WebSocket fan-out harness (against the gateway, the original's
 //! contract, or nats-server's WebSocket listener), idle connections, the kernel's ceiling, and the
 //! Goose REST scenarios.
-#![forbid(unsafe_code)]
 
 pub mod accounting;
 pub mod connections;

@@ -1,5 +1,4 @@
 //! Generated protobuf messages and tonic stubs for `task.v1`, plus the descriptor set for reflection.
-#![forbid(unsafe_code)]
 
 /// `task.v1`: the task service, wire-compatible with the Go original.
 #[allow(clippy::all, missing_docs)]

@@ -1,6 +1,5 @@
 //! Taskboard task service: `task.v1` over gRPC, PostgreSQL storage with a transactional outbox,
 //! and a relay that publishes committed events to NATS.
-#![forbid(unsafe_code)]
 
 pub mod config;
 pub mod db;

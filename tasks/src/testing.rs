@@ -16,6 +16,20 @@ use tokio::task::JoinHandle;
 
 use crate::{Config, Error};
 
+/// Service logs for tests, captured per test by the harness and shown when a test fails:
+/// warnings and errors by default, `TEST_LOG=<filter>` (e.g. `TEST_LOG=debug`) for more. Safe to
+/// call from every test; only the first call installs it.
+pub fn init_test_logging() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let filter = std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    });
+}
+
 /// Admin URL of the test PostgreSQL server.
 pub fn pg_admin_url() -> String {
     std::env::var("TASKBOARD_TEST_PG")
@@ -109,6 +123,7 @@ pub async fn test_config() -> Config {
 
 /// Runs the task service with `config` on a port-0 listener.
 pub async fn spawn_tasks(config: Config) -> TasksHandle {
+    init_test_logging();
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind");

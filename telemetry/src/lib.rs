@@ -1,6 +1,5 @@
 //! Telemetry shared by both services: logging set-up, the process's Prometheus recorder, the admin
 //! listener that serves `/metrics` (never the public port), and the stop signal of the binaries.
-#![forbid(unsafe_code)]
 
 mod grpc;
 

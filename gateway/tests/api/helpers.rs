@@ -61,6 +61,7 @@ pub async fn spawn_app_with(
 
 /// Only the gateway (e.g. with no task service behind it).
 pub async fn spawn_gateway(config: GwConfig) -> TestApp {
+    testing::init_test_logging();
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind");

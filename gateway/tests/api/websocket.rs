@@ -338,3 +338,45 @@ async fn resuming_in_the_middle_of_a_burst_gives_every_event_once() {
     );
     ws.expect_silence(Duration::from_millis(300)).await;
 }
+
+/// The event JSON is built in SQL (once per event), the REST JSON in Rust: every field of the
+/// event's `task` must equal the REST answer, for every kind of event.
+#[tokio::test]
+async fn event_payloads_and_rest_answers_agree_on_every_field_of_every_kind() {
+    let app = spawn_app().await;
+    let mut ws = app.ws("board_id=21").await;
+    let created = app.create(21, "two encoders <&> \"quoted\" é").await;
+    let e = ws.event().await.unwrap();
+    assert_eq!(e["type"], "created");
+    assert_eq!(e["task"], created, "created");
+
+    let r = app
+        .update(
+            created["id"].as_i64().unwrap(),
+            serde_json::json!({"completed": true, "description": "line\nbreak\ttab"}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let updated: serde_json::Value = r.json().await.unwrap();
+    let e = ws.event().await.unwrap();
+    assert_eq!(e["type"], "updated");
+    assert_eq!(e["task"], updated, "updated");
+
+    let id = created["id"].as_i64().unwrap();
+    assert_eq!(app.delete(id).await.status(), 204);
+    let e = ws.event().await.unwrap();
+    assert_eq!(e["type"], "deleted");
+    assert_eq!(e["task"], updated, "deleted: the task as it was last");
+
+    // The original's top-level fields mirror the task.
+    for (k, t) in [
+        ("task_id", "id"),
+        ("board_id", "board_id"),
+        ("title", "title"),
+        ("completed", "completed"),
+    ] {
+        assert_eq!(e[k], e["task"][t], "{k}");
+    }
+    let keys: Vec<&String> = updated.as_object().unwrap().keys().collect();
+    assert_eq!(keys.len(), 9, "{keys:?}");
+}
