@@ -7,6 +7,7 @@ mod error;
 pub mod gate;
 pub mod outbox;
 pub mod service;
+mod streams;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod validate;

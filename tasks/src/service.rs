@@ -10,13 +10,12 @@ use tonic::{Request, Response, Status};
 
 use crate::db::{self, EventRow, Pool};
 use crate::gate::DbGate;
+use crate::streams::{task_of_event, WatchItem};
 use crate::{validate, Error};
 
 /// Items buffered per WatchTasks/WatchEvents stream; a slow reader applies back-pressure to its
 /// own stream only (the producer waits), never to the database or other streams.
 const WATCH_BUFFER: usize = 64;
-/// Events fetched per query by the watch streams.
-const WATCH_PAGE: i64 = 500;
 /// Most boards per BoardHeads call.
 const MAX_HEADS: usize = 1000;
 
@@ -35,7 +34,7 @@ pub struct Service {
 
 /// Whether a reader at `after_seq` has missed events that are no longer kept (or is ahead of the
 /// board): then it must reload and continue from `head`.
-fn needs_reset(after_seq: i64, head: i64, events: &[EventRow]) -> bool {
+pub(crate) fn needs_reset(after_seq: i64, head: i64, events: &[EventRow]) -> bool {
     if after_seq > head {
         return true;
     }
@@ -272,58 +271,6 @@ impl TaskService for Service {
     }
 }
 
-/// What a watch stream turns into items.
-enum WatchItem<'a> {
-    Event(&'a EventRow),
-    /// The reader missed pruned events; it continues from this head.
-    Reset(i64),
-}
-
-/// The task an event carries (its payload's `task` object), as the original's `Task` message.
-fn task_of_event(e: &EventRow) -> Option<v1::Task> {
-    #[derive(serde::Deserialize)]
-    struct Payload {
-        task: TaskJson,
-    }
-    #[derive(serde::Deserialize)]
-    struct TaskJson {
-        id: i64,
-        board_id: i64,
-        title: String,
-        description: String,
-        completed: bool,
-        created_by: i64,
-        created_at: String,
-        updated_at: String,
-        version: i64,
-    }
-    let ts = |t: &str| {
-        chrono::DateTime::parse_from_rfc3339(t)
-            .ok()
-            .map(|t| prost_types::Timestamp {
-                seconds: t.timestamp(),
-                nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
-            })
-    };
-    match serde_json::from_slice::<Payload>(&e.payload) {
-        Ok(Payload { task: t }) => Some(v1::Task {
-            id: t.id,
-            board_id: t.board_id,
-            title: t.title,
-            description: t.description,
-            completed: t.completed,
-            created_by: t.created_by,
-            created_at: ts(&t.created_at),
-            updated_at: ts(&t.updated_at),
-            version: t.version,
-        }),
-        Err(err) => {
-            tracing::error!(board = e.board_id, seq = e.seq, error = %err, "event payload without a task");
-            None
-        }
-    }
-}
-
 impl Service {
     /// Runs a call that needs the database: at once UNAVAILABLE while it is known to be down, and
     /// a connection failure closes the gate for the calls that follow.
@@ -332,61 +279,6 @@ impl Service {
         f: impl std::future::Future<Output = Result<T, Status>>,
     ) -> Result<T, Status> {
         self.gate.run(f).await
-    }
-
-    /// Feeds one watch stream with what `item` makes of each event after `cursor`, until the
-    /// client goes away or the service shuts down.
-    async fn watch<T: Send + 'static>(
-        self,
-        board: i64,
-        mut cursor: i64,
-        tx: mpsc::Sender<Result<T, Status>>,
-        item: impl Fn(WatchItem<'_>) -> Option<T>,
-    ) {
-        let mut wake = self.wake.clone();
-        loop {
-            // Mark the current notification as seen before querying, so one that arrives while
-            // the query runs is not missed.
-            wake.borrow_and_update();
-            let (events, head) = match db::list_events(&self.pool, board, cursor, WATCH_PAGE).await
-            {
-                Ok(x) => x,
-                Err(e) => {
-                    let _ = tx.send(Err(Status::from(e))).await;
-                    return;
-                }
-            };
-            if needs_reset(cursor, head, &events) {
-                cursor = head;
-                if let Some(i) = item(WatchItem::Reset(head)) {
-                    if tx.send(Ok(i)).await.is_err() {
-                        return;
-                    }
-                }
-                continue;
-            }
-            let full = events.len() as i64 == WATCH_PAGE;
-            for e in &events {
-                cursor = e.seq;
-                if let Some(i) = item(WatchItem::Event(e)) {
-                    if tx.send(Ok(i)).await.is_err() {
-                        return;
-                    }
-                }
-            }
-            if full {
-                continue;
-            }
-            tokio::select! {
-                _ = wake.changed() => {}
-                _ = tokio::time::sleep(self.poll) => {}
-                _ = tx.closed() => return,
-                _ = self.shutdown.cancelled() => {
-                    let _ = tx.send(Err(Status::unavailable("server shutting down"))).await;
-                    return;
-                }
-            }
-        }
     }
 }
 
@@ -407,19 +299,6 @@ mod tests {
             payload: bytes::Bytes::new(),
             committed_at: chrono::Utc::now(),
         }
-    }
-
-    #[test]
-    fn an_event_payload_gives_back_its_task() {
-        let mut e = ev(3);
-        e.payload = bytes::Bytes::from_static(
-            br#"{"type":"updated","seq":3,"task":{"id":7,"board_id":1,"title":"t","description":"d","completed":true,"created_by":0,"created_at":"2026-11-27T17:50:31.123456Z","updated_at":"2026-11-27T17:50:32Z","version":2}}"#,
-        );
-        let t = task_of_event(&e).expect("task");
-        assert_eq!((t.id, t.completed, t.version), (7, true, 2));
-        assert_eq!(t.created_at.unwrap().nanos, 123_456_000);
-        e.payload = bytes::Bytes::from_static(b"{}");
-        assert!(task_of_event(&e).is_none());
     }
 
     #[test]

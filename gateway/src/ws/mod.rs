@@ -1,5 +1,6 @@
 //! `/ws`: query parsing (here), the upgrade (`upgrade`), and the connection itself (`session`,
 //! with its `feed`, `inbound` reader and `outbound` writer).
+mod close;
 mod feed;
 pub mod frame;
 mod inbound;
