@@ -2,7 +2,8 @@
 //! parsed, except for header-less events of the Go original's task service), drops duplicates,
 //! fills short gaps from the task service, and hands events to the hub in per-board seq order.
 //! It also makes sure nothing committed stays lost: after every (re)connect, and periodically, it
-//! compares the watched boards' heads in the log with what it has seen.
+//! compares the watched boards' heads in the log with what it has seen. (Long, but one concern: dedup,
+//! gap fills and head checks share the per-board state below.)
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
