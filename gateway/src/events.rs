@@ -355,12 +355,12 @@ mod tests {
     fn messages_without_valid_headers_have_no_route() {
         assert_eq!(route(None), None);
         let mut h = async_nats::HeaderMap::new();
-        h.insert("Taskboard-Board", "x");
-        h.insert("Taskboard-Seq", "1");
+        h.insert(HEADER_BOARD, "x");
+        h.insert(HEADER_SEQ, "1");
         assert_eq!(route(Some(&h)), None);
         let mut h = async_nats::HeaderMap::new();
-        h.insert("Taskboard-Board", "-1");
-        h.insert("Taskboard-Seq", "1");
+        h.insert(HEADER_BOARD, "-1");
+        h.insert(HEADER_SEQ, "1");
         assert_eq!(route(Some(&h)), None);
     }
 
