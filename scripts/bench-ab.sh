@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# Two gateway builds side by side in one run: the same task service, NATS and database, the same
+# load, runs alternated A, B, A, B so the machine's noise hits both. Reports ratios (B ÷ A) of
+# deliveries per gateway CPU-second, latency and REST creates/s, and checks every delivery.
+#
+# Usage: scripts/bench-ab.sh BASE [SECONDS]
+#   BASE     a git revision (built in release mode into target/ab-base from a worktree), or a
+#            directory that holds a taskboard-gateway binary
+#   SECONDS  length of each run (default 8)
+# A is BASE, B is the working tree. Results: bench/results/ab-<timestamp>/ (JSON per run, summary).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/services.sh
+. scripts/services.sh
+
+case "${1:-}" in
+  -h|--help|"") sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; [ -n "${1:-}" ] && exit 0; exit 64 ;;
+esac
+base=$1
+secs=${2:-8}
+
+pids=()
+worktree=""
+# shellcheck disable=SC2317 # invoked by the trap
+cleanup() {
+  trap - INT TERM EXIT
+  if [ ${#pids[@]} -gt 0 ]; then
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+    wait "${pids[@]}" 2>/dev/null || true
+  fi
+  if [ -n "$worktree" ]; then git worktree remove --force "$worktree" >/dev/null 2>&1 || true; fi
+  stop_private_services
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+ulimit -n 65536 2>/dev/null || true
+ensure_postgres
+ensure_nats
+
+log "building the working tree (release)"
+cargo build --release --quiet -p taskboard-tasks -p taskboard-gateway -p taskboard-loadtest
+if [ -d "$base" ]; then
+  base_bin=$base
+else
+  rev=$(git rev-parse --verify "$base^{commit}") || die "$base is neither a directory nor a git revision"
+  worktree=$TB_STATE_DIR/ab-base
+  git worktree add --detach --force "$worktree" "$rev" >/dev/null
+  log "building $base ($rev) in release mode into target/ab-base (slow the first time)"
+  CARGO_TARGET_DIR=$PWD/target/ab-base cargo build --release --quiet \
+    --manifest-path "$worktree/Cargo.toml" -p taskboard-gateway
+  base_bin=$PWD/target/ab-base/release
+fi
+[ -x "$base_bin/taskboard-gateway" ] || die "no taskboard-gateway in $base_bin"
+bin=target/release
+lt=$bin/taskboard-loadtest
+
+ts=$(date -u +%Y%m%dT%H%M%SZ)
+out=bench/results/ab-$ts
+mkdir -p "$out"
+db=tb_bench_ab_${ts,,}
+ensure_database "$PG_ADMIN_URL" "$db"
+db_url=$(database_url "$PG_ADMIN_URL" "$db")
+
+grpc_port=$(free_port)
+RUST_LOG=warn DATABASE_URL=$db_url NATS_URL=$NATS_URL NATS_SUBJECT_PREFIX="ab$ts" PORT=$grpc_port \
+  METRICS_PORT=0 BIND_ADDR=127.0.0.1 DB_POOL_SIZE=32 "$bin/taskboard-tasks" &
+pids+=("$!")
+
+start_gateway() { # binary → sets gw_port, gw_pid
+  gw_port=$(free_port)
+  RUST_LOG=warn HTTP_PORT=$gw_port TASK_SERVICE_ADDR=127.0.0.1:$grpc_port NATS_URL=$NATS_URL \
+    NATS_SUBJECT_PREFIX="ab$ts" METRICS_PORT="$(free_port)" BIND_ADDR=127.0.0.1 "$1" &
+  gw_pid=$!
+  pids+=("$gw_pid")
+  for _ in $(seq 1 200); do curl -fsS "http://127.0.0.1:$gw_port/ready" >/dev/null 2>&1 && return; sleep 0.1; done
+  die "gateway $1 never became ready"
+}
+start_gateway "$base_bin/taskboard-gateway"
+a_port=$gw_port a_pid=$gw_pid
+start_gateway "$bin/taskboard-gateway"
+b_port=$gw_port b_pid=$gw_pid
+
+{
+  echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -r)"
+  echo "A = $base ($base_bin/taskboard-gateway), B = working tree $(git rev-parse --short HEAD)$(git diff --quiet || echo '+dirty')"
+} | tee "$out/machine.txt"
+
+run() { # name side args…
+  local name=$1 side=$2 port pid
+  shift 2
+  if [ "$side" = A ]; then port=$a_port pid=$a_pid; else port=$b_port pid=$b_pid; fi
+  log "$name $side"
+  "$lt" fanout --url "http://127.0.0.1:$port" --server-pid "$pid" --duration "$secs" "$@" \
+    --json "$out/$name-$side-$round.json" >"$out/$name-$side-$round.log" 2>&1 \
+    || log "$name $side reported a failure (see $out/$name-$side-$round.log)"
+}
+
+rest() { # side
+  local side=$1 port
+  if [ "$side" = A ]; then port=$a_port; else port=$b_port; fi
+  log "rest-creates $side"
+  "$lt" rest --create-only --boards 100 --board-base $((RANDOM * 1000 + 7000000)) \
+    --host "http://127.0.0.1:$port" --users 32 --increase-rate 32 --run-time "${secs}s" --quiet \
+    >"$out/rest-$side-$round.log" 2>&1 || log "rest $side failed (see $out/rest-$side-$round.log)"
+}
+
+for round in 1 2; do
+  # Alternate which side goes first.
+  if [ "$round" = 1 ]; then order="A B"; else order="B A"; fi
+  for side in $order; do run fanout-1k-1board-100ps "$side" --subscribers 1000 --boards 1 --rate 100; done
+  for side in $order; do run fanout-1k-100boards-100ps "$side" --subscribers 1000 --boards 100 --rate 100; done
+  for side in $order; do run fanout-200-1board-20ps "$side" --subscribers 200 --boards 1 --rate 20; done
+  for side in $order; do rest "$side"; done
+done
+
+python3 - "$out" <<'PY' | tee "$out/summary.txt"
+import json, pathlib, re, statistics, sys
+out = pathlib.Path(sys.argv[1])
+def rest_rate(p):
+    text = p.read_text()
+    m = re.search(r"PER REQUEST METRICS.*?POST /api/tasks\s*\|[^|]*\|[^|]*\|\s*([\d,.]+)", text, re.S)
+    return float(m.group(1).replace(",", "")) if m else None
+rows = {}
+for p in sorted(out.glob("*.json")):
+    name, side, _ = p.stem.rsplit("-", 2)
+    r = json.loads(p.read_text())
+    d = r["deliveries"]
+    bad = d["missing"] + d["duplicates"] + d["out_of_order"]
+    rows.setdefault(name, {}).setdefault(side, []).append(
+        (r["deliveries_per_server_cpu_s"] or 0, r["latency"]["p50_ms"], r["latency"]["p99_ms"], bad))
+print(f"{'scenario':30} {'deliveries/CPU-s A':>19} {'B':>9} {'B/A':>6}   {'p50 ms A/B':>13}   {'p99 ms A/B':>13}  missing/dup/order")
+for name, sides in rows.items():
+    a, b = sides.get("A", []), sides.get("B", [])
+    if not a or not b:
+        continue
+    ea, eb = statistics.mean(x[0] for x in a), statistics.mean(x[0] for x in b)
+    print(f"{name:30} {ea:19,.0f} {eb:9,.0f} {eb/ea:6.2f}   "
+          f"{statistics.mean(x[1] for x in a):5.1f} / {statistics.mean(x[1] for x in b):5.1f}   "
+          f"{statistics.mean(x[2] for x in a):5.1f} / {statistics.mean(x[2] for x in b):5.1f}  "
+          f"{sum(x[3] for x in a)} / {sum(x[3] for x in b)}")
+ra = [v for p in sorted(out.glob("rest-A-*.log")) if (v := rest_rate(p))]
+rb = [v for p in sorted(out.glob("rest-B-*.log")) if (v := rest_rate(p))]
+if ra and rb:
+    print(f"{'rest creates/s (100 boards, 32 users)':38} A {statistics.mean(ra):8,.0f}   B {statistics.mean(rb):8,.0f}   B/A {statistics.mean(rb)/statistics.mean(ra):.2f}")
+PY
+log "results in $out/"
