@@ -14,6 +14,9 @@ use crate::{routes, AppState};
 
 /// The original's read timeout, applied to request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(15);
+/// Largest request head (request line and headers) accepted: far more than any browser or SDK
+/// sends, far less than what would let a client pin memory (hyper answers 431 beyond it).
+const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Pause after an accept error (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
@@ -32,6 +35,7 @@ pub async fn serve(
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES)
         .keep_alive(true);
     tokio::pin!(shutdown);
     loop {

@@ -18,10 +18,22 @@ fn invalid(m: impl Into<String>) -> Error {
     Error::InvalidArgument(m.into())
 }
 
+/// PostgreSQL's text type cannot hold NUL (U+0000): refused here with a clear 400 instead of
+/// failing in the database.
+fn check_no_nul(what: &str, v: &str) -> Result<(), Error> {
+    if v.contains('\0') {
+        return Err(invalid(format!(
+            "{what} must not contain NUL (U+0000) characters"
+        )));
+    }
+    Ok(())
+}
+
 fn check_title(title: &str) -> Result<(), Error> {
     if title.trim().is_empty() {
         return Err(invalid("Title is required"));
     }
+    check_no_nul("Title", title)?;
     if title.chars().count() > MAX_TITLE_CHARS {
         return Err(invalid(format!(
             "Title is too long (at most {MAX_TITLE_CHARS} characters)"
@@ -31,6 +43,7 @@ fn check_title(title: &str) -> Result<(), Error> {
 }
 
 fn check_description(d: &str) -> Result<(), Error> {
+    check_no_nul("Description", d)?;
     if d.chars().count() > MAX_DESCRIPTION_CHARS {
         return Err(invalid(format!(
             "Description is too long (at most {MAX_DESCRIPTION_CHARS} characters)"
@@ -167,6 +180,13 @@ mod tests {
         assert!(msg(new_task(1, &long, "", 1).err().unwrap()).starts_with("Title is too long"));
         let d = "a".repeat(MAX_DESCRIPTION_CHARS + 1);
         assert!(msg(new_task(1, "t", &d, 1).err().unwrap()).starts_with("Description is too long"));
+    }
+
+    #[test]
+    fn nul_is_refused_in_every_text_field() {
+        assert!(msg(new_task(1, "a\0", "", 1).err().unwrap()).contains("NUL"));
+        assert!(msg(new_task(1, "a", "\0", 1).err().unwrap()).contains("NUL"));
+        assert!(msg(change(1, Some("\0x"), None, None).err().unwrap()).contains("NUL"));
     }
 
     #[test]

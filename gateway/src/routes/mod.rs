@@ -95,7 +95,11 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAd
     let start = std::time::Instant::now();
     let (route, label, id) = route_of(req.uri().path());
     let method = method_label(req.method());
-    let r = dispatch(state, req, peer, route, id).await;
+    let mut r = dispatch(state, req, peer, route, id).await;
+    // Every answer: browsers must not guess a type (a JSON error sniffed as HTML, say).
+    r.headers_mut()
+        .entry(header::X_CONTENT_TYPE_OPTIONS)
+        .or_insert(HeaderValue::from_static("nosniff"));
     crate::metrics::http(
         label,
         method,

@@ -131,10 +131,16 @@ pub(super) async fn item(
     if !matches!(*req.method(), Method::GET | Method::PUT | Method::DELETE) {
         return Ok(not_allowed("GET, PUT, DELETE, OPTIONS"));
     }
-    let id = id.parse::<i64>().ok().filter(|i| *i > 0).ok_or_else(|| {
-        ApiError::bad_request("Invalid task ID")
-            .with_message(format!("task ID must be a positive integer, got {id:?}"))
-    })?;
+    // Digits only: `+1`, ` 1` or `01x` are not task 1.
+    let digits = !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit());
+    let id = digits
+        .then(|| id.parse::<i64>().ok())
+        .flatten()
+        .filter(|i| *i > 0)
+        .ok_or_else(|| {
+            ApiError::bad_request("Invalid task ID")
+                .with_message(format!("task ID must be a positive integer, got {id:?}"))
+        })?;
     match *req.method() {
         Method::GET => {
             let r = state

@@ -40,6 +40,9 @@ pub async fn upgrade(state: &Arc<AppState>, mut req: Request<Incoming>, peer: So
             .into_response();
         }
     }
+    if let Err(e) = check_handshake(&req) {
+        return e.into_response();
+    }
     let sub = match super::parse_query(req.uri().query()) {
         Ok(s) => s,
         Err(e) => return e.into_response(),
@@ -69,4 +72,57 @@ pub async fn upgrade(state: &Arc<AppState>, mut req: Request<Incoming>, peer: So
     });
     let (parts, _) = resp.into_parts();
     Response::from_parts(parts, Full::new(Bytes::new()))
+}
+
+/// What RFC 6455 asks of the opening handshake and the upgrade crate does not check: HTTP/1.1 and
+/// a `Sec-WebSocket-Key` that is 16 bytes in base64.
+fn check_handshake<B>(req: &Request<B>) -> Result<(), ApiError> {
+    if req.version() != http::Version::HTTP_11 {
+        return Err(ApiError::bad_request("Invalid WebSocket handshake")
+            .with_message("a WebSocket handshake needs HTTP/1.1"));
+    }
+    let key = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(|k| k.as_bytes())
+        .unwrap_or_default();
+    let base64 = |b: &u8| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/';
+    let valid = key.len() == 24 && key.ends_with(b"==") && key[..22].iter().all(base64);
+    if !valid {
+        return Err(ApiError::bad_request("Invalid WebSocket handshake")
+            .with_message("Sec-WebSocket-Key must be 16 bytes in base64"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(version: http::Version, key: Option<&str>) -> Request<()> {
+        let mut b = Request::builder().version(version).uri("/ws");
+        if let Some(k) = key {
+            b = b.header(header::SEC_WEBSOCKET_KEY, k);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn the_handshake_needs_http_1_1_and_a_16_byte_key() {
+        let good = "dGhlIHNhbXBsZSBub25jZQ==";
+        assert!(check_handshake(&req(http::Version::HTTP_11, Some(good))).is_ok());
+        for (v, k) in [
+            (http::Version::HTTP_10, Some(good)),
+            (http::Version::HTTP_11, None),
+            (http::Version::HTTP_11, Some("")),
+            (http::Version::HTTP_11, Some("dGhlIHNhbXBsZSBub25jZQ")),
+            (http::Version::HTTP_11, Some("dGhlIHNhbXBsZSBub25j*Q==")),
+        ] {
+            assert_eq!(
+                check_handshake(&req(v, k)).unwrap_err().status,
+                400,
+                "{v:?} {k:?}"
+            );
+        }
+    }
 }
