@@ -61,6 +61,9 @@ python3 -c 'import promql_parser' 2>/dev/null || pip install -q promql-parser
 cargo build --quiet --bins
 python3 dashboards/check.py
 
+log "container images (buildah + podman: non-root, read-only, serve, drain)"
+bash scripts/check-images.sh "$TASKBOARD_BIN_DIR"
+
 log "browser tests (headless Chromium)"
 [ -x /usr/bin/chromium ] || apt_install chromium
 (cd gateway/tests/browser && npm ci --prefer-offline --no-audit --no-fund --silent && npm test)
