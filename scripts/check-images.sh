@@ -58,6 +58,18 @@ trap 'exit 130' INT TERM
 
 bash scripts/images.sh "$bin_dir" check
 
+# Can this machine start a container at all? (Not inside `ip netns exec`, whose fresh /sys has no
+# cgroup mounts for runc.) Only an OCI runtime failure skips; anything else is a finding.
+if ! probe=$(pod run --rm --network host localhost/taskboard-gateway:check --version 2>&1); then
+  if grep -q "OCI runtime" <<<"$probe"; then
+    log "SKIPPED running the images: this machine cannot start containers ($(grep -m1 'OCI runtime' <<<"$probe"))"
+    log "images were built; running them was not checked here"
+    exit 0
+  fi
+  die "the gateway image does not run: $probe"
+fi
+grep -q "^taskboard-gateway " <<<"$probe" || die "unexpected --version output from the image: $probe"
+
 db=tb_image_check_$$
 ensure_database "$PG_ADMIN_URL" "$db"
 db_url=$(database_url "$PG_ADMIN_URL" "$db")
