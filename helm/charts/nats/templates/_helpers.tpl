@@ -1,0 +1,10 @@
+{{- define "nats.name" -}}{{ printf "%s-nats" .Release.Name | trunc 63 | trimSuffix "-" }}{{- end -}}
+{{- define "nats.selector" -}}
+app.kubernetes.io/name: nats
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+{{- define "nats.labels" -}}
+{{ include "nats.selector" . }}
+app.kubernetes.io/part-of: taskboard
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
