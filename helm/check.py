@@ -100,6 +100,10 @@ def generated_schema(chart):
     s["$schema"] = "http://json-schema.org/draft-07/schema#"
     s["title"] = f"Values of the {chart.name} chart"
     s["additionalProperties"] = False
+    if chart == UMBRELLA:
+        # The components' values are checked by their own charts' schemas.
+        for sub in CHARTS:
+            s["properties"][sub.name]["additionalProperties"] = True
     # Helm hands every subchart the umbrella's `global` values.
     s["properties"]["global"] = {"type": "object", "description": "Helm's global values (not used)."}
     return json.dumps(s, indent=2, sort_keys=True) + "\n"
@@ -107,7 +111,7 @@ def generated_schema(chart):
 
 def check_schemas(write):
     print("== values.schema.json generated from values.yaml")
-    for chart in CHARTS:
+    for chart in CHARTS + [UMBRELLA]:
         want = generated_schema(chart)
         path = chart / "values.schema.json"
         if write:
@@ -236,6 +240,22 @@ def semantic(docs, label):
                 cm = v.get("configMap", {}).get("name")
                 if cm and ("ConfigMap", cm) not in names:
                     fail(f"{label}: {name}: ConfigMap {cm} is not rendered")
+    # Addresses the services are given must name a rendered Service (in a whole-system render;
+    # CloudNativePG's `-rw` Service is made by its operator).
+    if label.startswith("umbrella"):
+        services = {n for k, n in names if k == "Service"}
+        for d in kinds.get("Deployment", []):
+            for c in d["spec"]["template"]["spec"]["containers"]:
+                for e in c.get("env", []):
+                    if e["name"] in ("TASK_SERVICE_ADDR", "NATS_URL", "DB_HOST"):
+                        host = re.sub(r"^\w+://", "", e["value"]).split(":")[0]
+                        if host not in services and not host.endswith("-rw"):
+                            fail(f"{label}: {e['name']}={e['value']} names no rendered Service")
+        for ing in kinds.get("Ingress", []):
+            for rule in ing["spec"]["rules"]:
+                for path in rule["http"]["paths"]:
+                    if path["backend"]["service"]["name"] not in services:
+                        fail(f"{label}: Ingress backend {path['backend']['service']['name']} is not rendered")
     for svc in kinds.get("Service", []):
         sel = svc["spec"].get("selector", {})
         if sel and not any(all(p.get(k) == v for k, v in sel.items()) for p in pods):

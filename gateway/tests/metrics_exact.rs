@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-#[allow(dead_code)]
+#[allow(dead_code, unused_imports)]
 #[path = "api/helpers.rs"]
 mod helpers;
 

@@ -149,6 +149,25 @@ pub async fn spawn_tasks(config: Config) -> TasksHandle {
     }
 }
 
+/// Polls until `f` holds, for at most `within`; returns whether it did (for tests that wait on an
+/// outcome instead of sleeping).
+pub async fn eventually<F, Fut>(within: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if f().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A free TCP port on 127.0.0.1 (bound and released at once).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -11,6 +11,7 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use taskboard_gateway::Config as GwConfig;
+pub use taskboard_tasks::testing::eventually;
 use taskboard_tasks::testing::{self, TasksHandle};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -315,22 +316,4 @@ pub async fn scrape(addr: std::net::SocketAddr) -> String {
 /// it is not exported yet.
 pub async fn metric(addr: std::net::SocketAddr, name: &str) -> f64 {
     sample(&scrape(addr).await, name, &[]).unwrap_or(0.0)
-}
-
-/// Polls until `f` holds, for at most `within`; returns whether it did.
-pub async fn eventually<F, Fut>(within: Duration, mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if f().await {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }

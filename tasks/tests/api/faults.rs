@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use taskboard_proto::v1;
-use taskboard_tasks::testing::{self, PrivateNats, TcpProxy};
+use taskboard_tasks::testing::{self, eventually, PrivateNats, TcpProxy};
 
 use crate::helpers::*;
 
@@ -18,24 +18,6 @@ async fn unpublished(db: &tokio_postgres::Client, board: i64) -> Vec<i64> {
     .iter()
     .map(|r| r.get(0))
     .collect()
-}
-
-/// Polls until `f` holds, for at most `within`; returns whether it did.
-async fn eventually<F, Fut>(within: Duration, mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if f().await {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test]
