@@ -43,6 +43,8 @@ impl TasksClient {
             &GrpcMetricsLayer::new(Side::Client, taskboard_proto::method_of),
             self.channel.clone(),
         ))
+        .max_decoding_message_size(taskboard_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(taskboard_proto::MAX_MESSAGE_BYTES)
     }
 
     /// A request carrying the deadline (sent as `grpc-timeout`, so the server sees it too).

@@ -18,6 +18,15 @@ pub mod original {
 }
 
 pub use prost_types;
+
+/// Largest gRPC message either side sends or accepts. The worst legal answer is a ListTasks page of
+/// 100 tasks at the field limits (500 + 10,000 four-byte characters each): ~4.2 MB, over tonic's
+/// 4 MiB default; 16 MiB leaves room. ListEvents pages are cut at [`EVENTS_PAGE_BYTES`] instead.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// A ListEvents page stops before its payloads pass this many bytes (it always holds at least one
+/// event): callers page on until the last seq reaches `head_seq`, not until a short page.
+pub const EVENTS_PAGE_BYTES: usize = 4 * 1024 * 1024;
 pub use task::v1;
 
 /// Encoded `FileDescriptorSet` for `task.v1`, served by gRPC reflection.

@@ -163,7 +163,11 @@ pub async fn run_with_metrics(
         .add_service(health_svc)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(TaskServiceServer::new(svc))
+        .add_service(
+            TaskServiceServer::new(svc)
+                .max_decoding_message_size(taskboard_proto::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(taskboard_proto::MAX_MESSAGE_BYTES),
+        )
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             on_signal,

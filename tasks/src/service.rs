@@ -32,6 +32,20 @@ pub struct Service {
     pub gate: DbGate,
 }
 
+/// How many of `events` fit in one ListEvents page ([`taskboard_proto::EVENTS_PAGE_BYTES`]); at
+/// least one, so a single large event still goes through.
+fn within_page_bytes(events: &[EventRow]) -> usize {
+    let mut total = 0;
+    events
+        .iter()
+        .take_while(|e| {
+            total += e.payload.len();
+            total <= taskboard_proto::EVENTS_PAGE_BYTES
+        })
+        .count()
+        .max(events.len().min(1))
+}
+
 /// Whether a reader at `after_seq` has missed events that are no longer kept (or is ahead of the
 /// board): then it must reload and continue from `head`.
 pub(crate) fn needs_reset(after_seq: i64, head: i64, events: &[EventRow]) -> bool {
@@ -254,9 +268,10 @@ impl TaskService for Service {
                 return Err(Status::invalid_argument("after_seq must not be negative"));
             }
             let limit = validate::events_limit(r.limit);
-            let (events, head) =
+            let (mut events, head) =
                 db::list_events(&self.pool, board, r.after_seq, i64::from(limit)).await?;
             let reset = needs_reset(r.after_seq, head, &events);
+            events.truncate(within_page_bytes(&events));
             Ok(Response::new(v1::ListEventsResponse {
                 events: if reset {
                     Vec::new()
@@ -299,6 +314,23 @@ mod tests {
             payload: bytes::Bytes::new(),
             committed_at: chrono::Utc::now(),
         }
+    }
+
+    #[test]
+    fn a_page_stops_before_its_payloads_pass_the_byte_budget() {
+        let big = |seq| EventRow {
+            payload: bytes::Bytes::from(vec![b'x'; 1024 * 1024 + 1]),
+            ..ev(seq)
+        };
+        let events: Vec<EventRow> = (1..=10).map(big).collect();
+        assert_eq!(within_page_bytes(&events), 3);
+        assert_eq!(within_page_bytes(&[ev(1), ev(2)]), 2);
+        let huge = EventRow {
+            payload: bytes::Bytes::from(vec![b'x'; 5 * 1024 * 1024]),
+            ..ev(1)
+        };
+        assert_eq!(within_page_bytes(&[huge]), 1, "one event always goes");
+        assert_eq!(within_page_bytes(&[]), 0);
     }
 
     #[test]

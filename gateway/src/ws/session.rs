@@ -395,7 +395,6 @@ impl Ctx {
                 last.insert(board, page.head_seq);
                 return Ok(());
             }
-            let n = page.events.len();
             let frames: Vec<Bytes> = page.events.iter().map(|e| text_frame(&e.payload)).collect();
             wr.frames(&frames).await?;
             let m = &self.hub.metrics;
@@ -403,10 +402,12 @@ impl Ctx {
             m.frames_sent.increment(frames.len() as u64);
             m.bytes_sent
                 .increment(frames.iter().map(|f| f.len() as u64).sum());
-            if let Some(e) = page.events.last() {
-                last.insert(board, e.seq);
-            }
-            if n < REPLAY_PAGE as usize {
+            let Some(e) = page.events.last() else {
+                return Ok(());
+            };
+            last.insert(board, e.seq);
+            // Pages are cut by count and by bytes: done when the board's head is reached.
+            if e.seq >= page.head_seq {
                 return Ok(());
             }
         }

@@ -122,3 +122,59 @@ async fn an_oversized_header_block_is_refused() {
     let r = app.http.get(app.url("/health")).send().await.unwrap();
     assert_eq!(r.status(), 200);
 }
+
+/// The largest legal title and description: 4-byte characters at the character limits.
+fn maximal() -> (String, String) {
+    ("𝄞".repeat(500), "𝄞".repeat(10_000))
+}
+
+#[tokio::test]
+async fn a_board_of_a_hundred_maximal_tasks_still_opens() {
+    let app = spawn_app().await;
+    let (title, description) = maximal();
+    for _ in 0..100 {
+        let r = app
+            .http
+            .post(app.url("/api/tasks"))
+            .json(&json!({"board_id": 3, "title": title, "description": description}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    // What the board page asks for.
+    let r = app
+        .http
+        .get(app.url("/api/tasks?board_id=3&page_size=100"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(b["tasks"].as_array().unwrap().len(), 100);
+}
+
+#[tokio::test]
+async fn a_resume_over_a_thousand_large_events_is_delivered_whole() {
+    const EVENTS: i64 = 1000;
+    let app = spawn_app().await;
+    let (title, description) = maximal();
+    let r = app
+        .http
+        .post(app.url("/api/tasks"))
+        .json(&json!({"board_id": 4, "title": title, "description": description}))
+        .send()
+        .await
+        .unwrap();
+    let id = r.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
+    // Every event carries the whole (large) task: ~40 KB each, ~40 MB in all.
+    for i in 1..EVENTS {
+        let r = app.update(id, json!({"completed": i % 2 == 1})).await;
+        assert_eq!(r.status(), 200);
+    }
+    let mut ws = app.ws("board_id=4&since=0").await;
+    for want in 1..=EVENTS {
+        let e = ws.event().await.expect("every event, not a 1013");
+        assert_eq!(seq(&e), want);
+    }
+}
