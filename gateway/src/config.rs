@@ -81,6 +81,16 @@ pub struct Config {
     #[arg(long, env = "WS_SEND_BUFFER")]
     pub ws_send_buffer: Option<usize>,
 
+    /// Most client sockets open at once (HTTP and WebSocket); more are answered 503 and closed.
+    /// 0 = the descriptor limit less a reserve of 512.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: usize,
+
+    /// Most WebSockets open at once; more are answered 503 before the upgrade. 0 = MAX_CONNECTIONS
+    /// less 256, so REST and health checks are still answered when WebSockets are at their cap.
+    #[arg(long, env = "MAX_WEBSOCKETS", default_value_t = 0)]
+    pub max_websockets: usize,
+
     /// Deadline for receiving a whole request body once its headers are in (the original's read
     /// timeout); a client that stalls gets 408.
     #[arg(long, env = "BODY_TIMEOUT_MS", default_value_t = 15_000)]
@@ -110,6 +120,8 @@ impl Config {
             ws_send_buffer: None,
             event_check_interval_ms: 2000,
             body_timeout_ms: 15_000,
+            max_connections: 0,
+            max_websockets: 0,
             shutdown_grace_secs: 25,
         }
     }

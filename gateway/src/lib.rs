@@ -6,6 +6,7 @@ pub mod cors;
 mod error;
 pub mod events;
 pub mod hub;
+pub mod limits;
 pub mod metrics;
 mod page;
 pub mod routes;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub tracker: TaskTracker,
     /// Set once NATS has confirmed the event subscription (`/ready` waits for it).
     pub subscribed: Arc<AtomicBool>,
+    /// Caps on open sockets and WebSockets.
+    pub limits: limits::Limits,
 }
 
 impl AppState {
@@ -120,6 +123,12 @@ pub async fn run_with_metrics(
     ));
 
     let grace = Duration::from_secs(config.shutdown_grace_secs);
+    let limits = limits::Limits::new(config.max_connections, config.max_websockets);
+    tracing::info!(
+        max_connections = limits.max_sockets,
+        max_websockets = limits.max_websockets,
+        "connection caps"
+    );
     let state = Arc::new(AppState {
         session: ws::SessionSettings {
             ping_interval: Duration::from_millis(config.ws_ping_interval_ms),
@@ -133,6 +142,7 @@ pub async fn run_with_metrics(
         shutdown: token.clone(),
         tracker: tracker.clone(),
         subscribed,
+        limits,
     });
 
     tracing::info!(addr = %listener.local_addr()?, "gateway listening (HTTP + WebSocket /ws)");

@@ -67,6 +67,10 @@ pub fn describe() {
         "taskboard_nats_dropped_total",
         "Messages on the event subjects that could not be routed (no headers and no board_id in the payload)"
     );
+    describe_counter!(
+        "taskboard_connections_rejected_total",
+        "Sockets refused at a cap, by kind (socket: MAX_CONNECTIONS, websocket: MAX_WEBSOCKETS)"
+    );
     describe_gauge!(
         "taskboard_ws_boards",
         "Boards with at least one WebSocket subscriber (per-board channels held)"
@@ -143,6 +147,11 @@ impl Default for WsMetrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// `taskboard_connections_rejected_total{kind}`: a socket refused at a cap.
+pub fn rejected(kind: &'static str) {
+    counter!("taskboard_connections_rejected_total", "kind" => kind).increment(1);
 }
 
 /// `taskboard_ws_disconnects_total{reason}`.

@@ -10,7 +10,65 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+
 use crate::{routes, AppState};
+
+/// A client socket and its slot in [`crate::limits::Limits`], released when the socket closes,
+/// wherever it ends up: a hyper connection or, after an upgrade, a WebSocket session.
+pub struct Counted {
+    pub io: TcpStream,
+    pub slot: OwnedSemaphorePermit,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// The answer to a socket over the cap: written without hyper, then the socket is closed.
+const OVER_CAPACITY: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
+Content-Length: 84\r\nRetry-After: 5\r\nConnection: close\r\n\r\n\
+{\"error\":\"Too many connections\",\"message\":\"retry later\",\"code\":\"resource_exhausted\"}";
+/// How long a rejected socket may take to accept the 503.
+const REJECT_WRITE: Duration = Duration::from_secs(1);
 
 /// The original's read timeout, applied to request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(15);
@@ -50,6 +108,14 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
+        let Some(slot) = state.limits.socket() else {
+            crate::metrics::rejected("socket");
+            conns.spawn(async move {
+                let mut stream = stream;
+                let _ = tokio::time::timeout(REJECT_WRITE, stream.write_all(OVER_CAPACITY)).await;
+            });
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         if let Some(n) = state.config.ws_send_buffer {
             if let Err(e) = socket2::SockRef::from(&stream).set_send_buffer_size(n) {
@@ -62,7 +128,7 @@ pub async fn serve(
             async move { Ok::<_, std::convert::Infallible>(routes::handle(st, req, peer).await) }
         });
         let conn = http
-            .serve_connection(TokioIo::new(stream), svc)
+            .serve_connection(TokioIo::new(Counted { io: stream, slot }), svc)
             .with_upgrades();
         let stop = stop.clone();
         conns.spawn(async move {

@@ -16,7 +16,6 @@ use fastwebsockets::{Frame, OpCode, Payload, WebSocket};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::close::{close_of, resume_hint, rewind, sendable, End};
@@ -26,6 +25,7 @@ use super::inbound::{self, Kind, ReadError};
 use super::outbound::{WriteError, Writer};
 use super::Subscription;
 use crate::hub::{Delivery, Hub, Kind as DeliveryKind};
+use crate::server::Counted;
 use crate::tasks_client::TasksClient;
 
 /// Largest message accepted from a client (clients have nothing to say but pongs and close).
@@ -134,14 +134,17 @@ impl Session {
         // The plain TCP socket splits without a lock (bytes hyper read past the request, if any,
         // are read first); anything else (never, with hyper's server over TCP) goes through
         // tokio's generic split.
-        let end = match upgraded.downcast::<TokioIo<TcpStream>>() {
-            // An empty read_buf still pins hyper's whole read buffer: drop it.
+        let end = match upgraded.downcast::<TokioIo<Counted>>() {
+            // An empty read_buf still pins hyper's whole read buffer: drop it. The socket's slot
+            // (`_slot`) is held until the session ends.
             Ok(parts) if parts.read_buf.is_empty() => {
-                let (r, w) = parts.io.into_inner().into_split();
+                let Counted { io, slot: _slot } = parts.io.into_inner();
+                let (r, w) = io.into_split();
                 ctx.serve(r, w, feed, start).await
             }
             Ok(parts) => {
-                let (r, w) = parts.io.into_inner().into_split();
+                let Counted { io, slot: _slot } = parts.io.into_inner();
+                let (r, w) = io.into_split();
                 let r = std::io::Cursor::new(parts.read_buf).chain(r);
                 ctx.serve(r, w, feed, start).await
             }

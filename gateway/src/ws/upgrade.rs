@@ -43,6 +43,22 @@ pub async fn upgrade(state: &Arc<AppState>, mut req: Request<Incoming>, peer: So
     if let Err(e) = check_handshake(&req) {
         return e.into_response();
     }
+    let Some(slot) = state.limits.websocket() else {
+        crate::metrics::rejected("websocket");
+        let mut r = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "resource_exhausted",
+            "Too many WebSocket connections",
+        )
+        .with_message(format!(
+            "this gateway holds its maximum of {} WebSockets; retry later",
+            state.limits.max_websockets
+        ))
+        .into_response();
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        return r;
+    };
     let sub = match super::parse_query(req.uri().query()) {
         Ok(s) => s,
         Err(e) => return e.into_response(),
@@ -65,6 +81,8 @@ pub async fn upgrade(state: &Arc<AppState>, mut req: Request<Incoming>, peer: So
     )
     .await;
     state.tracker.spawn(async move {
+        // The WebSocket slot is held for the session's life.
+        let _slot = slot;
         match upgrade.await {
             Ok(ws) => session.run(ws).await,
             Err(e) => tracing::debug!(peer.addr = %peer, error = %e, "upgrade did not complete"),

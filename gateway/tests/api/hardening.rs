@@ -178,3 +178,80 @@ async fn a_resume_over_a_thousand_large_events_is_delivered_whole() {
         assert_eq!(seq(&e), want);
     }
 }
+
+/// A WebSocket upgrade request through reqwest: its status says whether the gateway would upgrade.
+async fn upgrade_status(app: &TestApp) -> u16 {
+    app.http
+        .get(app.url("/ws?board_id=1"))
+        .header("Upgrade", "websocket")
+        .header("Connection", "Upgrade")
+        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("Sec-WebSocket-Version", "13")
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn over_the_websocket_cap_new_ones_get_503_and_rest_is_still_answered() {
+    let app = spawn_app_with(|_| {}, |g| g.max_websockets = 2).await;
+    let first = app.ws("board_id=1").await;
+    let _second = app.ws("board_id=1").await;
+    let r = app
+        .http
+        .get(app.url("/ws?board_id=1"))
+        .header("Upgrade", "websocket")
+        .header("Connection", "Upgrade")
+        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("Sec-WebSocket-Version", "13")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "5");
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(b["code"], "resource_exhausted");
+    let h = app.http.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(h.status(), 200);
+    app.create(1, "REST still works").await;
+    // A slot comes back when a session ends.
+    first.close().await;
+    assert!(
+        eventually(WAIT, || async { upgrade_status(&app).await == 101 }).await,
+        "the closed session's slot never came back"
+    );
+    let text = scrape(app.metrics_addr).await;
+    let rejected = sample(
+        &text,
+        "taskboard_connections_rejected_total",
+        &[("kind", "websocket")],
+    );
+    assert!(rejected.is_some_and(|n| n >= 1.0), "{text}");
+}
+
+#[tokio::test]
+async fn over_the_connection_cap_new_sockets_get_503_and_are_closed() {
+    let app = spawn_app_with(|_| {}, |g| g.max_connections = 4).await;
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(tokio::net::TcpStream::connect(app.addr).await.unwrap());
+    }
+    let answer = raw(&app, b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("Too many connections"), "{answer}");
+    drop(idle);
+    assert!(
+        eventually(WAIT, || async {
+            raw(
+                &app,
+                b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+            )
+            .await
+            .starts_with("HTTP/1.1 200")
+        })
+        .await,
+        "slots never came back"
+    );
+}
