@@ -106,7 +106,6 @@ pub async fn run_with_metrics(
     let svc = service::Service {
         pool: pool.clone(),
         wake: wake_rx,
-        poll,
         shutdown: token.clone(),
         tracker: tracker.clone(),
         gate: gate.clone(),

@@ -84,6 +84,8 @@ impl Relay {
             Ok(())
         });
         client.batch_execute("LISTEN taskboard_events").await?;
+        // Notifications sent while this session was down are lost: watch streams re-read once.
+        self.wake.send_modify(|n| *n = n.wrapping_add(1));
         let mut confirm = RoundTrip::new(&self.nats)
             .await
             .map_err(|e| Error::Nats(format!("subscribe to the relay's inbox: {e}")))?;

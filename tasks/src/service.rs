@@ -1,5 +1,4 @@
 //! The `task.v1.TaskService` gRPC implementation.
-use std::time::Duration;
 
 use taskboard_proto::v1::{self, task_service_server::TaskService};
 use tokio::sync::{mpsc, watch};
@@ -25,7 +24,6 @@ pub struct Service {
     pub pool: Pool,
     /// Changes whenever an event commits (fed by the relay's LISTEN session).
     pub wake: watch::Receiver<u64>,
-    pub poll: Duration,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
     /// Closed while the database is known to be down: calls fail fast with UNAVAILABLE.

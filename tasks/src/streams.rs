@@ -1,6 +1,7 @@
 //! The watch streams (WatchTasks, WatchEvents): a board's events after a cursor, then live ones as
-//! they commit (woken by the relay's LISTEN session, polling as a fallback), with back-pressure
-//! from each stream's own bounded buffer.
+//! they commit, with back-pressure from each stream's own bounded buffer. An idle stream costs the
+//! database nothing: streams query only when the relay's LISTEN session says something committed
+//! (and once more whenever that session is re-established, in case a notification was missed).
 use taskboard_proto::v1;
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -109,7 +110,6 @@ impl Service {
             }
             tokio::select! {
                 _ = wake.changed() => {}
-                _ = tokio::time::sleep(self.poll) => {}
                 _ = tx.closed() => return,
                 _ = self.shutdown.cancelled() => {
                     let _ = tx.send(Err(Status::unavailable("server shutting down"))).await;

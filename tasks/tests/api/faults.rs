@@ -140,3 +140,68 @@ async fn while_the_database_is_gone_calls_fail_fast_and_recover_by_themselves() 
     }
     assert!(recovered, "never recovered after the database came back");
 }
+
+/// Pooled-connection checkouts so far (every query the service runs through its pool is one), from
+/// the service's own /metrics.
+async fn checkouts(t: &TestTasks) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(t.handle.metrics_addr)
+        .await
+        .unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("taskboard_db_pool_wait_seconds_count "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn next_seq(s: &mut tonic::Streaming<v1::Event>) -> i64 {
+    tokio::time::timeout(WAIT, futures_util::StreamExt::next(s))
+        .await
+        .expect("an event in time")
+        .unwrap()
+        .unwrap()
+        .seq
+}
+
+#[tokio::test]
+async fn idle_watch_streams_do_not_poll_the_database() {
+    const STREAMS: usize = 50;
+    let mut t = spawn().await;
+    t.create(9, "before the streams").await;
+    let mut streams = Vec::new();
+    for _ in 0..STREAMS {
+        let s = t
+            .client
+            .watch_events(v1::WatchEventsRequest {
+                board_id: 9,
+                since_seq: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        streams.push(s);
+    }
+    // Every stream has read the log once and is now idle.
+    for s in &mut streams {
+        assert_eq!(next_seq(s).await, 1);
+    }
+    // A measurement window (not a wait for something): the relay's own rounds use the pool
+    // meanwhile (~10 a second here); 50 streams polling every 200 ms would add ~500.
+    let before = checkouts(&t).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during = checkouts(&t).await - before;
+    assert!(
+        during < 100.0,
+        "{during} queries in 2 s with {STREAMS} idle streams"
+    );
+    // And they still wake for a change.
+    t.create(9, "wakes every stream").await;
+    for s in &mut streams {
+        assert_eq!(next_seq(s).await, 2);
+    }
+}
