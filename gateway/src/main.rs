@@ -6,6 +6,12 @@ use taskboard_gateway::{run_with_metrics, Config};
 async fn main() -> std::process::ExitCode {
     taskboard_telemetry::init_logging();
     let config = Config::parse();
+    // Sockets are the gateway's business: take every descriptor the hard limit allows (the
+    // connection caps are computed from it).
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the descriptor limit"),
+    }
     if let Err(e) = config.validate() {
         eprintln!("taskboard-gateway: {e}");
         return std::process::ExitCode::from(64);

@@ -154,6 +154,57 @@ async fn the_whole_drain_shares_one_grace_period() {
 }
 
 #[tokio::test]
+async fn the_binary_raises_its_descriptor_limit_and_sizes_its_caps_from_it() {
+    use tokio::io::AsyncBufReadExt;
+    let hard: usize = std::fs::read_to_string("/proc/self/limits")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(4).and_then(|v| v.parse().ok()))
+        .expect("hard limit");
+    let port = testing::free_port();
+    // Started with the usual soft limit of 1024, as a shell or a unit file would leave it.
+    let mut child = tokio::process::Command::new("bash")
+        .args([
+            "-c",
+            "ulimit -Sn 1024 && exec \"$0\"",
+            env!("CARGO_BIN_EXE_taskboard-gateway"),
+        ])
+        .kill_on_drop(true)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HTTP_PORT", port.to_string())
+        .env("METRICS_PORT", "0")
+        .env("BIND_ADDR", "127.0.0.1")
+        .env("TASK_SERVICE_ADDR", "127.0.0.1:1")
+        .env("NATS_URL", testing::nats_url())
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let caps = tokio::time::timeout(WAIT, async {
+        while let Ok(Some(l)) = lines.next_line().await {
+            if l.contains("connection caps") {
+                return l;
+            }
+        }
+        String::new()
+    })
+    .await
+    .expect("the caps are logged at start");
+    let max: usize = caps
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("max_connections="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{caps}"));
+    assert_eq!(max, hard.saturating_sub(512).max(64), "{caps}");
+    let _ = child.kill().await;
+}
+
+#[tokio::test]
 async fn the_gateway_binary_drains_on_sigterm_and_exits_zero() {
     let tasks = testing::spawn_tasks(testing::test_config().await).await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
