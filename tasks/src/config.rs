@@ -96,6 +96,16 @@ pub struct Config {
     /// On SIGTERM, how long in-flight calls and streams get to finish.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 25)]
     pub shutdown_grace_secs: u64,
+
+    /// Most gRPC connections open at once; more are closed at accept. 0 = the descriptor limit
+    /// less a reserve of 512.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: usize,
+
+    /// A gRPC connection that sends nothing for this long after connecting is closed (idle sockets
+    /// never pile up).
+    #[arg(long, env = "HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub handshake_timeout_ms: u64,
 }
 
 impl Config {
@@ -147,6 +157,8 @@ impl Config {
             relay_poll_interval_ms: 1000,
             event_retention_secs: 7 * 24 * 3600,
             shutdown_grace_secs: 25,
+            max_connections: 0,
+            handshake_timeout_ms: 10_000,
         }
     }
 }

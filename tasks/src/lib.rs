@@ -5,6 +5,7 @@ pub mod config;
 pub mod db;
 mod error;
 pub mod gate;
+mod incoming;
 pub mod outbox;
 pub mod service;
 mod streams;
@@ -20,7 +21,6 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::server::TcpIncoming;
 
 pub use config::Config;
 pub use error::Error;
@@ -168,7 +168,13 @@ pub async fn run_with_metrics(
                 .max_encoding_message_size(taskboard_proto::MAX_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            incoming::guarded(
+                listener,
+                max_connections(config.max_connections),
+                Duration::from_millis(config.handshake_timeout_ms.max(1)),
+                &tracker,
+                token.clone(),
+            ),
             on_signal,
         );
 
@@ -224,6 +230,22 @@ pub async fn connect_nats(urls: &str) -> Result<async_nats::Client, Error> {
         }
         other => Error::Nats(other.to_string()),
     })
+}
+
+/// The gRPC connection cap: as configured, or the descriptor limit less a reserve of 512.
+fn max_connections(configured: usize) -> usize {
+    if configured > 0 {
+        return configured;
+    }
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            l.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3)?.parse::<usize>().ok())
+        })
+        .map_or(10_000, |n| n.saturating_sub(512))
+        .max(64)
 }
 
 /// Keeps the gRPC health status and the fail-fast gate in step with the database: NOT_SERVING
@@ -318,6 +340,10 @@ fn describe_metrics() {
         "taskboard_outbox_publish_lag_seconds",
         Unit::Seconds,
         "Commit to publish, per event"
+    );
+    describe_counter!(
+        "taskboard_grpc_connections_rejected_total",
+        "gRPC connections closed at accept, by reason (cap: MAX_CONNECTIONS; silent: nothing sent within HANDSHAKE_TIMEOUT_MS)"
     );
     describe_gauge!(
         "taskboard_relay_leader",

@@ -6,6 +6,10 @@ use taskboard_tasks::{run_with_metrics, Config};
 async fn main() -> std::process::ExitCode {
     taskboard_telemetry::init_logging();
     let config = Config::parse();
+    // Take every descriptor the hard limit allows (the connection cap is computed from it).
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!(error = %e, "could not raise the descriptor limit");
+    }
     if let Err(e) = config.pg_config() {
         eprintln!("taskboard-tasks: {e}");
         return std::process::ExitCode::from(64);

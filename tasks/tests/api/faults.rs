@@ -205,3 +205,50 @@ async fn idle_watch_streams_do_not_poll_the_database() {
         assert_eq!(next_seq(s).await, 2);
     }
 }
+
+/// Reads (and ignores) what arrives until EOF or an error; `true` when the server closed the
+/// connection within `within`.
+async fn closed_by_server(s: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 256];
+    tokio::time::timeout(within, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test]
+async fn silent_sockets_on_the_grpc_port_are_closed_and_clients_still_get_in() {
+    let mut t = spawn_with(|c| c.handshake_timeout_ms = 300).await;
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        idle.push(tokio::net::TcpStream::connect(t.handle.addr).await.unwrap());
+    }
+    for s in &mut idle {
+        assert!(
+            closed_by_server(s, WAIT).await,
+            "a silent socket was kept open"
+        );
+    }
+    // Real clients are not affected.
+    let (task, _) = t.create(1, "still served").await;
+    assert!(task.id > 0);
+}
+
+#[tokio::test]
+async fn over_the_grpc_connection_cap_new_sockets_are_closed_at_once() {
+    let t = spawn_with(|c| c.max_connections = 2).await;
+    // Two open connections (the test's own client is one).
+    let _second = connect(&t.handle).await;
+    let mut third = tokio::net::TcpStream::connect(t.handle.addr).await.unwrap();
+    assert!(
+        closed_by_server(&mut third, Duration::from_secs(2)).await,
+        "a connection over the cap was kept"
+    );
+}
