@@ -10,57 +10,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
+use taskboard_telemetry::Slotted;
+use tokio::io::AsyncWriteExt;
 
 use crate::{routes, AppState};
-
-/// A client socket and its slot in [`crate::limits::Limits`], released when the socket closes,
-/// wherever it ends up: a hyper connection or, after an upgrade, a WebSocket session.
-pub struct Counted {
-    pub io: TcpStream,
-    pub slot: OwnedSemaphorePermit,
-}
-
-impl AsyncRead for Counted {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Counted {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-}
 
 /// The answer to a socket over the cap: written without hyper, then the socket is closed.
 const OVER_CAPACITY: &[u8] =
@@ -128,7 +81,7 @@ pub async fn serve(
             async move { Ok::<_, std::convert::Infallible>(routes::handle(st, req, peer).await) }
         });
         let conn = http
-            .serve_connection(TokioIo::new(Counted { io: stream, slot }), svc)
+            .serve_connection(TokioIo::new(Slotted { io: stream, slot }), svc)
             .with_upgrades();
         let stop = stop.clone();
         conns.spawn(async move {

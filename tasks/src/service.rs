@@ -300,10 +300,11 @@ fn not_found(id: i64) -> Status {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn ev(seq: i64) -> EventRow {
+    /// An event of board 1 with an empty payload (shared with the streams' tests).
+    pub(crate) fn ev(seq: i64) -> EventRow {
         EventRow {
             board_id: 1,
             seq,

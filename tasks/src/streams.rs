@@ -123,17 +123,7 @@ impl Service {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ev(seq: i64) -> EventRow {
-        EventRow {
-            board_id: 1,
-            seq,
-            kind: "created".into(),
-            task_id: 1,
-            payload: bytes::Bytes::new(),
-            committed_at: chrono::Utc::now(),
-        }
-    }
+    use crate::service::tests::ev;
 
     #[test]
     fn an_event_payload_gives_back_its_task() {

@@ -2,6 +2,7 @@
 //! listener that serves `/metrics` (never the public port), and the stop signal of the binaries.
 
 mod grpc;
+mod slotted;
 
 use std::future::Future;
 use std::sync::OnceLock;
@@ -15,6 +16,7 @@ use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 pub use grpc::{GrpcMetrics, GrpcMetricsLayer};
+pub use slotted::Slotted;
 
 /// Histogram buckets, seconds: 100 µs … 5 s (base units, as Prometheus expects).
 pub const BUCKETS: &[f64] = &[

@@ -25,8 +25,8 @@ use super::inbound::{self, Kind, ReadError};
 use super::outbound::{WriteError, Writer};
 use super::Subscription;
 use crate::hub::{Delivery, Hub, Kind as DeliveryKind};
-use crate::server::Counted;
 use crate::tasks_client::TasksClient;
+use taskboard_telemetry::Slotted;
 
 /// Largest message accepted from a client (clients have nothing to say but pongs and close).
 const MAX_INBOUND: usize = 4096;
@@ -134,16 +134,16 @@ impl Session {
         // The plain TCP socket splits without a lock (bytes hyper read past the request, if any,
         // are read first); anything else (never, with hyper's server over TCP) goes through
         // tokio's generic split.
-        let end = match upgraded.downcast::<TokioIo<Counted>>() {
+        let end = match upgraded.downcast::<TokioIo<Slotted>>() {
             // An empty read_buf still pins hyper's whole read buffer: drop it. The socket's slot
             // (`_slot`) is held until the session ends.
             Ok(parts) if parts.read_buf.is_empty() => {
-                let Counted { io, slot: _slot } = parts.io.into_inner();
+                let Slotted { io, slot: _slot } = parts.io.into_inner();
                 let (r, w) = io.into_split();
                 ctx.serve(r, w, feed, start).await
             }
             Ok(parts) => {
-                let Counted { io, slot: _slot } = parts.io.into_inner();
+                let Slotted { io, slot: _slot } = parts.io.into_inner();
                 let (r, w) = io.into_split();
                 let r = std::io::Cursor::new(parts.read_buf).chain(r);
                 ctx.serve(r, w, feed, start).await
