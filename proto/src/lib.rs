@@ -10,6 +10,16 @@ pub mod task {
 
 pub mod nats;
 
+/// gRPC metadata between the gateway and the task service (see the service comment in the proto).
+pub mod auth {
+    /// The end user a call is made for (decimal user id).
+    pub const USER_HEADER: &str = "x-taskboard-user";
+    /// `service` when that user holds the service role (every board).
+    pub const ROLE_HEADER: &str = "x-taskboard-role";
+    /// The role name that sees and changes every board.
+    pub const SERVICE_ROLE: &str = "service";
+}
+
 /// Client stubs of the Go original's `task.v1` (its proto, unchanged), for compatibility tests.
 #[cfg(feature = "original")]
 #[allow(clippy::all, missing_docs)]

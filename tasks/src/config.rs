@@ -25,13 +25,43 @@ pub struct Config {
     #[arg(long, env = "PORT", default_value_t = DEFAULT_PORT)]
     pub port: u16,
 
-    /// Address to bind; `::` (the default) answers on every IPv6 and IPv4 address.
-    #[arg(long, env = "BIND_ADDR", default_value = "::")]
+    /// Address the gRPC port binds; loopback by default (only a gateway on the same host can call).
+    /// `::` answers on every IPv6 and IPv4 address (the Helm chart sets it, and AUTH=on with a
+    /// SERVICE_TOKEN keeps the port closed to anyone but the gateway).
+    #[arg(long, env = "BIND_ADDR", default_value = "127.0.0.1")]
     pub bind_addr: String,
 
-    /// Admin port reserved for /metrics.
+    /// Admin port reserved for /metrics; 0 turns it off.
     #[arg(long, env = "METRICS_PORT", default_value_t = DEFAULT_METRICS_PORT)]
     pub metrics_port: u16,
+
+    /// Address the metrics port binds; loopback by default (`::` for a Prometheus elsewhere).
+    #[arg(long, env = "METRICS_BIND_ADDR", default_value = "127.0.0.1")]
+    pub metrics_bind_addr: String,
+
+    /// `on`: every call (but grpc.health) must carry `authorization: Bearer <SERVICE_TOKEN>`, and
+    /// calls made for a user see only that user's boards. `off`: anyone who reaches the port may
+    /// do anything (development only; a warning is logged at start).
+    #[arg(long, env = "AUTH", default_value = "on", value_parser = ["on", "off"])]
+    pub auth: String,
+
+    /// The token the gateway presents (shared with it; any long random string). Needed with
+    /// AUTH=on.
+    #[arg(long, env = "SERVICE_TOKEN", hide_env_values = true)]
+    pub service_token: Option<String>,
+
+    /// A file holding SERVICE_TOKEN (a mounted secret), instead of the variable.
+    #[arg(long, env = "SERVICE_TOKEN_FILE")]
+    pub service_token_file: Option<std::path::PathBuf>,
+
+    /// HTTP/2 keepalive: a ping every this many seconds on each connection; a peer that does not
+    /// answer within 20 s more is disconnected (dead gateways never pin connections). 0 = off.
+    #[arg(long, env = "GRPC_KEEPALIVE_SECS", default_value_t = 30)]
+    pub grpc_keepalive_secs: u64,
+
+    /// Most concurrent calls and streams on one connection (a client holding more waits).
+    #[arg(long, env = "MAX_STREAMS_PER_CONNECTION", default_value_t = 1024)]
+    pub max_streams_per_connection: u32,
 
     /// Full PostgreSQL URL; when set it wins over the DB_* variables.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
@@ -109,6 +139,31 @@ pub struct Config {
 }
 
 impl Config {
+    /// The service token calls must carry: `None` with AUTH=off.
+    ///
+    /// # Errors
+    /// AUTH=on without a token, or an unreadable token file.
+    pub fn service_token(&self) -> Result<Option<String>, crate::Error> {
+        let token = taskboard_telemetry::secret(
+            self.service_token.as_deref(),
+            self.service_token_file.as_deref(),
+            "SERVICE_TOKEN",
+        )
+        .map_err(crate::Error::Config)?;
+        match (self.auth.as_str(), token) {
+            ("off", _) => Ok(None),
+            (_, None) => Err(crate::Error::Config(
+                "AUTH=on needs SERVICE_TOKEN (or SERVICE_TOKEN_FILE): the token the gateway \
+                 presents. For development without authentication set AUTH=off"
+                    .into(),
+            )),
+            (_, Some(t)) if t.len() < 16 => Err(crate::Error::Config(
+                "SERVICE_TOKEN must be at least 16 characters".into(),
+            )),
+            (_, t) => Ok(t),
+        }
+    }
+
     /// The PostgreSQL connection settings this config names.
     ///
     /// # Errors
@@ -136,13 +191,19 @@ impl Config {
         Ok(pg)
     }
 
-    /// Config for tests and embedding: the defaults, with the given database and NATS. Reads no
-    /// environment variable.
+    /// Config for tests and embedding: the defaults, with the given database and NATS, and AUTH=off
+    /// (set `auth` and `service_token` to test it on). Reads no environment variable.
     pub fn for_urls(database_url: &str, nats_url: &str) -> Self {
         Config {
             port: DEFAULT_PORT,
             bind_addr: "127.0.0.1".into(),
             metrics_port: DEFAULT_METRICS_PORT,
+            metrics_bind_addr: "127.0.0.1".into(),
+            auth: "off".into(),
+            service_token: None,
+            service_token_file: None,
+            grpc_keepalive_secs: 30,
+            max_streams_per_connection: 1024,
             database_url: Some(database_url.to_owned()),
             db_host: "localhost".into(),
             db_port: 5432,
@@ -208,9 +269,43 @@ mod tests {
             built.shutdown_grace_secs.to_string()
         );
         assert_eq!(cli_default("port"), built.port.to_string());
+        assert_eq!(
+            cli_default("bind_addr"),
+            "127.0.0.1",
+            "loopback unless told"
+        );
+        assert_eq!(cli_default("metrics_bind_addr"), built.metrics_bind_addr);
+        assert_eq!(
+            cli_default("auth"),
+            "on",
+            "authentication is on unless turned off"
+        );
+        assert_eq!(
+            cli_default("grpc_keepalive_secs"),
+            built.grpc_keepalive_secs.to_string()
+        );
         assert_eq!(cli_default("metrics_port"), built.metrics_port.to_string());
         assert_eq!(cli_default("nats_url"), "nats://localhost:4222");
         assert_eq!(built.nats_url, "nats://n");
+    }
+
+    #[test]
+    fn auth_on_needs_a_service_token() {
+        let mut c = Config::for_urls("postgres://x@h/db", "nats://h");
+        assert_eq!(c.service_token().unwrap(), None);
+        c.auth = "on".into();
+        assert!(c
+            .service_token()
+            .unwrap_err()
+            .to_string()
+            .contains("SERVICE_TOKEN"));
+        c.service_token = Some("short".into());
+        assert!(c.service_token().is_err());
+        c.service_token = Some("0123456789abcdef".into());
+        assert_eq!(
+            c.service_token().unwrap().as_deref(),
+            Some("0123456789abcdef")
+        );
     }
 
     #[test]

@@ -10,6 +10,12 @@ pub enum Error {
     /// The task (or board) does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// The caller may not do this; the message says why.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The request is valid but the state does not allow it (e.g. removing a board's last owner).
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// Bad configuration (reported at start-up, exit code 64).
     #[error("configuration: {0}")]
     Config(String),
@@ -49,6 +55,8 @@ impl From<Error> for Status {
         match e {
             Error::InvalidArgument(m) => Status::invalid_argument(m),
             Error::NotFound(m) => Status::not_found(m),
+            Error::PermissionDenied(m) => Status::permission_denied(m),
+            Error::FailedPrecondition(m) => Status::failed_precondition(m),
             // Internal details go to the log, never to the caller.
             Error::Pool(ref inner) => {
                 tracing::warn!(error = %inner, "database pool unavailable");

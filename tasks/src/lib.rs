@@ -1,6 +1,7 @@
 //! Taskboard task service: `task.v1` over gRPC, PostgreSQL storage with a transactional outbox,
 //! and a relay that publishes committed events to NATS.
 
+pub mod access;
 pub mod config;
 pub mod db;
 mod error;
@@ -21,6 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tonic::service::interceptor::InterceptedService;
 
 pub use config::Config;
 pub use error::Error;
@@ -61,6 +63,14 @@ pub async fn run_with_metrics(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let pg = config.pg_config()?;
+    let service_token = config.service_token()?;
+    if service_token.is_none() {
+        tracing::warn!(
+            "AUTH=off: anyone who can reach the gRPC port may read and change every board \
+             (development only)"
+        );
+    }
+    let access = access::Access::new(service_token.as_deref());
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
     if let Some(admin) = metrics_listener {
@@ -153,20 +163,28 @@ pub async fn run_with_metrics(
             started.notify_one();
         }
     };
+    let keepalive =
+        (config.grpc_keepalive_secs > 0).then(|| Duration::from_secs(config.grpc_keepalive_secs));
     let serve = tonic::transport::Server::builder()
+        .http2_keepalive_interval(keepalive)
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .max_concurrent_streams(config.max_streams_per_connection.max(1))
+        .tcp_nodelay(true)
         // Every call counted and timed by method and code, whatever the RPC.
         .layer(taskboard_telemetry::GrpcMetricsLayer::new(
             taskboard_telemetry::Side::Server,
             taskboard_proto::method_of,
         ))
+        // Health stays open (probes carry no token); everything else needs the service token.
         .add_service(health_svc)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(
+        .add_service(InterceptedService::new(reflection_v1, access.clone()))
+        .add_service(InterceptedService::new(reflection_v1alpha, access.clone()))
+        .add_service(InterceptedService::new(
             TaskServiceServer::new(svc)
                 .max_decoding_message_size(taskboard_proto::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(taskboard_proto::MAX_MESSAGE_BYTES),
-        )
+            access,
+        ))
         .serve_with_incoming_shutdown(
             incoming::guarded(
                 listener,

@@ -10,7 +10,7 @@ async fn main() -> std::process::ExitCode {
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
         tracing::warn!(error = %e, "could not raise the descriptor limit");
     }
-    if let Err(e) = config.pg_config() {
+    if let Err(e) = config.pg_config().and(config.service_token()) {
         eprintln!("taskboard-tasks: {e}");
         return std::process::ExitCode::from(64);
     }
@@ -23,7 +23,9 @@ async fn main() -> std::process::ExitCode {
     };
     // METRICS_PORT=0 turns the admin listener off.
     let admin =
-        match taskboard_telemetry::bind_metrics(&config.bind_addr, config.metrics_port).await {
+        match taskboard_telemetry::bind_metrics(&config.metrics_bind_addr, config.metrics_port)
+            .await
+        {
             Ok(a) => a,
             Err(e) => {
                 tracing::error!("{e}");

@@ -7,7 +7,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 
-use crate::db::{self, EventRow, Pool};
+use crate::access::{Caller, Role};
+use crate::db::{self, boards::BoardRow, EventRow, Pool};
 use crate::gate::DbGate;
 use crate::streams::{task_of_event, WatchItem};
 use crate::{validate, Error};
@@ -72,14 +73,21 @@ impl TaskService for Service {
         &self,
         req: Request<v1::CreateTaskRequest>,
     ) -> Result<Response<v1::CreateTaskResponse>, Status> {
+        let who = Caller::of(&req);
         self.db_call(async move {
             let r = req.get_ref();
-            let new = validate::new_task(r.board_id, &r.title, &r.description, r.created_by)?;
-            let (task, seq) = db::create(&self.pool, &new).await?;
-            Ok(Response::new(v1::CreateTaskResponse {
-                task: Some(task),
-                seq,
-            }))
+            let mut new = validate::new_task(r.board_id, &r.title, &r.description, r.created_by)?;
+            // The author is the user the call is made for, never what the body claims.
+            if let Some(user) = who.user {
+                new.created_by = user;
+            }
+            match db::create(&self.pool, &new, who).await? {
+                Some((task, seq)) => Ok(Response::new(v1::CreateTaskResponse {
+                    task: Some(task),
+                    seq,
+                })),
+                None => Err(self.write_refusal(new.board_id, who).await?.into()),
+            }
         })
         .await
     }
@@ -89,9 +97,10 @@ impl TaskService for Service {
         &self,
         req: Request<v1::GetTaskRequest>,
     ) -> Result<Response<v1::GetTaskResponse>, Status> {
+        let who = Caller::of(&req);
         self.db_call(async move {
             let id = validate::task_id(req.get_ref().id)?;
-            match db::get(&self.pool, id).await? {
+            match db::get(&self.pool, id, who).await? {
                 Some(task) => Ok(Response::new(v1::GetTaskResponse { task: Some(task) })),
                 None => Err(not_found(id)),
             }
@@ -104,12 +113,15 @@ impl TaskService for Service {
         &self,
         req: Request<v1::ListTasksRequest>,
     ) -> Result<Response<v1::ListTasksResponse>, Status> {
+        let who = Caller::of(&req);
         self.db_call(async move {
             let r = req.get_ref();
             let board = validate::board_id(r.board_id)?;
             let (page, size) = validate::paging(r.page_number, r.page_size);
             let offset = (i64::from(page) - 1) * i64::from(size);
-            let p = db::list(&self.pool, board, r.completed, i64::from(size), offset).await?;
+            let p = db::list(&self.pool, board, r.completed, i64::from(size), offset, who)
+                .await?
+                .ok_or_else(|| not_a_member(board))?;
             Ok(Response::new(v1::ListTasksResponse {
                 tasks: p.tasks,
                 total_count: i32::try_from(p.total).unwrap_or(i32::MAX),
@@ -126,6 +138,7 @@ impl TaskService for Service {
         &self,
         req: Request<v1::UpdateTaskRequest>,
     ) -> Result<Response<v1::UpdateTaskResponse>, Status> {
+        let who = Caller::of(&req);
         self.db_call(async move {
             let r = req.get_ref();
             let ch = validate::change(
@@ -136,7 +149,7 @@ impl TaskService for Service {
             )?;
             if ch.title.is_none() && ch.description.is_none() && ch.completed.is_none() {
                 // Nothing to change: answer with the task as it is, and emit no event.
-                return match db::get(&self.pool, ch.id).await? {
+                return match db::get(&self.pool, ch.id, who).await? {
                     Some(task) => Ok(Response::new(v1::UpdateTaskResponse {
                         task: Some(task),
                         seq: 0,
@@ -144,12 +157,12 @@ impl TaskService for Service {
                     None => Err(not_found(ch.id)),
                 };
             }
-            match db::update(&self.pool, &ch).await? {
+            match db::update(&self.pool, &ch, who).await? {
                 Some((task, seq)) => Ok(Response::new(v1::UpdateTaskResponse {
                     task: Some(task),
                     seq,
                 })),
-                None => Err(not_found(ch.id)),
+                None => Err(self.task_refusal(ch.id, who).await?),
             }
         })
         .await
@@ -160,11 +173,12 @@ impl TaskService for Service {
         &self,
         req: Request<v1::DeleteTaskRequest>,
     ) -> Result<Response<v1::DeleteTaskResponse>, Status> {
+        let who = Caller::of(&req);
         self.db_call(async move {
             let id = validate::task_id(req.get_ref().id)?;
-            match db::delete(&self.pool, id).await? {
+            match db::delete(&self.pool, id, who).await? {
                 Some((_, seq)) => Ok(Response::new(v1::DeleteTaskResponse { success: true, seq })),
-                None => Err(not_found(id)),
+                None => Err(self.task_refusal(id, who).await?),
             }
         })
         .await
@@ -177,18 +191,16 @@ impl TaskService for Service {
         &self,
         req: Request<v1::ListTasksRequest>,
     ) -> Result<Response<Self::WatchTasksStream>, Status> {
+        let who = Caller::of(&req);
         self.db_call(async move {
             let board = validate::board_id(req.get_ref().board_id)?;
             let completed = req.get_ref().completed;
             // The original's stream has no resume point: changes from now on.
-            let head = db::heads(&self.pool, &[board])
-                .await?
-                .first()
-                .map_or(0, |(_, h)| *h);
+            let head = self.readable_head(board, who).await?;
             let (tx, rx) = mpsc::channel(WATCH_BUFFER);
             let svc = self.clone();
             self.tracker.spawn(async move {
-                svc.watch(board, head, tx, move |e| match e {
+                svc.watch(board, head, who, tx, move |e| match e {
                     WatchItem::Event(e) => {
                         task_of_event(e).filter(|t| completed.is_none_or(|c| t.completed == c))
                     }
@@ -209,16 +221,18 @@ impl TaskService for Service {
         &self,
         req: Request<v1::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let who = Caller::of(&req);
         self.db_call(async move {
             let board = validate::board_id(req.get_ref().board_id)?;
             let since = req.get_ref().since_seq;
             if since < 0 {
                 return Err(Status::invalid_argument("since_seq must not be negative"));
             }
+            self.readable_head(board, who).await?;
             let (tx, rx) = mpsc::channel(WATCH_BUFFER);
             let svc = self.clone();
             self.tracker.spawn(async move {
-                svc.watch(board, since, tx, move |e| {
+                svc.watch(board, since, who, tx, move |e| {
                     Some(match e {
                         WatchItem::Event(e) => e.to_proto(),
                         WatchItem::Reset(head) => reset_event(board, head),
@@ -236,6 +250,7 @@ impl TaskService for Service {
         &self,
         req: Request<v1::BoardHeadsRequest>,
     ) -> Result<Response<v1::BoardHeadsResponse>, Status> {
+        let who = Caller::of(&req);
         self.db_call(async move {
             let ids = &req.get_ref().board_ids;
             if ids.len() > MAX_HEADS {
@@ -246,9 +261,13 @@ impl TaskService for Service {
             for b in ids {
                 validate::board_id(*b)?;
             }
-            let mut heads: std::collections::HashMap<i64, i64> =
-                ids.iter().map(|b| (*b, 0)).collect();
-            heads.extend(db::heads(&self.pool, ids).await?);
+            let mut heads = std::collections::HashMap::with_capacity(ids.len());
+            for h in db::heads(&self.pool, ids, who).await? {
+                if !h.readable {
+                    return Err(not_a_member(h.board));
+                }
+                heads.insert(h.board, h.head);
+            }
             Ok(Response::new(v1::BoardHeadsResponse { heads }))
         })
         .await
@@ -259,6 +278,7 @@ impl TaskService for Service {
         &self,
         req: Request<v1::ListEventsRequest>,
     ) -> Result<Response<v1::ListEventsResponse>, Status> {
+        let who = Caller::of(&req);
         self.db_call(async move {
             let r = req.get_ref();
             let board = validate::board_id(r.board_id)?;
@@ -267,7 +287,9 @@ impl TaskService for Service {
             }
             let limit = validate::events_limit(r.limit);
             let (mut events, head) =
-                db::list_events(&self.pool, board, r.after_seq, i64::from(limit)).await?;
+                db::list_events(&self.pool, board, r.after_seq, i64::from(limit), who)
+                    .await?
+                    .ok_or_else(|| not_a_member(board))?;
             let reset = needs_reset(r.after_seq, head, &events);
             events.truncate(within_page_bytes(&events));
             Ok(Response::new(v1::ListEventsResponse {
@@ -282,6 +304,130 @@ impl TaskService for Service {
         })
         .await
     }
+
+    #[tracing::instrument(skip_all)]
+    async fn create_board(
+        &self,
+        req: Request<v1::CreateBoardRequest>,
+    ) -> Result<Response<v1::CreateBoardResponse>, Status> {
+        let who = Caller::of(&req);
+        self.db_call(async move {
+            let name = validate::board_name(&req.get_ref().name)?;
+            let b = db::boards::create(&self.pool, name, who.user).await?;
+            tracing::info!(board.id = b.id, user = ?who.user, "board created");
+            Ok(Response::new(v1::CreateBoardResponse {
+                board: Some(b.to_proto()),
+            }))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, fields(board.id = req.get_ref().id))]
+    async fn get_board(
+        &self,
+        req: Request<v1::GetBoardRequest>,
+    ) -> Result<Response<v1::GetBoardResponse>, Status> {
+        let who = Caller::of(&req);
+        self.db_call(async move {
+            let id = validate::board_id(req.get_ref().id)?;
+            let b = self.require(id, who, Role::Viewer).await?;
+            Ok(Response::new(v1::GetBoardResponse {
+                board: Some(b.to_proto()),
+            }))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_boards(
+        &self,
+        req: Request<v1::ListBoardsRequest>,
+    ) -> Result<Response<v1::ListBoardsResponse>, Status> {
+        let who = Caller::of(&req);
+        self.db_call(async move {
+            let boards = db::boards::list(&self.pool, who).await?;
+            Ok(Response::new(v1::ListBoardsResponse {
+                boards: boards.iter().map(db::boards::BoardRow::to_proto).collect(),
+            }))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, fields(board.id = req.get_ref().board_id))]
+    async fn list_members(
+        &self,
+        req: Request<v1::ListMembersRequest>,
+    ) -> Result<Response<v1::ListMembersResponse>, Status> {
+        let who = Caller::of(&req);
+        self.db_call(async move {
+            let board = validate::board_id(req.get_ref().board_id)?;
+            self.require(board, who, Role::Viewer).await?;
+            let members = db::boards::members(&self.pool, board).await?;
+            Ok(Response::new(v1::ListMembersResponse {
+                members: members
+                    .into_iter()
+                    .map(|(user_id, role)| v1::Member {
+                        user_id,
+                        role: role.as_str().into(),
+                    })
+                    .collect(),
+            }))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, fields(board.id = req.get_ref().board_id, member = req.get_ref().user_id))]
+    async fn set_member(
+        &self,
+        req: Request<v1::SetMemberRequest>,
+    ) -> Result<Response<v1::SetMemberResponse>, Status> {
+        let who = Caller::of(&req);
+        self.db_call(async move {
+            let r = req.get_ref();
+            let board = validate::board_id(r.board_id)?;
+            let user = validate::user_id(r.user_id)?;
+            let role = validate::role(&r.role)?;
+            self.require(board, who, Role::Owner).await?;
+            db::boards::set_member(&self.pool, board, user, Some(role)).await?;
+            tracing::info!(by = ?who.user, role = role.as_str(), "member set");
+            Ok(Response::new(v1::SetMemberResponse {
+                member: Some(v1::Member {
+                    user_id: user,
+                    role: role.as_str().into(),
+                }),
+            }))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, fields(board.id = req.get_ref().board_id, member = req.get_ref().user_id))]
+    async fn remove_member(
+        &self,
+        req: Request<v1::RemoveMemberRequest>,
+    ) -> Result<Response<v1::RemoveMemberResponse>, Status> {
+        let who = Caller::of(&req);
+        self.db_call(async move {
+            let r = req.get_ref();
+            let board = validate::board_id(r.board_id)?;
+            let user = validate::user_id(r.user_id)?;
+            // Owners remove anyone; every member may leave.
+            let least = if who.user == Some(user) {
+                Role::Viewer
+            } else {
+                Role::Owner
+            };
+            self.require(board, who, least).await?;
+            if !db::boards::set_member(&self.pool, board, user, None).await? {
+                return Err(Error::NotFound(format!(
+                    "user {user} is not a member of board {board}"
+                ))
+                .into());
+            }
+            tracing::info!(by = ?who.user, "member removed");
+            Ok(Response::new(v1::RemoveMemberResponse {}))
+        })
+        .await
+    }
 }
 
 impl Service {
@@ -293,10 +439,91 @@ impl Service {
     ) -> Result<T, Status> {
         self.gate.run(f).await
     }
+
+    /// The board, when `who` holds at least `least` on it (or sees every board).
+    async fn require(&self, board: i64, who: Caller, least: Role) -> Result<BoardRow, Error> {
+        let b = db::boards::get(&self.pool, board, who.user)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("Board {board} not found")))?;
+        if who.all_boards {
+            return Ok(b);
+        }
+        match b.role {
+            None => Err(Error::PermissionDenied(format!(
+                "you are not a member of board {board}"
+            ))),
+            Some(r) if r < least => Err(Error::PermissionDenied(format!(
+                "you are {} of board {board}; this needs the {} role",
+                article(r),
+                least.as_str()
+            ))),
+            Some(_) => Ok(b),
+        }
+    }
+
+    /// The head seq of `board`, when `who` may read it.
+    async fn readable_head(&self, board: i64, who: Caller) -> Result<i64, Status> {
+        match db::heads(&self.pool, &[board], who).await?.first() {
+            Some(h) if h.readable => Ok(h.head),
+            _ => Err(not_a_member(board)),
+        }
+    }
+
+    /// Why `who` could not create a task on `board`.
+    async fn write_refusal(&self, board: i64, who: Caller) -> Result<Error, Error> {
+        let role = match who.user {
+            Some(u) => db::role(&self.pool, board, u).await?,
+            None => None,
+        };
+        Ok(match role {
+            Some(r) => Error::PermissionDenied(format!(
+                "you are {} of board {board}; changing tasks needs the editor role",
+                article(r)
+            )),
+            None => Error::PermissionDenied(format!("you are not a member of board {board}")),
+        })
+    }
+
+    /// Why a change of task `id` matched nothing: it does not exist or its board is not the
+    /// caller's (404 either way, so task ids of other boards reveal nothing), or the caller only
+    /// views the board (403).
+    async fn task_refusal(&self, id: i64, who: Caller) -> Result<Status, Error> {
+        let Some(board) = db::task_board(&self.pool, id).await? else {
+            return Ok(not_found(id));
+        };
+        let role = match who.user {
+            Some(u) => db::role(&self.pool, board, u).await?,
+            None => None,
+        };
+        Ok(match role {
+            Some(r) if r < Role::Editor => Status::from(Error::PermissionDenied(format!(
+                "you are {} of board {board}; changing tasks needs the editor role",
+                article(r)
+            ))),
+            // Not a member, or (rarely) a concurrent delete or membership change.
+            _ => not_found(id),
+        })
+    }
+}
+
+/// "a viewer", "an editor", "an owner".
+fn article(r: Role) -> String {
+    match r {
+        Role::Viewer => "a viewer".into(),
+        Role::Editor => "an editor".into(),
+        Role::Owner => "an owner".into(),
+    }
 }
 
 fn not_found(id: i64) -> Status {
     Status::from(Error::NotFound(format!("Task {id} not found")))
+}
+
+/// PERMISSION_DENIED for a board the caller may not read.
+pub(crate) fn not_a_member(board: i64) -> Status {
+    Status::from(Error::PermissionDenied(format!(
+        "you are not a member of board {board}"
+    )))
 }
 
 #[cfg(test)]

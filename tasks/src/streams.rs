@@ -6,7 +6,9 @@ use taskboard_proto::v1;
 use tokio::sync::mpsc;
 use tonic::Status;
 
+use crate::access::Caller;
 use crate::db::{self, EventRow};
+use crate::service::not_a_member;
 use crate::service::{needs_reset, Service};
 
 /// Events fetched per query by the watch streams.
@@ -71,6 +73,7 @@ impl Service {
         self,
         board: i64,
         mut cursor: i64,
+        who: Caller,
         tx: mpsc::Sender<Result<T, Status>>,
         item: impl Fn(WatchItem<'_>) -> Option<T>,
     ) {
@@ -79,14 +82,19 @@ impl Service {
             // Mark the current notification as seen before querying, so one that arrives while
             // the query runs is not missed.
             wake.borrow_and_update();
-            let (events, head) = match db::list_events(&self.pool, board, cursor, WATCH_PAGE).await
-            {
-                Ok(x) => x,
-                Err(e) => {
-                    let _ = tx.send(Err(Status::from(e))).await;
-                    return;
-                }
-            };
+            let (events, head) =
+                match db::list_events(&self.pool, board, cursor, WATCH_PAGE, who).await {
+                    Ok(Some(x)) => x,
+                    // Membership ended while the stream was open.
+                    Ok(None) => {
+                        let _ = tx.send(Err(not_a_member(board))).await;
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::from(e))).await;
+                        return;
+                    }
+                };
             if needs_reset(cursor, head, &events) {
                 cursor = head;
                 if let Some(i) = item(WatchItem::Reset(head)) {

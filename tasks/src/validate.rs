@@ -113,6 +113,40 @@ pub fn change<'a>(
     })
 }
 
+/// Longest board name accepted, in characters.
+pub const MAX_BOARD_NAME_CHARS: usize = 200;
+
+/// A board name: 1 to 200 characters, not blank, no NUL.
+pub fn board_name(name: &str) -> Result<&str, Error> {
+    if name.trim().is_empty() {
+        return Err(invalid("Board name is required"));
+    }
+    check_no_nul("Board name", name)?;
+    if name.chars().count() > MAX_BOARD_NAME_CHARS {
+        return Err(invalid(format!(
+            "Board name is too long (at most {MAX_BOARD_NAME_CHARS} characters)"
+        )));
+    }
+    Ok(name)
+}
+
+/// A member's role: `owner`, `editor` or `viewer`.
+pub fn role(role: &str) -> Result<crate::access::Role, Error> {
+    crate::access::Role::parse(role).ok_or_else(|| {
+        invalid(format!(
+            "Role must be owner, editor or viewer, got {role:?}"
+        ))
+    })
+}
+
+/// A user id must be a positive integer.
+pub fn user_id(id: i64) -> Result<i64, Error> {
+    if id <= 0 {
+        return Err(invalid("User ID must be a positive integer"));
+    }
+    Ok(id)
+}
+
 /// Normalises ListTasks paging: page size defaults to 50 and is capped at 100, page defaults to 1.
 /// Returns (page, page_size).
 pub fn paging(page: i32, page_size: i32) -> (i32, i32) {
@@ -204,6 +238,21 @@ mod tests {
             msg(change(-1, None, None, None).err().unwrap()),
             "Invalid task ID"
         );
+    }
+
+    #[test]
+    fn board_names_roles_and_user_ids() {
+        assert_eq!(board_name("Team").unwrap(), "Team");
+        assert_eq!(
+            msg(board_name("  ").err().unwrap()),
+            "Board name is required"
+        );
+        assert!(msg(board_name("a\0").err().unwrap()).contains("NUL"));
+        let long = "b".repeat(MAX_BOARD_NAME_CHARS + 1);
+        assert!(msg(board_name(&long).err().unwrap()).contains("too long"));
+        assert_eq!(role("editor").unwrap(), crate::access::Role::Editor);
+        assert!(msg(role("admin").err().unwrap()).contains("owner, editor or viewer"));
+        assert!(user_id(0).is_err() && user_id(-4).is_err() && user_id(9).is_ok());
     }
 
     #[test]

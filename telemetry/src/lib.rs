@@ -146,6 +146,31 @@ pub async fn bind_metrics(bind_addr: &str, port: u16) -> Result<Option<TcpListen
         .map_err(|e| format!("cannot bind the metrics port {bind_addr}:{port} (METRICS_PORT): {e}"))
 }
 
+/// A secret given either as a value (`NAME`) or as a file (`NAME_FILE`, e.g. a mounted Kubernetes
+/// secret; surrounding whitespace trimmed); `None` when neither is set.
+///
+/// # Errors
+/// Both set, the file unreadable, or the secret empty (the message names the variable).
+pub fn secret(
+    value: Option<&str>,
+    file: Option<&std::path::Path>,
+    name: &str,
+) -> Result<Option<String>, String> {
+    let s = match (value, file) {
+        (Some(_), Some(_)) => return Err(format!("set {name} or {name}_FILE, not both")),
+        (Some(v), None) => v.trim().to_owned(),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .map_err(|e| format!("{name}_FILE {}: {e}", f.display()))?
+            .trim()
+            .to_owned(),
+        (None, None) => return Ok(None),
+    };
+    if s.is_empty() {
+        return Err(format!("{name} is empty"));
+    }
+    Ok(Some(s))
+}
+
 /// Resolves on SIGINT or SIGTERM: the signal both binaries stop on.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};

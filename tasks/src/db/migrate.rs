@@ -5,7 +5,10 @@ use super::pool::connect;
 use crate::Error;
 
 /// Migrations, applied in order; `version` is recorded in `schema_migrations`.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../../migrations/0001_init.sql")),
+    (2, include_str!("../../migrations/0002_members.sql")),
+];
 
 /// Advisory-lock key serialising migrations across replicas ("taskmig" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0074_6173_6b6d_6967;

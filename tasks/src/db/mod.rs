@@ -1,5 +1,6 @@
 //! PostgreSQL access: the queries and their row mapping. The pool lives in `pool`, the SQL text in
 //! `statements`, the migrations in `migrate`.
+pub mod boards;
 mod migrate;
 mod pool;
 mod statements;
@@ -15,6 +16,7 @@ pub use migrate::migrate;
 pub use pool::{connect, pool, Manager, PgConn, Pool};
 pub use statements::Statements;
 
+use crate::access::{Caller, Role};
 use crate::Error;
 use pool::acquire;
 
@@ -56,30 +58,65 @@ pub struct Change<'a> {
     pub completed: Option<bool>,
 }
 
-/// Inserts a task; returns it with the seq of its `created` event.
+/// Inserts a task; returns it with the seq of its `created` event, or `None` when `who` may not
+/// change the board's tasks.
 ///
 /// # Errors
 /// Database or pool failure.
-pub async fn create(pool: &Pool, t: &NewTask<'_>) -> Result<(v1::Task, i64), Error> {
+pub async fn create(
+    pool: &Pool,
+    t: &NewTask<'_>,
+    who: Caller,
+) -> Result<Option<(v1::Task, i64)>, Error> {
     let c = acquire(pool).await?;
     let row = c
         .client
-        .query_one(
+        .query_opt(
             &c.stmts.create,
-            &[&t.board_id, &t.title, &t.description, &t.created_by],
+            &[
+                &t.board_id,
+                &t.title,
+                &t.description,
+                &t.created_by,
+                &who.user,
+                &who.all_boards,
+            ],
         )
         .await?;
-    Ok((task_from_row(&row, 0), row.get(9)))
+    Ok(row.map(|r| (task_from_row(&r, 0), r.get(9))))
 }
 
-/// One task, or `None`.
+/// One task, or `None` (also when `who` may not read its board).
 ///
 /// # Errors
 /// Database or pool failure.
-pub async fn get(pool: &Pool, id: i64) -> Result<Option<v1::Task>, Error> {
+pub async fn get(pool: &Pool, id: i64, who: Caller) -> Result<Option<v1::Task>, Error> {
     let c = acquire(pool).await?;
-    let row = c.client.query_opt(&c.stmts.get, &[&id]).await?;
+    let row = c
+        .client
+        .query_opt(&c.stmts.get, &[&id, &who.user, &who.all_boards])
+        .await?;
     Ok(row.map(|r| task_from_row(&r, 0)))
+}
+
+/// `user`'s role on `board`, if a member.
+///
+/// # Errors
+/// Database or pool failure.
+pub async fn role(pool: &Pool, board: i64, user: i64) -> Result<Option<Role>, Error> {
+    let c = acquire(pool).await?;
+    let row = c.client.query_opt(&c.stmts.role, &[&board, &user]).await?;
+    Ok(row.and_then(|r| Role::parse(r.get(0))))
+}
+
+/// The board of a task, if it exists.
+///
+/// # Errors
+/// Database or pool failure.
+pub async fn task_board(pool: &Pool, id: i64) -> Result<Option<i64>, Error> {
+    let c = acquire(pool).await?;
+    let row = c.client.query_opt(&c.stmts.task_board, &[&id]).await?;
+    Ok(row.map(|r| r.get(0)))
 }
 
 /// A page of a board's tasks, newest first (id breaks ties), with the total matching count and the
@@ -90,7 +127,7 @@ pub struct TaskPage {
     pub head_seq: i64,
 }
 
-/// Reads a [`TaskPage`].
+/// Reads a [`TaskPage`]; `None` when `who` may not read the board.
 ///
 /// # Errors
 /// Database or pool failure.
@@ -100,49 +137,77 @@ pub async fn list(
     completed: Option<bool>,
     limit: i64,
     offset: i64,
-) -> Result<TaskPage, Error> {
+    who: Caller,
+) -> Result<Option<TaskPage>, Error> {
     let c = acquire(pool).await?;
     let rows = c
         .client
-        .query(&c.stmts.list, &[&board_id, &completed, &limit, &offset])
+        .query(
+            &c.stmts.list,
+            &[
+                &board_id,
+                &completed,
+                &limit,
+                &offset,
+                &who.user,
+                &who.all_boards,
+            ],
+        )
         .await?;
+    if !rows.first().is_some_and(|r| r.get::<_, bool>(2)) {
+        return Ok(None);
+    }
     let total: i64 = rows.first().map(|r| r.get(0)).unwrap_or(0);
     let head_seq: i64 = rows.first().map(|r| r.get(1)).unwrap_or(0);
     let tasks = rows
         .iter()
-        .filter(|r| r.get::<_, Option<i64>>(2).is_some())
-        .map(|r| task_from_row(r, 2))
+        .filter(|r| r.get::<_, Option<i64>>(3).is_some())
+        .map(|r| task_from_row(r, 3))
         .collect();
-    Ok(TaskPage {
+    Ok(Some(TaskPage {
         tasks,
         total,
         head_seq,
-    })
+    }))
 }
 
-/// Applies `change` atomically; `None` when the task does not exist.
+/// Applies `change` atomically; `None` when the task does not exist or `who` may not change it.
 ///
 /// # Errors
 /// Database or pool failure.
-pub async fn update(pool: &Pool, ch: &Change<'_>) -> Result<Option<(v1::Task, i64)>, Error> {
+pub async fn update(
+    pool: &Pool,
+    ch: &Change<'_>,
+    who: Caller,
+) -> Result<Option<(v1::Task, i64)>, Error> {
     let c = acquire(pool).await?;
     let row = c
         .client
         .query_opt(
             &c.stmts.update,
-            &[&ch.id, &ch.title, &ch.description, &ch.completed],
+            &[
+                &ch.id,
+                &ch.title,
+                &ch.description,
+                &ch.completed,
+                &who.user,
+                &who.all_boards,
+            ],
         )
         .await?;
     Ok(row.map(|r| (task_from_row(&r, 0), r.get(9))))
 }
 
-/// Deletes a task; `None` when it did not exist.
+/// Deletes a task; `None` when it did not exist or `who` may not change it.
 ///
 /// # Errors
 /// Database or pool failure.
-pub async fn delete(pool: &Pool, id: i64) -> Result<Option<(v1::Task, i64)>, Error> {
+pub async fn delete(pool: &Pool, id: i64, who: Caller) -> Result<Option<(v1::Task, i64)>, Error> {
     let c = acquire(pool).await?;
-    let row = c.client.query_opt(&c.stmts.delete, &[&id]).await?;
+    let row = c
+        .client
+        .query_opt(&c.stmts.delete, &[&id, &who.user, &who.all_boards])
+        .await?;
     Ok(row.map(|r| (task_from_row(&r, 0), r.get(9))))
 }
 
@@ -184,7 +249,8 @@ impl EventRow {
     }
 }
 
-/// A board's events after `after_seq` (at most `limit`), and the board's head seq.
+/// A board's events after `after_seq` (at most `limit`), and the board's head seq; `None` when
+/// `who` may not read the board.
 ///
 /// # Errors
 /// Database or pool failure.
@@ -193,29 +259,53 @@ pub async fn list_events(
     board_id: i64,
     after_seq: i64,
     limit: i64,
-) -> Result<(Vec<EventRow>, i64), Error> {
+    who: Caller,
+) -> Result<Option<(Vec<EventRow>, i64)>, Error> {
     let c = acquire(pool).await?;
     let rows = c
         .client
-        .query(&c.stmts.list_events, &[&board_id, &after_seq, &limit])
+        .query(
+            &c.stmts.list_events,
+            &[&board_id, &after_seq, &limit, &who.user, &who.all_boards],
+        )
         .await?;
+    if !rows.first().is_some_and(|r| r.get::<_, bool>(7)) {
+        return Ok(None);
+    }
     let head: i64 = rows.first().map(|r| r.get(0)).unwrap_or(0);
     let events = rows
         .iter()
         .filter(|r| r.get::<_, Option<i64>>(2).is_some())
         .map(|r| EventRow::from_row(r, 1))
         .collect();
-    Ok((events, head))
+    Ok(Some((events, head)))
 }
 
-/// The latest seq of each of `boards` (boards without events are absent).
+/// The head seq of each of `boards` (0 without events), and whether `who` may read it.
 ///
 /// # Errors
 /// Database or pool failure.
-pub async fn heads(pool: &Pool, boards: &[i64]) -> Result<Vec<(i64, i64)>, Error> {
+pub async fn heads(pool: &Pool, boards: &[i64], who: Caller) -> Result<Vec<BoardHead>, Error> {
     let c = acquire(pool).await?;
-    let rows = c.client.query(&c.stmts.heads, &[&boards]).await?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    let rows = c
+        .client
+        .query(&c.stmts.heads, &[&boards, &who.user, &who.all_boards])
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| BoardHead {
+            board: r.get(0),
+            head: r.get(1),
+            readable: r.get(2),
+        })
+        .collect())
+}
+
+/// One answer of [`heads`].
+pub struct BoardHead {
+    pub board: i64,
+    pub head: i64,
+    pub readable: bool,
 }
 
 /// The oldest unpublished events, boards interleaved, each board in seq order.

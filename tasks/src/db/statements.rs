@@ -16,6 +16,21 @@ fn task_cols_of_t() -> String {
         .join(", ")
 }
 
+/// Roles that may read a board's tasks and events.
+pub const READ_ROLES: &str = "'owner', 'editor', 'viewer'";
+/// Roles that may change a board's tasks.
+pub const WRITE_ROLES: &str = "'owner', 'editor'";
+
+/// An SQL condition: the caller may act on `board` with one of `roles`. `$all` is the parameter
+/// "this caller sees every board" (auth off, the service role, the gateway itself), `$user` the
+/// caller's user id (NULL without one). One primary-key probe of `board_members`.
+pub fn allowed(board: &str, roles: &str, all: u8, user: u8) -> String {
+    format!(
+        "(${all} OR EXISTS (SELECT 1 FROM board_members m WHERE m.board_id = {board} \
+         AND m.user_id = ${user} AND m.role IN ({roles})))"
+    )
+}
+
 /// A mutation's statement: lock/bump the board's seq, change the task, append the event.
 /// `{change}` is a data-modifying CTE named `t` returning the task row (after the change, or the
 /// deleted row).
@@ -46,6 +61,8 @@ pub struct Statements {
     pub prune: Statement,
     pub pending: Statement,
     pub heads: Statement,
+    pub role: Statement,
+    pub task_board: Statement,
 }
 
 impl Statements {
@@ -53,7 +70,8 @@ impl Statements {
         let create = mutation_sql(
             &format!(
                 "INSERT INTO tasks (board_id, title, description, created_by) \
-                 VALUES ($1, $2, $3, $4) RETURNING {TASK_COLS}"
+                 SELECT $1, $2, $3, $4 WHERE {ok} RETURNING {TASK_COLS}",
+                ok = allowed("$1", WRITE_ROLES, 6, 5)
             ),
             "created",
         );
@@ -61,50 +79,109 @@ impl Statements {
             &format!(
                 "UPDATE tasks SET title = COALESCE($2, title), \
                  description = COALESCE($3, description), completed = COALESCE($4, completed), \
-                 updated_at = now(), version = version + 1 WHERE id = $1 RETURNING {TASK_COLS}"
+                 updated_at = now(), version = version + 1 WHERE id = $1 AND {ok} RETURNING {TASK_COLS}",
+                ok = allowed("tasks.board_id", WRITE_ROLES, 6, 5)
             ),
             "updated",
         );
         let delete = mutation_sql(
-            &format!("DELETE FROM tasks WHERE id = $1 RETURNING {TASK_COLS}"),
+            &format!(
+                "DELETE FROM tasks WHERE id = $1 AND {ok} RETURNING {TASK_COLS}",
+                ok = allowed("tasks.board_id", WRITE_ROLES, 3, 2)
+            ),
             "deleted",
         );
-        // Count, head seq and page in one statement, hence one snapshot; always returns at least
-        // one row.
+        // Access, count, head seq and page in one statement, hence one snapshot; always returns at
+        // least one row (nothing but `allowed = false` for a caller who may not read the board).
         let list = format!(
-            "SELECT c.total, c.head, {cols} FROM \
-               (SELECT count(*) AS total, \
-                       COALESCE((SELECT last_seq FROM boards WHERE id = $1), 0) AS head \
-                FROM tasks WHERE board_id = $1 AND ($2::bool IS NULL OR completed = $2)) c \
+            "SELECT c.total, c.head, c.ok, {cols} FROM \
+               (SELECT count(tasks.id) AS total, \
+                       COALESCE((SELECT last_seq FROM boards WHERE id = $1), 0) AS head, \
+                       a.ok \
+                FROM (SELECT {ok} AS ok) a LEFT JOIN tasks ON a.ok AND board_id = $1 \
+                     AND ($2::bool IS NULL OR completed = $2) \
+                GROUP BY a.ok) c \
              LEFT JOIN LATERAL \
-               (SELECT {TASK_COLS} FROM tasks WHERE board_id = $1 AND ($2::bool IS NULL OR completed = $2) \
+               (SELECT {TASK_COLS} FROM tasks WHERE c.ok AND board_id = $1 \
+                AND ($2::bool IS NULL OR completed = $2) \
                 ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4) t ON true",
-            cols = task_cols_of_t()
+            cols = task_cols_of_t(),
+            ok = allowed("$1", READ_ROLES, 6, 5)
         );
-        let list_events = "SELECT COALESCE((SELECT last_seq FROM boards WHERE id = $1), 0), \
-                  e.board_id, e.seq, e.kind, e.task_id, e.payload, e.created_at \
-             FROM (SELECT 1) one LEFT JOIN LATERAL \
+        let list_events = format!(
+            "SELECT COALESCE((SELECT last_seq FROM boards WHERE id = $1), 0), \
+                  e.board_id, e.seq, e.kind, e.task_id, e.payload, e.created_at, a.ok \
+             FROM (SELECT {ok} AS ok) a LEFT JOIN LATERAL \
                (SELECT board_id, seq, kind, task_id, payload, created_at FROM events \
-                WHERE board_id = $1 AND seq > $2 ORDER BY seq LIMIT $3) e ON true";
+                WHERE a.ok AND board_id = $1 AND seq > $2 ORDER BY seq LIMIT $3) e ON true",
+            ok = allowed("$1", READ_ROLES, 5, 4)
+        );
         Ok(Statements {
             create: c
-                .prepare_typed(&create, &[Type::INT8, Type::TEXT, Type::TEXT, Type::INT8])
+                .prepare_typed(
+                    &create,
+                    &[
+                        Type::INT8,
+                        Type::TEXT,
+                        Type::TEXT,
+                        Type::INT8,
+                        Type::INT8,
+                        Type::BOOL,
+                    ],
+                )
                 .await?,
             get: c
                 .prepare_typed(
-                    &format!("SELECT {TASK_COLS} FROM tasks WHERE id = $1"),
-                    &[Type::INT8],
+                    &format!(
+                        "SELECT {TASK_COLS} FROM tasks WHERE id = $1 AND {ok}",
+                        ok = allowed("tasks.board_id", READ_ROLES, 3, 2)
+                    ),
+                    &[Type::INT8, Type::INT8, Type::BOOL],
                 )
                 .await?,
             list: c
-                .prepare_typed(&list, &[Type::INT8, Type::BOOL, Type::INT8, Type::INT8])
+                .prepare_typed(
+                    &list,
+                    &[
+                        Type::INT8,
+                        Type::BOOL,
+                        Type::INT8,
+                        Type::INT8,
+                        Type::INT8,
+                        Type::BOOL,
+                    ],
+                )
                 .await?,
             update: c
-                .prepare_typed(&update, &[Type::INT8, Type::TEXT, Type::TEXT, Type::BOOL])
+                .prepare_typed(
+                    &update,
+                    &[
+                        Type::INT8,
+                        Type::TEXT,
+                        Type::TEXT,
+                        Type::BOOL,
+                        Type::INT8,
+                        Type::BOOL,
+                    ],
+                )
                 .await?,
-            delete: c.prepare_typed(&delete, &[Type::INT8]).await?,
+            delete: c
+                .prepare_typed(&delete, &[Type::INT8, Type::INT8, Type::BOOL])
+                .await?,
             list_events: c
-                .prepare_typed(list_events, &[Type::INT8, Type::INT8, Type::INT8])
+                .prepare_typed(
+                    &list_events,
+                    &[Type::INT8, Type::INT8, Type::INT8, Type::INT8, Type::BOOL],
+                )
+                .await?,
+            role: c
+                .prepare_typed(
+                    "SELECT role FROM board_members WHERE board_id = $1 AND user_id = $2",
+                    &[Type::INT8, Type::INT8],
+                )
+                .await?,
+            task_board: c
+                .prepare_typed("SELECT board_id FROM tasks WHERE id = $1", &[Type::INT8])
                 .await?,
             // Boards interleaved (each board's first unpublished event, then each one's second, …)
             // so a long backlog on one board never holds the others back; each board's own
@@ -119,10 +196,15 @@ impl Statements {
                     &[Type::INT8],
                 )
                 .await?,
+            // Every asked board (0 for one without events), and whether the caller may read it.
             heads: c
                 .prepare_typed(
-                    "SELECT id, last_seq FROM boards WHERE id = ANY($1)",
-                    &[Type::INT8_ARRAY],
+                    &format!(
+                        "SELECT q.id, COALESCE(b.last_seq, 0), {ok} \
+                         FROM unnest($1::int8[]) AS q(id) LEFT JOIN boards b ON b.id = q.id",
+                        ok = allowed("q.id", READ_ROLES, 3, 2)
+                    ),
+                    &[Type::INT8_ARRAY, Type::INT8, Type::BOOL],
                 )
                 .await?,
             mark_published: c

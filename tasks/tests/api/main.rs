@@ -1,4 +1,5 @@
 //! Task service integration tests over real gRPC, PostgreSQL and NATS.
+mod auth;
 mod faults;
 mod grpc;
 mod helpers;

@@ -124,7 +124,7 @@ async fn replicas_starting_together_migrate_once() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(n, 1);
+    assert_eq!(n, 2, "each of the two migrations recorded once");
 }
 
 #[tokio::test]
@@ -214,17 +214,30 @@ async fn the_binary_serves_and_exits_zero_on_sigterm() {
         .env("BIND_ADDR", "127.0.0.1")
         .env("DATABASE_URL", &db)
         .env("NATS_URL", testing::nats_url())
+        .env("SERVICE_TOKEN", "binary-test-token-0123456789")
         .env("RUST_LOG", "warn")
         .spawn()
         .unwrap();
     let deadline = tokio::time::Instant::now() + WAIT;
+    // AUTH is on by default: calls carry the service token.
     let mut client = loop {
-        match taskboard_proto::v1::task_service_client::TaskServiceClient::connect(format!(
-            "http://127.0.0.1:{port}"
-        ))
-        .await
+        match tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect()
+            .await
         {
-            Ok(c) => break c,
+            Ok(c) => {
+                break taskboard_proto::v1::task_service_client::TaskServiceClient::with_interceptor(
+                    c,
+                    |mut r: tonic::Request<()>| {
+                        r.metadata_mut().insert(
+                            "authorization",
+                            "Bearer binary-test-token-0123456789".parse().unwrap(),
+                        );
+                        Ok(r)
+                    },
+                )
+            }
             Err(_) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(50)).await
             }
@@ -278,7 +291,19 @@ async fn help_lists_the_original_env_vars_and_bad_sslmode_exits_64() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_taskboard-tasks"))
         .env_clear()
         .env("DB_SSLMODE", "require")
+        .env("AUTH", "off")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
+    // Authentication is on unless turned off, and then it needs its token.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_taskboard-tasks"))
+        .env_clear()
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("SERVICE_TOKEN") && err.contains("AUTH=off"),
+        "{err}"
+    );
 }

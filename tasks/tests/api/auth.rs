@@ -1,0 +1,362 @@
+//! AUTH=on: the service token, and per-board authorization of every RPC.
+use taskboard_proto::v1::{self, task_service_client::TaskServiceClient};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+
+use crate::helpers::*;
+
+const TOKEN: &str = "test-service-token-0123456789";
+
+/// Adds the test's metadata to every call.
+type AddMetadata = Box<dyn FnMut(Request<()>) -> Result<Request<()>, Status> + Send>;
+type Client = TaskServiceClient<InterceptedService<Channel, AddMetadata>>;
+
+async fn spawn_auth() -> TestTasks {
+    spawn_with(|c| {
+        c.auth = "on".into();
+        c.service_token = Some(TOKEN.into());
+    })
+    .await
+}
+
+/// A client sending `token` and, when given, the user (and the service role).
+fn client(t: &TestTasks, token: Option<&str>, user: Option<i64>, service: bool) -> Client {
+    let channel = Channel::from_shared(format!("http://{}", t.handle.addr))
+        .unwrap()
+        .connect_lazy();
+    let token = token.map(|t| format!("Bearer {t}"));
+    let f: AddMetadata = Box::new(move |mut r| {
+        let md = r.metadata_mut();
+        if let Some(t) = &token {
+            md.insert("authorization", t.parse().unwrap());
+        }
+        if let Some(u) = user {
+            md.insert("x-taskboard-user", u.to_string().parse().unwrap());
+        }
+        if service {
+            md.insert("x-taskboard-role", "service".parse().unwrap());
+        }
+        Ok(r)
+    });
+    TaskServiceClient::with_interceptor(channel, f)
+}
+
+fn user(t: &TestTasks, id: i64) -> Client {
+    client(t, Some(TOKEN), Some(id), false)
+}
+
+async fn new_board(c: &mut Client, name: &str) -> v1::Board {
+    c.create_board(v1::CreateBoardRequest { name: name.into() })
+        .await
+        .expect("create board")
+        .into_inner()
+        .board
+        .expect("board")
+}
+
+fn create_req(board: i64) -> v1::CreateTaskRequest {
+    v1::CreateTaskRequest {
+        board_id: board,
+        title: "t".into(),
+        description: String::new(),
+        created_by: 999,
+    }
+}
+
+fn code<T: std::fmt::Debug>(r: Result<T, Status>) -> (Code, String) {
+    let s = r.expect_err("the call must be refused");
+    (s.code(), s.message().to_owned())
+}
+
+#[tokio::test]
+async fn without_the_service_token_only_health_answers() {
+    let t = spawn_auth().await;
+    for token in [None, Some("wrong-token-0123456789")] {
+        let mut c = client(&t, token, None, false);
+        let (c1, m) = code(c.create_task(create_req(1)).await);
+        assert_eq!(c1, Code::Unauthenticated, "{token:?}: {m}");
+        let (c2, _) = code(c.list_boards(v1::ListBoardsRequest {}).await);
+        assert_eq!(c2, Code::Unauthenticated);
+    }
+    // Reflection is closed too.
+    let channel = Channel::from_shared(format!("http://{}", t.handle.addr))
+        .unwrap()
+        .connect_lazy();
+    let mut refl = tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(
+        channel.clone(),
+    );
+    let req = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            tonic_reflection::pb::v1::server_reflection_request::MessageRequest::ListServices(
+                String::new(),
+            ),
+        ),
+    };
+    let r = refl
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await;
+    assert_eq!(
+        r.expect_err("reflection needs the token").code(),
+        Code::Unauthenticated
+    );
+    // Health does not (probes carry no token).
+    let mut h = tonic_health::pb::health_client::HealthClient::new(channel);
+    h.check(tonic_health::pb::HealthCheckRequest {
+        service: String::new(),
+    })
+    .await
+    .expect("health answers without a token");
+}
+
+#[tokio::test]
+async fn a_non_member_can_neither_read_nor_change_a_board() {
+    let t = spawn_auth().await;
+    let mut alice = user(&t, 1);
+    let mut mallory = user(&t, 2);
+    let b = new_board(&mut alice, "Alice's").await;
+    assert_eq!((b.role.as_str(), b.created_by), ("owner", 1));
+    let task = alice
+        .create_task(create_req(b.id))
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    assert_eq!(task.created_by, 1, "the author is the caller, not the body");
+
+    let denied = |r: (Code, String)| {
+        assert_eq!(r.0, Code::PermissionDenied, "{}", r.1);
+        assert!(r.1.contains("not a member"), "{}", r.1);
+    };
+    denied(code(mallory.create_task(create_req(b.id)).await));
+    denied(code(
+        mallory
+            .list_tasks(v1::ListTasksRequest {
+                board_id: b.id,
+                ..Default::default()
+            })
+            .await,
+    ));
+    denied(code(
+        mallory
+            .list_events(v1::ListEventsRequest {
+                board_id: b.id,
+                after_seq: 0,
+                limit: 10,
+            })
+            .await,
+    ));
+    denied(code(
+        mallory
+            .board_heads(v1::BoardHeadsRequest {
+                board_ids: vec![b.id],
+            })
+            .await,
+    ));
+    denied(code(
+        mallory
+            .watch_events(v1::WatchEventsRequest {
+                board_id: b.id,
+                since_seq: 0,
+            })
+            .await,
+    ));
+    denied(code(
+        mallory
+            .watch_tasks(v1::ListTasksRequest {
+                board_id: b.id,
+                ..Default::default()
+            })
+            .await,
+    ));
+    denied(code(
+        mallory.get_board(v1::GetBoardRequest { id: b.id }).await,
+    ));
+    // Tasks of other boards do not exist for the caller.
+    for r in [
+        code(mallory.get_task(v1::GetTaskRequest { id: task.id }).await),
+        code(
+            mallory
+                .update_task(v1::UpdateTaskRequest {
+                    id: task.id,
+                    title: Some("pwned".into()),
+                    ..Default::default()
+                })
+                .await,
+        ),
+        code(
+            mallory
+                .delete_task(v1::DeleteTaskRequest { id: task.id })
+                .await,
+        ),
+    ] {
+        assert_eq!(r.0, Code::NotFound, "{}", r.1);
+    }
+    let boards = mallory
+        .list_boards(v1::ListBoardsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .boards;
+    assert!(boards.is_empty(), "{boards:?}");
+    // Nothing changed.
+    let still = alice
+        .get_task(v1::GetTaskRequest { id: task.id })
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    assert_eq!(still.title, "t");
+}
+
+#[tokio::test]
+async fn viewers_read_editors_write_owners_manage_members() {
+    let t = spawn_auth().await;
+    let mut owner = user(&t, 10);
+    let mut bob = user(&t, 11);
+    let b = new_board(&mut owner, "Team").await;
+    let set = |board, user_id, role: &str| v1::SetMemberRequest {
+        board_id: board,
+        user_id,
+        role: role.into(),
+    };
+    owner.set_member(set(b.id, 11, "viewer")).await.unwrap();
+    let page = bob
+        .list_tasks(v1::ListTasksRequest {
+            board_id: b.id,
+            ..Default::default()
+        })
+        .await
+        .expect("a viewer reads");
+    assert_eq!(page.into_inner().total_count, 0);
+    let (c, m) = code(bob.create_task(create_req(b.id)).await);
+    assert_eq!(c, Code::PermissionDenied);
+    assert!(m.contains("viewer"), "{m}");
+    let (c, _) = code(bob.set_member(set(b.id, 12, "viewer")).await);
+    assert_eq!(c, Code::PermissionDenied, "only owners manage members");
+
+    owner.set_member(set(b.id, 11, "editor")).await.unwrap();
+    let created = bob
+        .create_task(create_req(b.id))
+        .await
+        .expect("an editor writes");
+    assert_eq!(created.into_inner().task.unwrap().created_by, 11);
+
+    let members = owner
+        .list_members(v1::ListMembersRequest { board_id: b.id })
+        .await
+        .unwrap()
+        .into_inner()
+        .members;
+    let got: Vec<(i64, &str)> = members
+        .iter()
+        .map(|m| (m.user_id, m.role.as_str()))
+        .collect();
+    assert_eq!(got, vec![(10, "owner"), (11, "editor")]);
+
+    // The last owner stays.
+    let (c, m) = code(owner.set_member(set(b.id, 10, "editor")).await);
+    assert_eq!(c, Code::FailedPrecondition, "{m}");
+    let (c, _) = code(
+        owner
+            .remove_member(v1::RemoveMemberRequest {
+                board_id: b.id,
+                user_id: 10,
+            })
+            .await,
+    );
+    assert_eq!(c, Code::FailedPrecondition);
+    // Bad input says what is wrong.
+    let (c, m) = code(owner.set_member(set(b.id, 12, "admin")).await);
+    assert_eq!(c, Code::InvalidArgument, "{m}");
+    let (c, _) = code(owner.set_member(set(b.id + 1000, 12, "viewer")).await);
+    assert_eq!(c, Code::NotFound);
+
+    // A member may leave; then they read nothing.
+    bob.remove_member(v1::RemoveMemberRequest {
+        board_id: b.id,
+        user_id: 11,
+    })
+    .await
+    .expect("leave");
+    let (c, _) = code(
+        bob.list_tasks(v1::ListTasksRequest {
+            board_id: b.id,
+            ..Default::default()
+        })
+        .await,
+    );
+    assert_eq!(c, Code::PermissionDenied);
+}
+
+#[tokio::test]
+async fn the_service_role_and_the_gateway_itself_see_every_board() {
+    let t = spawn_auth().await;
+    let mut alice = user(&t, 1);
+    let b = new_board(&mut alice, "A").await;
+    alice.create_task(create_req(b.id)).await.unwrap();
+    for (head, mut c) in [1, 2].into_iter().zip([
+        client(&t, Some(TOKEN), Some(50), true),
+        client(&t, Some(TOKEN), None, false),
+    ]) {
+        let heads = c
+            .board_heads(v1::BoardHeadsRequest {
+                board_ids: vec![b.id],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .heads;
+        assert_eq!(heads.get(&b.id), Some(&head));
+        c.create_task(create_req(b.id))
+            .await
+            .expect("writes anywhere");
+    }
+}
+
+#[tokio::test]
+async fn a_watch_stream_ends_when_its_reader_leaves_the_board() {
+    let t = spawn_auth().await;
+    let mut owner = user(&t, 1);
+    let mut eve = user(&t, 2);
+    let b = new_board(&mut owner, "W").await;
+    owner
+        .set_member(v1::SetMemberRequest {
+            board_id: b.id,
+            user_id: 2,
+            role: "viewer".into(),
+        })
+        .await
+        .unwrap();
+    let mut stream = eve
+        .watch_events(v1::WatchEventsRequest {
+            board_id: b.id,
+            since_seq: 0,
+        })
+        .await
+        .expect("a viewer watches")
+        .into_inner();
+    owner.create_task(create_req(b.id)).await.unwrap();
+    let first = tokio::time::timeout(WAIT, stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.seq, 1);
+    owner
+        .remove_member(v1::RemoveMemberRequest {
+            board_id: b.id,
+            user_id: 2,
+        })
+        .await
+        .unwrap();
+    owner.create_task(create_req(b.id)).await.unwrap();
+    let end = tokio::time::timeout(WAIT, stream.message()).await.unwrap();
+    assert_eq!(
+        end.expect_err("no more events for a non-member").code(),
+        Code::PermissionDenied
+    );
+}
