@@ -32,9 +32,57 @@ pub struct Config {
     #[arg(long, env = "BIND_ADDR", default_value = "::")]
     pub bind_addr: String,
 
-    /// Admin port reserved for /metrics (kept off the public port).
+    /// Admin port reserved for /metrics (kept off the public port); 0 turns it off.
     #[arg(long, env = "METRICS_PORT", default_value_t = DEFAULT_METRICS_PORT)]
     pub metrics_port: u16,
+
+    /// Address the metrics port binds; loopback by default (`::` for a Prometheus elsewhere).
+    #[arg(long, env = "METRICS_BIND_ADDR", default_value = "127.0.0.1")]
+    pub metrics_bind_addr: String,
+
+    /// `on`: the API and /ws need a bearer JWT (Authorization header; browsers offer it as the
+    /// `bearer.<jwt>` WebSocket subprotocol) and users see only the boards they are members of.
+    /// `off`: everyone may do everything, as in the original (development only; logged at start
+    /// and shown by /ready).
+    #[arg(long, env = "AUTH", default_value = "on", value_parser = ["on", "off"])]
+    pub auth: String,
+
+    /// HS256 secret tokens are signed with (at least 32 characters; development and small setups).
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// A file holding JWT_SECRET (a mounted secret), instead of the variable.
+    #[arg(long, env = "JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<std::path::PathBuf>,
+
+    /// The identity provider's public key in PEM (RSA: RS256/384/512, PS*; EC: ES256/ES384).
+    #[arg(long, env = "JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<std::path::PathBuf>,
+
+    /// A JWKS document (the provider's `jwks_uri`, saved to a file or a ConfigMap); keys are
+    /// picked by the token's `kid`.
+    #[arg(long, env = "JWT_JWKS_FILE")]
+    pub jwt_jwks_file: Option<std::path::PathBuf>,
+
+    /// The `aud` tokens must carry.
+    #[arg(long, env = "JWT_AUDIENCE", default_value = "taskboard")]
+    pub jwt_audience: String,
+
+    /// The `iss` tokens must carry; unset = not checked.
+    #[arg(long, env = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Clock skew allowed on `exp` and `nbf`, seconds.
+    #[arg(long, env = "JWT_LEEWAY_SECS", default_value_t = 30)]
+    pub jwt_leeway_secs: u64,
+
+    /// The token this gateway presents to the task service (the task service's SERVICE_TOKEN).
+    #[arg(long, env = "SERVICE_TOKEN", hide_env_values = true)]
+    pub service_token: Option<String>,
+
+    /// A file holding SERVICE_TOKEN, instead of the variable.
+    #[arg(long, env = "SERVICE_TOKEN_FILE")]
+    pub service_token_file: Option<std::path::PathBuf>,
 
     /// Task service address, host:port (or an http:// URL).
     #[arg(long, env = "TASK_SERVICE_ADDR", default_value = DEFAULT_TASK_SERVICE_ADDR)]
@@ -52,9 +100,9 @@ pub struct Config {
     #[arg(long, env = "NATS_SUBJECT_PREFIX", default_value = "tasks")]
     pub nats_subject_prefix: String,
 
-    /// Allowed browser origins for CORS and WebSocket, comma-separated; `*` (the default, as the
-    /// original) allows any.
-    #[arg(long, env = "CORS_ORIGINS", default_value = "*")]
+    /// Other browser origins allowed to call the API and open /ws, comma-separated (the page's
+    /// own origin always is). Unset: none with AUTH=on, any (`*`, as the original) with AUTH=off.
+    #[arg(long, env = "CORS_ORIGINS", default_value = "")]
     pub cors_origins: String,
 
     /// Events queued per WebSocket connection before it counts as too slow (closed with 1013).
@@ -102,18 +150,30 @@ pub struct Config {
 }
 
 impl Config {
-    /// Config for tests and embedding: the defaults with the given task service and NATS. Reads no
-    /// environment variable.
+    /// Config for tests and embedding: the defaults with the given task service and NATS, and
+    /// AUTH=off (set `auth`, a key and `service_token` to test it on). Reads no environment
+    /// variable.
     pub fn for_addrs(task_service_addr: &str, nats_url: &str) -> Self {
         Config {
             http_port: DEFAULT_HTTP_PORT,
             bind_addr: "127.0.0.1".into(),
             metrics_port: DEFAULT_METRICS_PORT,
+            metrics_bind_addr: "127.0.0.1".into(),
+            auth: "off".into(),
+            jwt_secret: None,
+            jwt_secret_file: None,
+            jwt_public_key_file: None,
+            jwt_jwks_file: None,
+            jwt_audience: "taskboard".into(),
+            jwt_issuer: None,
+            jwt_leeway_secs: 30,
+            service_token: None,
+            service_token_file: None,
             task_service_addr: task_service_addr.to_owned(),
             grpc_timeout_ms: 5000,
             nats_url: nats_url.to_owned(),
             nats_subject_prefix: "tasks".into(),
-            cors_origins: "*".into(),
+            cors_origins: String::new(),
             ws_queue: DEFAULT_WS_QUEUE,
             ws_ping_interval_ms: 30_000,
             ws_write_timeout_ms: 10_000,
@@ -139,6 +199,96 @@ impl Config {
         Duration::from_millis(self.grpc_timeout_ms.max(1))
     }
 
+    pub fn auth_on(&self) -> bool {
+        self.auth != "off"
+    }
+
+    /// The token verifier (`None` with AUTH=off).
+    ///
+    /// # Errors
+    /// AUTH=on without exactly one key source, or a key that does not load.
+    pub fn verifier(&self) -> Result<Option<std::sync::Arc<crate::auth::Verifier>>, crate::Error> {
+        use crate::auth::{KeySource, Verifier};
+        if !self.auth_on() {
+            return Ok(None);
+        }
+        let cfg = crate::Error::Config;
+        let secret = taskboard_telemetry::secret(
+            self.jwt_secret.as_deref(),
+            self.jwt_secret_file.as_deref(),
+            "JWT_SECRET",
+        )
+        .map_err(cfg)?;
+        let read = |p: &std::path::Path, what: &str| {
+            std::fs::read(p).map_err(|e| cfg(format!("{what} {}: {e}", p.display())))
+        };
+        let mut sources = Vec::new();
+        if let Some(s) = secret {
+            sources.push(KeySource::Secret(s));
+        }
+        if let Some(p) = &self.jwt_public_key_file {
+            sources.push(KeySource::PublicKeyPem(read(p, "JWT_PUBLIC_KEY_FILE")?));
+        }
+        if let Some(p) = &self.jwt_jwks_file {
+            let doc = read(p, "JWT_JWKS_FILE")?;
+            sources.push(KeySource::Jwks(String::from_utf8_lossy(&doc).into_owned()));
+        }
+        let source = match sources.as_slice() {
+            [one] => one,
+            [] => {
+                return Err(cfg(
+                    "AUTH=on needs the key tokens are checked with: JWT_SECRET (HS256, \
+                     development), JWT_PUBLIC_KEY_FILE or JWT_JWKS_FILE. For development \
+                     without authentication set AUTH=off"
+                        .into(),
+                ))
+            }
+            _ => {
+                return Err(cfg(
+                    "set only one of JWT_SECRET, JWT_PUBLIC_KEY_FILE and JWT_JWKS_FILE".into(),
+                ))
+            }
+        };
+        Verifier::new(
+            source,
+            &self.jwt_audience,
+            self.jwt_issuer.as_deref(),
+            self.jwt_leeway_secs,
+        )
+        .map(Some)
+        .map_err(cfg)
+    }
+
+    /// The token presented to the task service: required with AUTH=on.
+    ///
+    /// # Errors
+    /// AUTH=on without one, or an unreadable file.
+    pub fn service_token(&self) -> Result<Option<String>, crate::Error> {
+        let t = taskboard_telemetry::secret(
+            self.service_token.as_deref(),
+            self.service_token_file.as_deref(),
+            "SERVICE_TOKEN",
+        )
+        .map_err(crate::Error::Config)?;
+        if self.auth_on() && t.is_none() {
+            return Err(crate::Error::Config(
+                "AUTH=on needs SERVICE_TOKEN (or SERVICE_TOKEN_FILE): the token the task service \
+                 expects from this gateway"
+                    .into(),
+            ));
+        }
+        Ok(t)
+    }
+
+    /// The CORS spec in force: as configured, else none with AUTH=on and any with AUTH=off.
+    pub fn cors_spec(&self) -> &str {
+        match self.cors_origins.trim() {
+            "" if self.auth_on() => "",
+            "" => "*",
+            s => s,
+        }
+    }
+
     /// Checks what clap cannot.
     ///
     /// # Errors
@@ -155,6 +305,8 @@ impl Config {
         self.task_service_uri()
             .parse::<http::Uri>()
             .map_err(|e| crate::Error::Config(format!("invalid TASK_SERVICE_ADDR: {e}")))?;
+        self.verifier()?;
+        self.service_token()?;
         Ok(())
     }
 }
@@ -169,6 +321,45 @@ mod tests {
         assert_eq!(c.task_service_uri(), "http://tasks:50051");
         let c = Config::for_addrs("http://tasks:1", "nats://n");
         assert_eq!(c.task_service_uri(), "http://tasks:1");
+    }
+
+    #[test]
+    fn auth_on_needs_one_key_and_the_service_token() {
+        let mut c = Config::for_addrs("tasks:50051", "nats://n");
+        assert!(c.validate().is_ok(), "AUTH=off needs nothing");
+        assert_eq!(c.cors_spec(), "*");
+        c.auth = "on".into();
+        assert_eq!(c.cors_spec(), "", "no cross-origin default with auth");
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("JWT_SECRET") && e.contains("AUTH=off"), "{e}");
+        c.jwt_secret = Some("x".repeat(32));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("SERVICE_TOKEN"));
+        c.service_token = Some("t".repeat(16));
+        c.validate().unwrap();
+        c.jwt_jwks_file = Some("/nonexistent".into());
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("JWT_JWKS_FILE"));
+    }
+
+    #[test]
+    fn authentication_is_on_unless_turned_off() {
+        use clap::CommandFactory;
+        let cmd = Config::command();
+        let default = |id: &str| {
+            cmd.get_arguments()
+                .find(|a| a.get_id() == id)
+                .and_then(|a| a.get_default_values().first().cloned())
+                .map(|v| v.to_string_lossy().into_owned())
+        };
+        assert_eq!(default("auth").as_deref(), Some("on"));
+        assert_eq!(default("metrics_bind_addr").as_deref(), Some("127.0.0.1"));
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! CORS for `/api/tasks*` and the Origin check of `/ws`: any origin by default (as the original),
-//! or an allow-list from `CORS_ORIGINS`.
+//! CORS for `/api/*` and the Origin check of `/ws`: an allow-list from `CORS_ORIGINS` (empty: the
+//! gateway's own origin only), or any origin (`*`, the original's and the AUTH=off default).
 use http::{header, HeaderValue, Response};
 
 const ALLOW_METHODS: &str = "GET, POST, PUT, DELETE, OPTIONS";
@@ -20,7 +20,7 @@ impl Cors {
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .collect();
-        if items.is_empty() || items.contains(&"*") {
+        if items.contains(&"*") {
             return Ok(Cors::Any);
         }
         items
@@ -40,6 +40,12 @@ impl Cors {
             Cors::Any => true,
             Cors::List(l) => l.iter().any(|o| o == origin),
         }
+    }
+
+    /// Whether a request from `origin` may use the API: listed, or the gateway's own origin
+    /// (`host` is the request's Host; the board page is served from here).
+    pub fn allows_from(&self, origin: &HeaderValue, host: Option<&HeaderValue>) -> bool {
+        self.allows(origin) || same_origin(origin, host)
     }
 
     /// Adds the CORS headers to a response.
@@ -74,6 +80,16 @@ impl Cors {
     }
 }
 
+/// `origin` is `http://<host>` or `https://<host>`.
+fn same_origin(origin: &HeaderValue, host: Option<&HeaderValue>) -> bool {
+    let (Ok(o), Some(Ok(h))) = (origin.to_str(), host.map(HeaderValue::to_str)) else {
+        return false;
+    };
+    o.strip_prefix("http://")
+        .or_else(|| o.strip_prefix("https://"))
+        .is_some_and(|rest| rest.eq_ignore_ascii_case(h))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,6 +107,22 @@ mod tests {
             r.headers()[header::ACCESS_CONTROL_ALLOW_METHODS],
             ALLOW_METHODS
         );
+    }
+
+    #[test]
+    fn an_empty_list_allows_only_the_gateways_own_origin() {
+        let c = Cors::parse("").unwrap();
+        let host = HeaderValue::from_static("board.example:8080");
+        let own = HeaderValue::from_static("https://board.example:8080");
+        let evil = HeaderValue::from_static("https://evil.example");
+        assert!(c.allows_from(&own, Some(&host)));
+        assert!(!c.allows_from(&evil, Some(&host)));
+        assert!(!c.allows_from(&own, None));
+        assert!(c
+            .apply(Some(&evil), resp())
+            .headers()
+            .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+            .is_none());
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub struct ApiError {
     pub code: &'static str,
     /// Answer with `Connection: close` (the rest of the request was not read).
     pub close: bool,
+    /// Extra headers of the answer (`WWW-Authenticate`, `Retry-After`).
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 #[derive(Serialize)]
@@ -44,7 +46,14 @@ impl ApiError {
             message: None,
             code,
             close: false,
+            headers: Vec::new(),
         }
+    }
+
+    /// Adds a header to the answer.
+    pub fn with_header(mut self, name: http::HeaderName, value: http::HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
     }
 
     /// Closes the connection after this answer.
@@ -97,6 +106,9 @@ impl ApiError {
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("application/json"),
         );
+        for (k, v) in self.headers {
+            r.headers_mut().insert(k, v);
+        }
         if self.close {
             r.headers_mut().insert(
                 http::header::CONNECTION,
@@ -111,13 +123,25 @@ impl ApiError {
         use StatusCode as S;
         match s.code() {
             Code::InvalidArgument => Self::bad_request(s.message()),
-            Code::NotFound => Self::not_found("Task not found"),
+            // The original's text for tasks; boards and members say what was not found.
+            Code::NotFound if s.message().starts_with("Task ") => Self::not_found("Task not found"),
+            Code::NotFound => Self::not_found("Not found").with_message(s.message()),
             Code::AlreadyExists => Self::new(S::CONFLICT, "already_exists", s.message()),
             Code::FailedPrecondition | Code::Aborted => {
                 Self::new(S::CONFLICT, "conflict", s.message())
             }
-            Code::Unauthenticated => Self::new(S::UNAUTHORIZED, "unauthenticated", "Unauthorized"),
-            Code::PermissionDenied => Self::new(S::FORBIDDEN, "permission_denied", "Forbidden"),
+            // The task service refused the gateway itself: a deployment error, not the user's.
+            Code::Unauthenticated => {
+                tracing::error!(op = what, status = %s, "the task service refused this gateway's SERVICE_TOKEN");
+                Self::new(
+                    S::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "Internal server error",
+                )
+            }
+            Code::PermissionDenied => {
+                Self::new(S::FORBIDDEN, "permission_denied", "Forbidden").with_message(s.message())
+            }
             Code::ResourceExhausted => Self::new(
                 S::TOO_MANY_REQUESTS,
                 "resource_exhausted",
@@ -162,7 +186,7 @@ mod tests {
             (Code::NotFound, 404),
             (Code::FailedPrecondition, 409),
             (Code::Aborted, 409),
-            (Code::Unauthenticated, 401),
+            (Code::Unauthenticated, 500),
             (Code::PermissionDenied, 403),
             (Code::ResourceExhausted, 429),
             (Code::Unavailable, 503),

@@ -264,7 +264,7 @@ impl Intake {
         }
         let mut behind = HashMap::new();
         for chunk in boards.chunks(HEADS_CHUNK) {
-            let heads = match self.tasks.board_heads(chunk.to_vec()).await {
+            let heads = match self.tasks.board_heads(chunk.to_vec(), None).await {
                 Ok(h) => h,
                 Err(s) => {
                     tracing::warn!(status = %s, "board heads unavailable; checking again later");
@@ -367,8 +367,12 @@ mod tests {
     fn intake() -> Intake {
         // A client for an address nothing listens on: gap fills fail fast, like a task service
         // that is down.
-        let tasks = TasksClient::new("http://127.0.0.1:1", std::time::Duration::from_millis(200))
-            .expect("client");
+        let tasks = TasksClient::new(
+            "http://127.0.0.1:1",
+            std::time::Duration::from_millis(200),
+            None,
+        )
+        .expect("client");
         Intake::new(
             Arc::new(Hub::new(16)),
             tasks,

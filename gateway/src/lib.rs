@@ -1,6 +1,7 @@
 //! Taskboard gateway: the REST API over the task service's gRPC, and a WebSocket fan-out of task
 //! events received from NATS.
 
+pub mod auth;
 pub mod config;
 pub mod cors;
 mod error;
@@ -43,6 +44,8 @@ pub struct AppState {
     pub subscribed: Arc<AtomicBool>,
     /// Caps on open sockets and WebSockets.
     pub limits: limits::Limits,
+    /// Token verification; `None` with AUTH=off.
+    pub auth: Option<Arc<auth::Verifier>>,
 }
 
 impl AppState {
@@ -90,8 +93,19 @@ pub async fn run_with_metrics(
             token.clone().cancelled_owned(),
         ));
     }
-    let cors = cors::Cors::parse(&config.cors_origins)?;
-    let tasks = tasks_client::TasksClient::new(&config.task_service_uri(), config.grpc_timeout())?;
+    let verifier = config.verifier()?;
+    if verifier.is_none() {
+        tracing::warn!("AUTH=off: anyone may read and change every board (development only)");
+    }
+    let cors = cors::Cors::parse(config.cors_spec())?;
+    if matches!(cors, cors::Cors::Any) && verifier.is_some() {
+        tracing::warn!("CORS_ORIGINS=*: any web page may call the API with a user's token");
+    }
+    let tasks = tasks_client::TasksClient::new(
+        &config.task_service_uri(),
+        config.grpc_timeout(),
+        config.service_token()?.as_deref(),
+    )?;
     let hub = Arc::new(hub::Hub::new(config.ws_queue));
 
     // Reconnects are signalled to the intake, which then fetches what watched boards missed.
@@ -143,6 +157,7 @@ pub async fn run_with_metrics(
         tracker: tracker.clone(),
         subscribed,
         limits,
+        auth: verifier,
     });
 
     tracing::info!(addr = %listener.local_addr()?, "gateway listening (HTTP + WebSocket /ws)");

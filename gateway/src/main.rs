@@ -25,7 +25,9 @@ async fn main() -> std::process::ExitCode {
     };
     // METRICS_PORT=0 turns the admin listener off.
     let admin =
-        match taskboard_telemetry::bind_metrics(&config.bind_addr, config.metrics_port).await {
+        match taskboard_telemetry::bind_metrics(&config.metrics_bind_addr, config.metrics_port)
+            .await
+        {
             Ok(a) => a,
             Err(e) => {
                 tracing::error!("{e}");

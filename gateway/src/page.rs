@@ -6,6 +6,9 @@ use http_body_util::Full;
 const INDEX: &str = include_str!("../static/index.html");
 const APP_JS: &str = include_str!("../static/app.js");
 const STYLE: &str = include_str!("../static/style.css");
+/// The REST API's OpenAPI 3.1 description (hand-written; schemathesis checks the gateway against
+/// it in `scripts/test.sh`).
+pub const OPENAPI: &str = include_str!("../static/openapi.json");
 
 /// The page only talks to its own origin (`'self'` covers its own `ws:`/`wss:` in CSP 3, so no
 /// WebSocket to another host); inline scripts and styles are not allowed, which keeps any injected
@@ -41,6 +44,19 @@ pub fn file(path: &str) -> Option<Response<Full<Bytes>>> {
     Some(r)
 }
 
+/// `GET /openapi.json`.
+pub fn openapi(method: &http::Method) -> Response<Full<Bytes>> {
+    if !matches!(*method, http::Method::GET | http::Method::HEAD) {
+        return crate::routes::not_allowed("GET, HEAD");
+    }
+    let mut r = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,6 +84,25 @@ mod tests {
             .find(|d| d.trim().starts_with("connect-src"))
             .unwrap();
         assert_eq!(connect.trim(), "connect-src 'self'");
+    }
+
+    #[test]
+    fn the_openapi_document_is_json_and_names_every_api_route() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("valid JSON");
+        let paths = doc["paths"].as_object().expect("paths");
+        for p in [
+            "/api/tasks",
+            "/api/tasks/{id}",
+            "/api/boards",
+            "/api/boards/{id}",
+            "/api/boards/{id}/members",
+            "/api/boards/{id}/members/{user}",
+            "/api/me",
+            "/health",
+            "/ready",
+        ] {
+            assert!(paths.contains_key(p), "{p} is not described");
+        }
     }
 
     #[test]

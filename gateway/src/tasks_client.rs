@@ -8,21 +8,33 @@ use tonic_health::pb::{health_check_response::ServingStatus, health_client::Heal
 
 use taskboard_telemetry::{GrpcMetrics, GrpcMetricsLayer, Side};
 
+use crate::auth::Principal;
 use crate::Error;
+
+type Metadata = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
 
 /// A cheap-to-clone handle on the task service.
 #[derive(Clone)]
 pub struct TasksClient {
     channel: Channel,
     timeout: Duration,
+    /// `Bearer <SERVICE_TOKEN>`, sent on every call.
+    token: Option<Metadata>,
 }
 
 impl TasksClient {
-    /// Builds the client without connecting.
+    /// Builds the client without connecting; every call carries `service_token`.
     ///
     /// # Errors
-    /// The URI does not parse.
-    pub fn new(uri: &str, timeout: Duration) -> Result<Self, Error> {
+    /// The URI does not parse, or the token is not a valid header value.
+    pub fn new(uri: &str, timeout: Duration, service_token: Option<&str>) -> Result<Self, Error> {
+        let token = service_token
+            .map(|t| {
+                format!("Bearer {t}")
+                    .parse::<Metadata>()
+                    .map_err(|_| Error::Config("SERVICE_TOKEN must be printable ASCII".into()))
+            })
+            .transpose()?;
         let endpoint = Endpoint::from_shared(uri.to_owned())
             .map_err(|e| Error::Config(format!("invalid TASK_SERVICE_ADDR {uri:?}: {e}")))?
             .connect_timeout(Duration::from_secs(2))
@@ -34,6 +46,7 @@ impl TasksClient {
         Ok(TasksClient {
             channel: endpoint.connect_lazy(),
             timeout,
+            token,
         })
     }
 
@@ -47,91 +60,190 @@ impl TasksClient {
         .max_encoding_message_size(taskboard_proto::MAX_MESSAGE_BYTES)
     }
 
-    /// A request carrying the deadline (sent as `grpc-timeout`, so the server sees it too).
-    fn req<T>(&self, msg: T) -> tonic::Request<T> {
+    /// A request carrying the deadline (sent as `grpc-timeout`, so the server sees it too), the
+    /// service token, and the user it is made for (`None`: the gateway itself, e.g. the intake).
+    fn req<T>(&self, msg: T, who: Option<&Principal>) -> tonic::Request<T> {
+        use taskboard_proto::auth::{ROLE_HEADER, SERVICE_ROLE, USER_HEADER};
         let mut r = tonic::Request::new(msg);
         r.set_timeout(self.timeout);
+        let md = r.metadata_mut();
+        if let Some(t) = &self.token {
+            md.insert("authorization", t.clone());
+        }
+        if let Some(p) = who {
+            md.insert(USER_HEADER, Metadata::from(p.user));
+            if p.service {
+                md.insert(ROLE_HEADER, Metadata::from_static(SERVICE_ROLE));
+            }
+        }
         r
     }
 
     pub async fn create(
         &self,
         m: v1::CreateTaskRequest,
+        who: Option<&Principal>,
     ) -> Result<v1::CreateTaskResponse, tonic::Status> {
-        async { Ok(self.client().create_task(self.req(m)).await?.into_inner()) }.await
+        Ok(self
+            .client()
+            .create_task(self.req(m, who))
+            .await?
+            .into_inner())
     }
 
-    pub async fn get(&self, id: i64) -> Result<v1::GetTaskResponse, tonic::Status> {
-        async {
-            Ok(self
-                .client()
-                .get_task(self.req(v1::GetTaskRequest { id }))
-                .await?
-                .into_inner())
-        }
-        .await
+    pub async fn get(
+        &self,
+        id: i64,
+        who: Option<&Principal>,
+    ) -> Result<v1::GetTaskResponse, tonic::Status> {
+        Ok(self
+            .client()
+            .get_task(self.req(v1::GetTaskRequest { id }, who))
+            .await?
+            .into_inner())
     }
 
     pub async fn list(
         &self,
         m: v1::ListTasksRequest,
+        who: Option<&Principal>,
     ) -> Result<v1::ListTasksResponse, tonic::Status> {
-        async { Ok(self.client().list_tasks(self.req(m)).await?.into_inner()) }.await
+        Ok(self
+            .client()
+            .list_tasks(self.req(m, who))
+            .await?
+            .into_inner())
     }
 
     pub async fn update(
         &self,
         m: v1::UpdateTaskRequest,
+        who: Option<&Principal>,
     ) -> Result<v1::UpdateTaskResponse, tonic::Status> {
-        async { Ok(self.client().update_task(self.req(m)).await?.into_inner()) }.await
+        Ok(self
+            .client()
+            .update_task(self.req(m, who))
+            .await?
+            .into_inner())
     }
 
-    pub async fn delete(&self, id: i64) -> Result<v1::DeleteTaskResponse, tonic::Status> {
-        async {
-            Ok(self
-                .client()
-                .delete_task(self.req(v1::DeleteTaskRequest { id }))
-                .await?
-                .into_inner())
-        }
-        .await
+    pub async fn delete(
+        &self,
+        id: i64,
+        who: Option<&Principal>,
+    ) -> Result<v1::DeleteTaskResponse, tonic::Status> {
+        Ok(self
+            .client()
+            .delete_task(self.req(v1::DeleteTaskRequest { id }, who))
+            .await?
+            .into_inner())
     }
 
-    /// A page of a board's events after `after_seq`.
+    pub async fn create_board(
+        &self,
+        name: String,
+        who: Option<&Principal>,
+    ) -> Result<v1::Board, tonic::Status> {
+        let r = self
+            .client()
+            .create_board(self.req(v1::CreateBoardRequest { name }, who))
+            .await?;
+        r.into_inner().board.ok_or_else(missing)
+    }
+
+    pub async fn get_board(
+        &self,
+        id: i64,
+        who: Option<&Principal>,
+    ) -> Result<v1::Board, tonic::Status> {
+        let r = self
+            .client()
+            .get_board(self.req(v1::GetBoardRequest { id }, who))
+            .await?;
+        r.into_inner().board.ok_or_else(missing)
+    }
+
+    pub async fn list_boards(
+        &self,
+        who: Option<&Principal>,
+    ) -> Result<Vec<v1::Board>, tonic::Status> {
+        Ok(self
+            .client()
+            .list_boards(self.req(v1::ListBoardsRequest {}, who))
+            .await?
+            .into_inner()
+            .boards)
+    }
+
+    pub async fn list_members(
+        &self,
+        board_id: i64,
+        who: Option<&Principal>,
+    ) -> Result<Vec<v1::Member>, tonic::Status> {
+        Ok(self
+            .client()
+            .list_members(self.req(v1::ListMembersRequest { board_id }, who))
+            .await?
+            .into_inner()
+            .members)
+    }
+
+    pub async fn set_member(
+        &self,
+        m: v1::SetMemberRequest,
+        who: Option<&Principal>,
+    ) -> Result<v1::Member, tonic::Status> {
+        let r = self.client().set_member(self.req(m, who)).await?;
+        r.into_inner().member.ok_or_else(missing)
+    }
+
+    pub async fn remove_member(
+        &self,
+        board_id: i64,
+        user_id: i64,
+        who: Option<&Principal>,
+    ) -> Result<(), tonic::Status> {
+        self.client()
+            .remove_member(self.req(v1::RemoveMemberRequest { board_id, user_id }, who))
+            .await?;
+        Ok(())
+    }
+
+    /// A page of a board's events after `after_seq`, read by the gateway itself (sessions were
+    /// authorized when they subscribed).
     pub async fn list_events(
         &self,
         board_id: i64,
         after_seq: i64,
         limit: i32,
     ) -> Result<v1::ListEventsResponse, tonic::Status> {
-        async {
-            Ok(self
-                .client()
-                .list_events(self.req(v1::ListEventsRequest {
+        Ok(self
+            .client()
+            .list_events(self.req(
+                v1::ListEventsRequest {
                     board_id,
                     after_seq,
                     limit,
-                }))
-                .await?
-                .into_inner())
-        }
-        .await
+                },
+                None,
+            ))
+            .await?
+            .into_inner())
     }
 
-    /// The latest seq of each of `boards` (at most 1000), in one call.
+    /// The latest seq of each of `boards` (at most 1000), in one call; for a user, PERMISSION_DENIED
+    /// unless they may read every one of them.
     pub async fn board_heads(
         &self,
         boards: Vec<i64>,
+        who: Option<&Principal>,
     ) -> Result<std::collections::HashMap<i64, i64>, tonic::Status> {
-        async {
-            Ok(self
-                .client()
-                .board_heads(self.req(v1::BoardHeadsRequest { board_ids: boards }))
-                .await?
-                .into_inner()
-                .heads)
-        }
-        .await
+        Ok(self
+            .client()
+            .board_heads(self.req(v1::BoardHeadsRequest { board_ids: boards }, who))
+            .await?
+            .into_inner()
+            .heads)
     }
 
     /// Whether the task service answers its health check with SERVING (within `deadline`). A
@@ -155,7 +267,7 @@ impl TasksClient {
     /// Readiness without a health service: `GetTask(0)` touches nothing, and any answer but
     /// UNAVAILABLE or a timeout means the service is up.
     async fn answers(&self, deadline: Duration) -> Result<(), String> {
-        let mut req = tonic::Request::new(v1::GetTaskRequest { id: 0 });
+        let mut req = self.req(v1::GetTaskRequest { id: 0 }, None);
         req.set_timeout(deadline);
         match tokio::time::timeout(deadline, self.client().get_task(req)).await {
             Err(_) => Err("task service: timed out".into()),
@@ -167,7 +279,20 @@ impl TasksClient {
             {
                 Err(format!("task service: {}", s.code().description()))
             }
+            Ok(Err(s)) if s.code() == tonic::Code::Unauthenticated => {
+                Err("task service refuses this gateway's SERVICE_TOKEN".into())
+            }
             Ok(_) => Ok(()),
         }
     }
+
+    /// Whether the task service accepts this gateway's service token (a cheap call that touches
+    /// nothing): `/ready` reports a mismatch instead of every request failing.
+    pub async fn accepts_us(&self, deadline: Duration) -> Result<(), String> {
+        self.answers(deadline).await
+    }
+}
+
+fn missing() -> tonic::Status {
+    tonic::Status::internal("task service answered without the object")
 }

@@ -16,11 +16,34 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// instead of the answer. Beyond this the connection is closed after the 413.
 const DRAIN_LIMIT: usize = 1024 * 1024;
 
+/// A state-changing request must say its body is JSON: a cross-site form or `text/plain` POST (a
+/// "simple" request browsers send without a preflight) is refused before anything runs.
+fn check_json(h: &http::HeaderMap) -> Result<(), ApiError> {
+    let ct = h
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    if essence.eq_ignore_ascii_case("application/json") {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        "Unsupported Media Type",
+    )
+    .with_message(format!(
+        "send the body as JSON with Content-Type: application/json (got {:?})",
+        ct
+    )))
+}
+
 /// Reads a JSON body of at most `MAX_BODY` bytes, all of it within `deadline`.
 pub(super) async fn read_json<T: DeserializeOwned>(
     req: Request<Incoming>,
     deadline: Duration,
 ) -> Result<T, ApiError> {
+    let is_json = check_json(req.headers());
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -58,6 +81,8 @@ pub(super) async fn read_json<T: DeserializeOwned>(
         ))
         .closing()
     })??;
+    // Checked once the body is read (within its bounds), so the connection stays usable.
+    is_json?;
     serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("Invalid request body").with_message(e.to_string()))
 }
@@ -79,4 +104,26 @@ async fn too_large(body: &mut Incoming, declared: Option<u64>) -> ApiError {
         }
     }
     e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_json_bodies_are_taken() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(check_json(&h).unwrap_err().status, 415);
+        for (ct, ok) in [
+            ("application/json", true),
+            ("Application/JSON; charset=utf-8", true),
+            ("text/plain", false),
+            ("application/x-www-form-urlencoded", false),
+            ("multipart/form-data; boundary=x", false),
+            ("application/jsonx", false),
+        ] {
+            h.insert(header::CONTENT_TYPE, ct.parse().unwrap());
+            assert_eq!(check_json(&h).is_ok(), ok, "{ct}");
+        }
+    }
 }

@@ -1,5 +1,6 @@
 //! HTTP routing: the one route table (it gives both the handler and the metric label of every
 //! path), the per-request metrics, and the small response builders the handlers share.
+mod boards;
 mod body;
 mod ready;
 mod tasks;
@@ -29,6 +30,12 @@ enum Route {
     Ws,
     Tasks,
     Task,
+    Boards,
+    Board,
+    Members,
+    Member,
+    Me,
+    OpenApi,
     Page,
 }
 
@@ -42,7 +49,28 @@ const ROUTES: &[(&str, Route, &str)] = &[
     ("/api/tasks", Route::Tasks, "/api/tasks"),
     ("/api/tasks/", Route::Task, "/api/tasks/{id}"),
     ("/api/tasks/{*id}", Route::Task, "/api/tasks/{id}"),
+    ("/api/boards", Route::Boards, "/api/boards"),
+    ("/api/boards/{id}", Route::Board, "/api/boards/{id}"),
+    (
+        "/api/boards/{id}/members",
+        Route::Members,
+        "/api/boards/{id}/members",
+    ),
+    (
+        "/api/boards/{id}/members/{user}",
+        Route::Member,
+        "/api/boards/{id}/members/{user}",
+    ),
+    ("/api/me", Route::Me, "/api/me"),
+    ("/openapi.json", Route::OpenApi, "/openapi.json"),
 ];
+
+/// The `{id}` and `{user}` of a path.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Params {
+    id: Option<String>,
+    user: Option<String>,
+}
 
 /// The label of the page's files (one series for all of them).
 const PAGE_LABEL: &str = "/ (page)";
@@ -66,14 +94,18 @@ fn table() -> &'static matchit::Router<(Route, &'static str)> {
     })
 }
 
-/// The route of `path`, its metric label, and its `{id}` if it has one.
-fn route_of(path: &str) -> (Option<Route>, &'static str, Option<String>) {
+/// The route of `path`, its metric label, and its parameters.
+fn route_of(path: &str) -> (Option<Route>, &'static str, Params) {
     match table().at(path) {
         Ok(m) => {
             let (route, label) = *m.value;
-            (Some(route), label, m.params.get("id").map(str::to_owned))
+            let params = Params {
+                id: m.params.get("id").map(str::to_owned),
+                user: m.params.get("user").map(str::to_owned),
+            };
+            (Some(route), label, params)
         }
-        Err(_) => (None, OTHER_LABEL, None),
+        Err(_) => (None, OTHER_LABEL, Params::default()),
     }
 }
 
@@ -93,13 +125,10 @@ fn method_label(m: &Method) -> &'static str {
 /// Routes one request, and records it.
 pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) -> Resp {
     let start = std::time::Instant::now();
-    let (route, label, id) = route_of(req.uri().path());
+    let (route, label, params) = route_of(req.uri().path());
     let method = method_label(req.method());
-    let mut r = dispatch(state, req, peer, route, id).await;
-    // Every answer: browsers must not guess a type (a JSON error sniffed as HTML, say).
-    r.headers_mut()
-        .entry(header::X_CONTENT_TYPE_OPTIONS)
-        .or_insert(HeaderValue::from_static("nosniff"));
+    let mut r = dispatch(state, req, peer, route, params).await;
+    security_headers(r.headers_mut());
     crate::metrics::http(
         label,
         method,
@@ -109,27 +138,53 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAd
     r
 }
 
+/// Headers on every answer: browsers must not guess a type (a JSON error sniffed as HTML, say),
+/// frame the API or the page, or send the URL elsewhere; API answers are not cached. The page's
+/// own (stricter) CSP is kept.
+fn security_headers(h: &mut http::HeaderMap) {
+    h.entry(header::X_CONTENT_TYPE_OPTIONS)
+        .or_insert(HeaderValue::from_static("nosniff"));
+    h.entry(header::X_FRAME_OPTIONS)
+        .or_insert(HeaderValue::from_static("DENY"));
+    h.entry(header::REFERRER_POLICY)
+        .or_insert(HeaderValue::from_static("no-referrer"));
+    h.entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(
+            "default-src 'none'; frame-ancestors 'none'",
+        ));
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+}
+
 async fn dispatch(
     state: Arc<AppState>,
     req: Request<Incoming>,
     peer: SocketAddr,
     route: Option<Route>,
-    id: Option<String>,
+    params: Params,
 ) -> Resp {
     match route {
-        Some(Route::Health) => text(StatusCode::OK, "OK"),
-        Some(Route::Ready) => ready::ready(&state).await,
+        Some(Route::Health) => match *req.method() {
+            Method::GET | Method::HEAD => text(StatusCode::OK, "OK"),
+            _ => not_allowed("GET, HEAD"),
+        },
+        Some(Route::Ready) => match *req.method() {
+            Method::GET | Method::HEAD => ready::ready(&state).await,
+            _ => not_allowed("GET, HEAD"),
+        },
         Some(Route::Ws) => crate::ws::upgrade(&state, req, peer).await,
-        Some(Route::Tasks) => {
+        Some(Route::OpenApi) => crate::page::openapi(req.method()),
+        Some(
+            api @ (Route::Tasks
+            | Route::Task
+            | Route::Boards
+            | Route::Board
+            | Route::Members
+            | Route::Member
+            | Route::Me),
+        ) => {
             let origin = req.headers().get(header::ORIGIN).cloned();
-            let r = tasks::collection(&state, req)
-                .await
-                .unwrap_or_else(ApiError::into_response);
-            state.cors.apply(origin.as_ref(), r)
-        }
-        Some(Route::Task) => {
-            let origin = req.headers().get(header::ORIGIN).cloned();
-            let r = tasks::item(&state, req, id.as_deref().unwrap_or_default())
+            let r = api_call(&state, req, api, params)
                 .await
                 .unwrap_or_else(ApiError::into_response);
             state.cors.apply(origin.as_ref(), r)
@@ -140,6 +195,37 @@ async fn dispatch(
         }
         Some(Route::Page) => not_allowed("GET, HEAD"),
         None => ApiError::not_found("Not found").into_response(),
+    }
+}
+
+/// An API call: preflights are answered without credentials; everything else is authenticated
+/// (AUTH=on) before it is served.
+async fn api_call(
+    state: &AppState,
+    req: Request<Incoming>,
+    route: Route,
+    params: Params,
+) -> Result<Resp, ApiError> {
+    if req.method() == Method::OPTIONS {
+        return Ok(empty(StatusCode::OK));
+    }
+    let principal = match &state.auth {
+        Some(v) => Some(v.authenticate(req.headers())?),
+        None => None,
+    };
+    let who = principal.as_ref();
+    let id = params.id.as_deref().unwrap_or_default();
+    match route {
+        Route::Tasks => tasks::collection(state, req, who).await,
+        Route::Task => tasks::item(state, req, id, who).await,
+        Route::Boards => boards::collection(state, req, who).await,
+        Route::Board => boards::item(state, req, id, who).await,
+        Route::Members => boards::members(state, req, id, who).await,
+        Route::Member => {
+            let user = params.user.as_deref().unwrap_or_default();
+            boards::member(state, req, id, user, who).await
+        }
+        _ => Ok(boards::me(&req, who, state.auth.is_some())),
     }
 }
 
@@ -198,10 +284,20 @@ mod tests {
     fn every_path_has_one_route_and_its_template_as_label() {
         assert_eq!(route_of("/health").0, Some(Route::Health));
         assert_eq!(route_of("/api/tasks").1, "/api/tasks");
-        let (r, label, id) = route_of("/api/tasks/17");
+        let (r, label, p) = route_of("/api/tasks/17");
         assert_eq!(
-            (r, label, id.as_deref()),
+            (r, label, p.id.as_deref()),
             (Some(Route::Task), "/api/tasks/{id}", Some("17"))
+        );
+        let (r, label, p) = route_of("/api/boards/3/members/9");
+        assert_eq!(
+            (r, label, p.id.as_deref(), p.user.as_deref()),
+            (
+                Some(Route::Member),
+                "/api/boards/{id}/members/{user}",
+                Some("3"),
+                Some("9")
+            )
         );
         for p in crate::page::PATHS {
             assert_eq!(route_of(p).0, Some(Route::Page), "{p}");
@@ -211,7 +307,7 @@ mod tests {
             );
         }
         assert_eq!(route_of("/nope").1, OTHER_LABEL);
-        assert_eq!(route_of("/api/tasks/1/x").2.as_deref(), Some("1/x"));
-        assert_eq!(route_of("/api/tasks/").2, None);
+        assert_eq!(route_of("/api/tasks/1/x").2.id.as_deref(), Some("1/x"));
+        assert_eq!(route_of("/api/tasks/").2.id, None);
     }
 }

@@ -13,8 +13,14 @@ const READY_DEADLINE: Duration = Duration::from_secs(1);
 
 pub(super) async fn ready(state: &AppState) -> Resp {
     let mut problems = Vec::new();
-    if let Err(e) = state.tasks.ready(READY_DEADLINE).await {
-        problems.push(e);
+    match state.tasks.ready(READY_DEADLINE).await {
+        // Health is open to anyone: check that the service also takes this gateway's token.
+        Ok(()) => {
+            if let Err(e) = state.tasks.accepts_us(READY_DEADLINE).await {
+                problems.push(e);
+            }
+        }
+        Err(e) => problems.push(e),
     }
     if state.nats.connection_state() != async_nats::connection::State::Connected {
         problems.push(format!("nats: {}", state.nats.connection_state()));
@@ -22,7 +28,15 @@ pub(super) async fn ready(state: &AppState) -> Resp {
         problems.push("nats: event subscription not confirmed yet".into());
     }
     if problems.is_empty() {
-        json(StatusCode::OK, &serde_json::json!({"status": "ready"}))
+        let body = match state.auth {
+            Some(_) => serde_json::json!({"status": "ready", "auth": "on"}),
+            None => serde_json::json!({
+                "status": "ready",
+                "auth": "off",
+                "warning": "AUTH=off: anyone may read and change every board (development only)",
+            }),
+        };
+        json(StatusCode::OK, &body)
     } else {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Not ready")
             .with_message(problems.join("; "))

@@ -8,6 +8,7 @@ use taskboard_proto::{prost_types::Timestamp, v1};
 
 use super::body::read_json;
 use super::{empty, json, not_allowed, Resp};
+use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -94,19 +95,26 @@ fn with_seq(mut r: Resp, seq: i64) -> Resp {
     r
 }
 
-pub(super) async fn collection(state: &AppState, req: Request<Incoming>) -> Result<Resp, ApiError> {
+pub(super) async fn collection(
+    state: &AppState,
+    req: Request<Incoming>,
+    who: Option<&Principal>,
+) -> Result<Resp, ApiError> {
     match *req.method() {
-        Method::GET => list(state, req.uri().query()).await,
+        Method::GET => list(state, req.uri().query(), who).await,
         Method::POST => {
             let b: CreateBody = read_json(req, state.body_timeout()).await?;
             let r = state
                 .tasks
-                .create(v1::CreateTaskRequest {
-                    board_id: b.board_id.unwrap_or(0),
-                    title: b.title.unwrap_or_default(),
-                    description: b.description.unwrap_or_default(),
-                    created_by: b.created_by.unwrap_or(0),
-                })
+                .create(
+                    v1::CreateTaskRequest {
+                        board_id: b.board_id.unwrap_or(0),
+                        title: b.title.unwrap_or_default(),
+                        description: b.description.unwrap_or_default(),
+                        created_by: b.created_by.unwrap_or(0),
+                    },
+                    who,
+                )
                 .await
                 .map_err(|s| ApiError::from_status(&s, "create"))?;
             let task = r.task.ok_or_else(missing_task)?;
@@ -115,7 +123,6 @@ pub(super) async fn collection(state: &AppState, req: Request<Incoming>) -> Resu
                 r.seq,
             ))
         }
-        Method::OPTIONS => Ok(empty(StatusCode::OK)),
         _ => Ok(not_allowed("GET, POST, OPTIONS")),
     }
 }
@@ -124,28 +131,17 @@ pub(super) async fn item(
     state: &AppState,
     req: Request<Incoming>,
     id: &str,
+    who: Option<&Principal>,
 ) -> Result<Resp, ApiError> {
-    if req.method() == Method::OPTIONS {
-        return Ok(empty(StatusCode::OK));
-    }
     if !matches!(*req.method(), Method::GET | Method::PUT | Method::DELETE) {
         return Ok(not_allowed("GET, PUT, DELETE, OPTIONS"));
     }
-    // Digits only: `+1`, ` 1` or `01x` are not task 1.
-    let digits = !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit());
-    let id = digits
-        .then(|| id.parse::<i64>().ok())
-        .flatten()
-        .filter(|i| *i > 0)
-        .ok_or_else(|| {
-            ApiError::bad_request("Invalid task ID")
-                .with_message(format!("task ID must be a positive integer, got {id:?}"))
-        })?;
+    let id = positive_id(id, "task ID")?;
     match *req.method() {
         Method::GET => {
             let r = state
                 .tasks
-                .get(id)
+                .get(id, who)
                 .await
                 .map_err(|s| ApiError::from_status(&s, "get"))?;
             let task = r.task.ok_or_else(missing_task)?;
@@ -155,12 +151,15 @@ pub(super) async fn item(
             let b: UpdateBody = read_json(req, state.body_timeout()).await?;
             let r = state
                 .tasks
-                .update(v1::UpdateTaskRequest {
-                    id,
-                    title: b.title,
-                    description: b.description,
-                    completed: b.completed,
-                })
+                .update(
+                    v1::UpdateTaskRequest {
+                        id,
+                        title: b.title,
+                        description: b.description,
+                        completed: b.completed,
+                    },
+                    who,
+                )
                 .await
                 .map_err(|s| ApiError::from_status(&s, "update"))?;
             let task = r.task.ok_or_else(missing_task)?;
@@ -169,12 +168,25 @@ pub(super) async fn item(
         _ => {
             let r = state
                 .tasks
-                .delete(id)
+                .delete(id, who)
                 .await
                 .map_err(|s| ApiError::from_status(&s, "delete"))?;
             Ok(with_seq(empty(StatusCode::NO_CONTENT), r.seq))
         }
     }
+}
+
+/// A path id: digits only (`+1`, ` 1` or `01x` are not 1), positive.
+pub(super) fn positive_id(id: &str, what: &str) -> Result<i64, ApiError> {
+    let digits = !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit());
+    digits
+        .then(|| id.parse::<i64>().ok())
+        .flatten()
+        .filter(|i| *i > 0)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("Invalid {what}"))
+                .with_message(format!("{what} must be a positive integer, got {id:?}"))
+        })
 }
 
 fn missing_task() -> ApiError {
@@ -195,7 +207,11 @@ fn parse_bool(v: &str) -> Option<bool> {
     }
 }
 
-async fn list(state: &AppState, query: Option<&str>) -> Result<Resp, ApiError> {
+async fn list(
+    state: &AppState,
+    query: Option<&str>,
+    who: Option<&Principal>,
+) -> Result<Resp, ApiError> {
     let mut board = None;
     let mut page = 0i32;
     let mut size = 0i32;
@@ -222,14 +238,17 @@ async fn list(state: &AppState, query: Option<&str>) -> Result<Resp, ApiError> {
     }
     let r = state
         .tasks
-        .list(v1::ListTasksRequest {
-            board_id: board.unwrap_or(0),
-            completed,
-            // REST's default page size is 10 (the original gateway's); the task service's own
-            // default for 0 is the original gRPC default of 50.
-            page_size: if size <= 0 { REST_PAGE_SIZE } else { size },
-            page_number: page,
-        })
+        .list(
+            v1::ListTasksRequest {
+                board_id: board.unwrap_or(0),
+                completed,
+                // REST's default page size is 10 (the original gateway's); the task service's own
+                // default for 0 is the original gRPC default of 50.
+                page_size: if size <= 0 { REST_PAGE_SIZE } else { size },
+                page_number: page,
+            },
+            who,
+        )
         .await
         .map_err(|s| ApiError::from_status(&s, "list"))?;
     Ok(json(

@@ -16,6 +16,8 @@ pub(super) enum End {
     PingTimeout,
     ReplayUnavailable,
     WriteTimeout,
+    /// The bearer token's `exp` passed (1008): the client reconnects with a fresh token.
+    TokenExpired,
     Io(String),
 }
 
@@ -29,6 +31,7 @@ impl End {
             End::PingTimeout => "ping_timeout",
             End::ReplayUnavailable => "replay_unavailable",
             End::WriteTimeout => "write_timeout",
+            End::TokenExpired => "token_expired",
             End::Io(_) => "error",
         }
     }
@@ -52,6 +55,7 @@ impl std::fmt::Display for End {
             End::PingTimeout => f.write_str("ping timeout (1001)"),
             End::ReplayUnavailable => f.write_str("replay unavailable (1013)"),
             End::WriteTimeout => f.write_str("write timed out"),
+            End::TokenExpired => f.write_str("token expired (1008)"),
             End::Io(e) => write!(f, "connection error: {e}"),
         }
     }

@@ -64,6 +64,8 @@ struct Ctx {
     sub: Subscription,
     shutdown: CancellationToken,
     peer: SocketAddr,
+    /// When the client's token expires (the session is closed with 1008 then).
+    expires_at: Option<tokio::time::Instant>,
 }
 
 impl Session {
@@ -78,6 +80,7 @@ impl Session {
         sub: Subscription,
         shutdown: CancellationToken,
         peer: SocketAddr,
+        expires_at: Option<tokio::time::Instant>,
     ) -> Session {
         let (feed, known) = Feed::new(&hub, &sub.boards);
         let mut start: HashMap<i64, i64> = sub.since.iter().map(|(b, s)| (*b, *s)).collect();
@@ -95,7 +98,9 @@ impl Session {
         }
         if !unknown.is_empty() {
             // The hub has seen nothing of these boards yet: ask the log where they stand.
-            match tokio::time::timeout(HEADS_DEADLINE, tasks.board_heads(unknown.clone())).await {
+            match tokio::time::timeout(HEADS_DEADLINE, tasks.board_heads(unknown.clone(), None))
+                .await
+            {
                 Ok(Ok(heads)) => {
                     for b in unknown {
                         let head = heads.get(&b).copied().unwrap_or(0);
@@ -120,6 +125,7 @@ impl Session {
                 sub,
                 shutdown,
                 peer,
+                expires_at,
             },
             feed,
         }
@@ -194,11 +200,16 @@ impl Ctx {
         // Registered once, not on every wake-up of the loop (that showed up in profiles).
         let cancelled = self.shutdown.cancelled();
         tokio::pin!(cancelled);
+        let expired = tokio::time::sleep_until(self.expires_at.unwrap_or_else(|| {
+            tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 86_400)
+        }));
+        tokio::pin!(expired);
 
         loop {
             let end = tokio::select! {
                 biased;
                 _ = &mut cancelled => End::Shutdown,
+                _ = &mut expired => End::TokenExpired,
                 // Events first: when one is queued the loop goes straight to writing, without
                 // polling the socket's read side on every wake-up. The reader and the ping timer
                 // run as soon as the queue is empty (a busy connection is alive by definition).
@@ -267,6 +278,14 @@ impl Ctx {
                 (1013, resume_hint("slow consumer", &self.sub.boards, last))
             }
             End::ReplayUnavailable => (1013, "replay unavailable; retry later".to_owned()),
+            End::TokenExpired => (
+                1008,
+                resume_hint(
+                    "token expired; reconnect with a fresh token",
+                    &self.sub.boards,
+                    last,
+                ),
+            ),
             // The client is gone (or already closed).
             End::Io(_) | End::ClientClosed(_) => return end,
         };

@@ -8,6 +8,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
+use crate::auth::{Principal, WS_PROTOCOL};
 use crate::error::ApiError;
 use crate::routes::{not_allowed, Resp};
 use crate::AppState;
@@ -31,18 +32,30 @@ pub async fn upgrade(state: &Arc<AppState>, mut req: Request<Incoming>, peer: So
         return r;
     }
     if let Some(origin) = req.headers().get(header::ORIGIN) {
-        if !state.cors.allows(origin) {
+        if !state
+            .cors
+            .allows_from(origin, req.headers().get(header::HOST))
+        {
             return ApiError::new(
                 StatusCode::FORBIDDEN,
                 "permission_denied",
                 "Origin not allowed",
             )
+            .with_message("this page's origin may not open the feed (CORS_ORIGINS)")
             .into_response();
         }
     }
     if let Err(e) = check_handshake(&req) {
         return e.into_response();
     }
+    let sub = match super::parse_query(req.uri().query()) {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let who = match authorize(state, &req, &sub).await {
+        Ok(w) => w,
+        Err(e) => return e.into_response(),
+    };
     let Some(slot) = state.limits.websocket() else {
         crate::metrics::rejected("websocket");
         let mut r = ApiError::new(
@@ -59,10 +72,6 @@ pub async fn upgrade(state: &Arc<AppState>, mut req: Request<Incoming>, peer: So
             .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         return r;
     };
-    let sub = match super::parse_query(req.uri().query()) {
-        Ok(s) => s,
-        Err(e) => return e.into_response(),
-    };
     let (resp, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(x) => x,
         Err(e) => {
@@ -78,6 +87,7 @@ pub async fn upgrade(state: &Arc<AppState>, mut req: Request<Incoming>, peer: So
         sub,
         state.shutdown.clone(),
         peer,
+        who.map(|p| expiry(p.expires_at)),
     )
     .await;
     state.tracker.spawn(async move {
@@ -88,8 +98,52 @@ pub async fn upgrade(state: &Arc<AppState>, mut req: Request<Incoming>, peer: So
             Err(e) => tracing::debug!(peer.addr = %peer, error = %e, "upgrade did not complete"),
         }
     });
-    let (parts, _) = resp.into_parts();
+    let (mut parts, _) = resp.into_parts();
+    // A browser that offered the token as a subprotocol fails the connection unless one of its
+    // protocols is selected.
+    if crate::auth::offered_protocols(req.headers()).any(|p| p == WS_PROTOCOL) {
+        parts.headers.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(WS_PROTOCOL),
+        );
+    }
     Response::from_parts(parts, Full::new(Bytes::new()))
+}
+
+/// Authenticates the client (AUTH=on) and checks it may read what it subscribes to: a member of
+/// every named board (one BoardHeads call made for the user), the service role for every board.
+async fn authorize<B>(
+    state: &AppState,
+    req: &Request<B>,
+    sub: &super::Subscription,
+) -> Result<Option<Principal>, ApiError> {
+    let Some(verifier) = &state.auth else {
+        return Ok(None);
+    };
+    let who = verifier.authenticate(req.headers())?;
+    if sub.boards.is_empty() {
+        if !who.service {
+            return Err(
+                ApiError::new(StatusCode::FORBIDDEN, "permission_denied", "Forbidden")
+                    .with_message(
+                    "a feed of every board is for the service role; name your boards with board_id",
+                ),
+            );
+        }
+    } else if !who.service {
+        state
+            .tasks
+            .board_heads(sub.boards.clone(), Some(&who))
+            .await
+            .map_err(|s| ApiError::from_status(&s, "ws authorize"))?;
+    }
+    Ok(Some(who))
+}
+
+/// The instant a token's `exp` (seconds since the epoch) passes.
+fn expiry(exp: u64) -> tokio::time::Instant {
+    let left = exp.saturating_sub(crate::auth::now());
+    tokio::time::Instant::now() + std::time::Duration::from_secs(left)
 }
 
 /// What RFC 6455 asks of the opening handshake and the upgrade crate does not check: HTTP/1.1 and

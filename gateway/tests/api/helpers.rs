@@ -178,7 +178,17 @@ pub async fn ws_handshake(
     addr: SocketAddr,
     query: &str,
 ) -> Result<WebSocket<TokioIo<Upgraded>>> {
-    let req = hyper::Request::builder()
+    Ok(ws_handshake_with(stream, addr, query, &[]).await?.0)
+}
+
+/// [`ws_handshake`] with extra request headers; also gives the 101's headers.
+pub async fn ws_handshake_with(
+    stream: TcpStream,
+    addr: SocketAddr,
+    query: &str,
+    headers: &[(&str, &str)],
+) -> Result<(WebSocket<TokioIo<Upgraded>>, http::HeaderMap)> {
+    let mut req = hyper::Request::builder()
         .method("GET")
         .uri(format!("http://{addr}/ws?{query}"))
         .header("Host", addr.to_string())
@@ -188,12 +198,31 @@ pub async fn ws_handshake(
             "Sec-WebSocket-Key",
             fastwebsockets::handshake::generate_key(),
         )
-        .header("Sec-WebSocket-Version", "13")
-        .body(Empty::<Bytes>::new())?;
-    let (ws, _) = fastwebsockets::handshake::client(&SpawnExecutor, req, stream)
+        .header("Sec-WebSocket-Version", "13");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Empty::<Bytes>::new())?;
+    let (ws, resp) = fastwebsockets::handshake::client(&SpawnExecutor, req, stream)
         .await
         .map_err(|e| anyhow!("handshake: {e}"))?;
-    Ok(ws)
+    Ok((ws, resp.headers().clone()))
+}
+
+/// A WebSocket client connected with extra handshake headers (a token, an Origin).
+pub async fn ws_connect_with(
+    addr: SocketAddr,
+    query: &str,
+    headers: &[(&str, &str)],
+) -> Result<(Ws, http::HeaderMap)> {
+    let stream = TcpStream::connect(addr).await?;
+    let (ws, h) = ws_handshake_with(stream, addr, query, headers).await?;
+    Ok((
+        Ws {
+            ws: FragmentCollector::new(ws),
+        },
+        h,
+    ))
 }
 
 pub async fn ws_connect(addr: SocketAddr, query: &str) -> Result<Ws> {

@@ -4,13 +4,25 @@ use serde_json::{json, Value};
 use crate::helpers::*;
 
 #[tokio::test]
-async fn health_answers_ok_as_plain_text_for_any_method() {
+async fn health_and_ready_answer_get_and_head_and_refuse_other_methods() {
     let app = spawn_app().await;
-    for m in [
-        reqwest::Method::GET,
-        reqwest::Method::POST,
-        reqwest::Method::HEAD,
-    ] {
+    for path in ["/health", "/ready"] {
+        for m in [
+            reqwest::Method::POST,
+            reqwest::Method::PUT,
+            reqwest::Method::DELETE,
+        ] {
+            let r = app
+                .http
+                .request(m.clone(), app.url(path))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 405, "{m} {path}");
+            assert_eq!(r.headers()["allow"], "GET, HEAD");
+        }
+    }
+    for m in [reqwest::Method::GET, reqwest::Method::HEAD] {
         let r = app
             .http
             .request(m.clone(), app.url("/health"))

@@ -1,0 +1,527 @@
+//! AUTH=on from the outside: bearer tokens on REST and WebSocket, per-board authorization, boards
+//! and members over REST, CSRF and Origin checks.
+use std::process::Stdio;
+
+use serde_json::{json, Value};
+use taskboard_gateway::auth::{mint_hs256, now, Claims};
+
+use crate::helpers::*;
+
+const SECRET: &str = "gateway-test-secret-of-32-chars!!";
+const SERVICE_TOKEN: &str = "gateway-test-service-token";
+
+async fn spawn_auth() -> TestApp {
+    spawn_app_with(
+        |t| {
+            t.auth = "on".into();
+            t.service_token = Some(SERVICE_TOKEN.into());
+        },
+        |g| {
+            g.auth = "on".into();
+            g.jwt_secret = Some(SECRET.into());
+            g.service_token = Some(SERVICE_TOKEN.into());
+            g.jwt_leeway_secs = 0;
+        },
+    )
+    .await
+}
+
+fn token_for(user: i64, roles: &[&str], exp_in: i64) -> String {
+    mint_hs256(
+        SECRET,
+        &Claims {
+            sub: user.to_string(),
+            exp: (now() as i64 + exp_in) as u64,
+            nbf: None,
+            iat: Some(now()),
+            aud: Some("taskboard".into()),
+            iss: None,
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+        },
+    )
+    .unwrap()
+}
+
+fn token(user: i64) -> String {
+    token_for(user, &[], 3600)
+}
+
+/// Sends a JSON request as `user`; returns the status and the body (Null when empty).
+async fn call(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut r = app.http.request(method, app.url(path));
+    if let Some(t) = bearer {
+        r = r.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let r = r.send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+async fn new_board(app: &TestApp, owner: &str) -> i64 {
+    let (s, b) = call(
+        app,
+        reqwest::Method::POST,
+        "/api/boards",
+        Some(owner),
+        Some(json!({"name": "Board"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    assert_eq!(b["role"], "owner");
+    b["id"].as_i64().unwrap()
+}
+
+#[tokio::test]
+async fn every_api_call_needs_a_valid_token_and_says_why_not() {
+    let app = spawn_auth().await;
+    let r = app
+        .http
+        .get(app.url("/api/tasks?board_id=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .starts_with("Bearer"));
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(
+        (b["error"].as_str(), b["code"].as_str()),
+        (Some("Unauthorized"), Some("unauthenticated"))
+    );
+    assert!(
+        b["message"].as_str().unwrap().contains("bearer token"),
+        "{b}"
+    );
+
+    let expired = token_for(1, &[], -10);
+    let forged = mint_hs256(
+        "another-secret-that-is-32-chars-long",
+        &Claims {
+            sub: "1".into(),
+            exp: now() + 60,
+            nbf: None,
+            iat: None,
+            aud: Some("taskboard".into()),
+            iss: None,
+            roles: vec!["service".into()],
+        },
+    )
+    .unwrap();
+    for (t, why) in [(&expired, "expired"), (&forged, "signature")] {
+        let (s, b) = call(
+            &app,
+            reqwest::Method::POST,
+            "/api/tasks",
+            Some(t),
+            Some(json!({"board_id": 1, "title": "x"})),
+        )
+        .await;
+        assert_eq!(s, 401, "{b}");
+        assert!(b["message"].as_str().unwrap().contains(why), "{b}");
+    }
+    // Health and readiness stay open; /ready says authentication is on.
+    assert_eq!(
+        app.http
+            .get(app.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let ready: Value = app
+        .http
+        .get(app.url("/ready"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["auth"], "on");
+    // Who am I.
+    let (s, me) = call(&app, reqwest::Method::GET, "/api/me", Some(&token(7)), None).await;
+    assert_eq!((s, me["user_id"].as_i64()), (200, Some(7)));
+}
+
+#[tokio::test]
+async fn another_users_board_can_be_neither_read_nor_changed() {
+    let app = spawn_auth().await;
+    let alice = token(1);
+    let mallory = token(2);
+    let board = new_board(&app, &alice).await;
+    let (s, task) = call(
+        &app,
+        reqwest::Method::POST,
+        "/api/tasks",
+        Some(&alice),
+        Some(json!({"board_id": board, "title": "secret plan", "created_by": 999})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    assert_eq!(task["created_by"], 1, "created_by comes from the token");
+    let id = task["id"].as_i64().unwrap();
+
+    // `curl -XDELETE /api/tasks/1` no longer deletes another board's task.
+    let (s, _) = call(
+        &app,
+        reqwest::Method::DELETE,
+        &format!("/api/tasks/{id}"),
+        Some(&mallory),
+        None,
+    )
+    .await;
+    assert_eq!(s, 404);
+    let (s, _) = call(
+        &app,
+        reqwest::Method::PUT,
+        &format!("/api/tasks/{id}"),
+        Some(&mallory),
+        Some(json!({"title": "pwned"})),
+    )
+    .await;
+    assert_eq!(s, 404);
+    let (s, _) = call(
+        &app,
+        reqwest::Method::GET,
+        &format!("/api/tasks/{id}"),
+        Some(&mallory),
+        None,
+    )
+    .await;
+    assert_eq!(s, 404);
+    let (s, b) = call(
+        &app,
+        reqwest::Method::GET,
+        &format!("/api/tasks?board_id={board}"),
+        Some(&mallory),
+        None,
+    )
+    .await;
+    assert_eq!(s, 403);
+    assert_eq!(b["code"], "permission_denied");
+    assert!(
+        b["message"].as_str().unwrap().contains("not a member"),
+        "{b}"
+    );
+    let (s, b) = call(
+        &app,
+        reqwest::Method::POST,
+        "/api/tasks",
+        Some(&mallory),
+        Some(json!({"board_id": board, "title": "spam"})),
+    )
+    .await;
+    assert_eq!(s, 403, "{b}");
+    // Alice's task is untouched.
+    let (s, t) = call(
+        &app,
+        reqwest::Method::GET,
+        &format!("/api/tasks/{id}"),
+        Some(&alice),
+        None,
+    )
+    .await;
+    assert_eq!((s, t["title"].as_str()), (200, Some("secret plan")));
+}
+
+#[tokio::test]
+async fn owners_manage_members_and_roles_decide_what_members_may_do() {
+    let app = spawn_auth().await;
+    let alice = token(1);
+    let bob = token(2);
+    let board = new_board(&app, &alice).await;
+    let members = format!("/api/boards/{board}/members");
+    let (s, m) = call(
+        &app,
+        reqwest::Method::PUT,
+        &format!("{members}/2"),
+        Some(&alice),
+        Some(json!({"role": "viewer"})),
+    )
+    .await;
+    assert_eq!((s, m["role"].as_str()), (200, Some("viewer")));
+    let (s, _) = call(
+        &app,
+        reqwest::Method::GET,
+        &format!("/api/tasks?board_id={board}"),
+        Some(&bob),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "a viewer reads");
+    let (s, b) = call(
+        &app,
+        reqwest::Method::POST,
+        "/api/tasks",
+        Some(&bob),
+        Some(json!({"board_id": board, "title": "x"})),
+    )
+    .await;
+    assert_eq!(s, 403);
+    assert!(b["message"].as_str().unwrap().contains("viewer"), "{b}");
+    let (s, _) = call(
+        &app,
+        reqwest::Method::PUT,
+        &format!("{members}/3"),
+        Some(&bob),
+        Some(json!({"role": "owner"})),
+    )
+    .await;
+    assert_eq!(s, 403, "only owners manage members");
+    let (s, b) = call(
+        &app,
+        reqwest::Method::PUT,
+        &format!("{members}/1"),
+        Some(&alice),
+        Some(json!({"role": "viewer"})),
+    )
+    .await;
+    assert_eq!(s, 409, "the last owner stays: {b}");
+    let (s, b) = call(
+        &app,
+        reqwest::Method::PUT,
+        &format!("{members}/2"),
+        Some(&alice),
+        Some(json!({"role": "king"})),
+    )
+    .await;
+    assert_eq!(s, 400, "{b}");
+
+    let (s, list) = call(&app, reqwest::Method::GET, &members, Some(&bob), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        list["members"],
+        json!([{"user_id": 1, "role": "owner"}, {"user_id": 2, "role": "viewer"}])
+    );
+    let (s, mine) = call(&app, reqwest::Method::GET, "/api/boards", Some(&bob), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(mine["boards"][0]["id"], board);
+    assert_eq!(mine["boards"][0]["role"], "viewer");
+
+    let (s, _) = call(
+        &app,
+        reqwest::Method::DELETE,
+        &format!("{members}/2"),
+        Some(&alice),
+        None,
+    )
+    .await;
+    assert_eq!(s, 204);
+    let (s, _) = call(
+        &app,
+        reqwest::Method::GET,
+        &format!("/api/boards/{board}"),
+        Some(&bob),
+        None,
+    )
+    .await;
+    assert_eq!(s, 403);
+    let (s, _) = call(
+        &app,
+        reqwest::Method::GET,
+        "/api/boards/999999",
+        Some(&bob),
+        None,
+    )
+    .await;
+    assert_eq!(s, 404);
+}
+
+/// A WebSocket refusal: the handshake's status and JSON body.
+async fn ws_refused(app: &TestApp, query: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+    let mut r = app
+        .http
+        .get(app.url(&format!("/ws?{query}")))
+        .header("Upgrade", "websocket")
+        .header("Connection", "Upgrade")
+        .header("Sec-WebSocket-Version", "13")
+        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==");
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    let r = r.send().await.unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn the_feed_needs_a_token_and_membership_and_every_board_needs_the_service_role() {
+    let app = spawn_auth().await;
+    let alice = token(1);
+    let mallory = token(2);
+    let service = token_for(100, &["service"], 3600);
+    let board = new_board(&app, &alice).await;
+    let q = format!("board_id={board}");
+
+    let (s, _) = ws_refused(&app, &q, &[]).await;
+    assert_eq!(s, 401);
+    let m = format!("Bearer {mallory}");
+    let (s, b) = ws_refused(&app, &q, &[("Authorization", &m)]).await;
+    assert_eq!(s, 403, "{b}");
+    // A feed of every board's titles is not for ordinary users.
+    let a = format!("Bearer {alice}");
+    let (s, b) = ws_refused(&app, "", &[("Authorization", &a)]).await;
+    assert_eq!(s, 403);
+    assert!(
+        b["message"].as_str().unwrap().contains("service role"),
+        "{b}"
+    );
+
+    // A browser offers the token as a subprotocol and gets `taskboard` back.
+    let proto = format!("taskboard, bearer.{alice}");
+    let (mut own, h) = ws_connect_with(app.addr, &q, &[("Sec-WebSocket-Protocol", &proto)])
+        .await
+        .unwrap();
+    assert_eq!(h["sec-websocket-protocol"], "taskboard");
+    let s = format!("Bearer {service}");
+    let (mut all, _) = ws_connect_with(app.addr, "", &[("Authorization", &s)])
+        .await
+        .unwrap();
+
+    let (st, _) = call(
+        &app,
+        reqwest::Method::POST,
+        "/api/tasks",
+        Some(&alice),
+        Some(json!({"board_id": board, "title": "live"})),
+    )
+    .await;
+    assert_eq!(st, 201);
+    for ws in [&mut own, &mut all] {
+        let e = ws.event().await.unwrap();
+        assert_eq!((e["title"].as_str(), seq(&e)), (Some("live"), 1));
+    }
+}
+
+#[tokio::test]
+async fn a_websocket_is_closed_with_1008_when_its_token_expires() {
+    let app = spawn_auth().await;
+    let alice = token(1);
+    let board = new_board(&app, &alice).await;
+    let short = token_for(1, &[], 2);
+    let a = format!("Bearer {short}");
+    let (mut ws, _) = ws_connect_with(
+        app.addr,
+        &format!("board_id={board}"),
+        &[("Authorization", &a)],
+    )
+    .await
+    .unwrap();
+    match ws.next().await.unwrap() {
+        Next::Close(code, reason) => {
+            assert_eq!(code, 1008);
+            assert!(reason.contains("token expired"), "{reason}");
+        }
+        other => panic!("expected a close, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn cross_site_requests_are_refused() {
+    // AUTH=off is where a simple cross-site POST would otherwise run (no token to forge).
+    let app = spawn_app().await;
+    for ct in ["text/plain", "application/x-www-form-urlencoded"] {
+        let r = app
+            .http
+            .post(app.url("/api/tasks"))
+            .header("content-type", ct)
+            .header("origin", "https://evil.example")
+            .body(r#"{"board_id": 1, "title": "csrf"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 415, "{ct}");
+    }
+    let list: Value = app
+        .http
+        .get(app.url("/api/tasks?board_id=1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["total_count"], 0, "nothing was created");
+
+    // With authentication on: no cross-origin grant by default, and the feed refuses other
+    // origins (its own is fine).
+    let app = spawn_auth().await;
+    let alice = token(1);
+    let r = app
+        .http
+        .get(app.url("/api/boards"))
+        .bearer_auth(&alice)
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    let board = new_board(&app, &alice).await;
+    let a = format!("Bearer {alice}");
+    let (s, _) = ws_refused(
+        &app,
+        &format!("board_id={board}"),
+        &[("Authorization", &a), ("Origin", "https://evil.example")],
+    )
+    .await;
+    assert_eq!(s, 403);
+    let own = format!("http://{}", app.addr);
+    ws_connect_with(
+        app.addr,
+        &format!("board_id={board}"),
+        &[("Authorization", &a), ("Origin", &own)],
+    )
+    .await
+    .expect("the page's own origin");
+}
+
+#[tokio::test]
+async fn every_answer_carries_the_security_headers() {
+    let app = spawn_auth().await;
+    for path in ["/health", "/api/tasks?board_id=1", "/nope", "/openapi.json"] {
+        let r = app.http.get(app.url(path)).send().await.unwrap();
+        let h = r.headers();
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(h["x-frame-options"], "DENY", "{path}");
+        assert_eq!(h["referrer-policy"], "no-referrer", "{path}");
+        assert!(h.contains_key("content-security-policy"), "{path}");
+    }
+}
+
+#[tokio::test]
+async fn the_binary_will_not_start_without_keys_unless_auth_is_off() {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_taskboard-gateway"))
+        .env_clear()
+        .env("HTTP_PORT", "0")
+        .stdout(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("JWT_SECRET") && err.contains("AUTH=off"),
+        "{err}"
+    );
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_taskboard-gateway"))
+        .env_clear()
+        .env("JWT_SECRET", SECRET)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SERVICE_TOKEN"));
+}
