@@ -27,6 +27,41 @@
     return id;
   })();
 
+  // The access token (a JWT): from `#token=…` (taken out of the address at once) or the sign-in
+  // field, kept in this browser's storage. With AUTH=off the gateway needs none.
+  const TOKEN_KEY = "taskboard.token";
+  let token = localStorage.getItem(TOKEN_KEY) || "";
+  (() => {
+    const m = /(?:^#|&)token=([A-Za-z0-9._-]+)/.exec(location.hash);
+    if (!m) return;
+    token = m[1];
+    localStorage.setItem(TOKEN_KEY, token);
+    const rest = location.hash.replace(/(^#|&)token=[A-Za-z0-9._-]+/, "$1").replace(/^#&/, "#");
+    history.replaceState(null, "", location.pathname + location.search + (rest === "#" ? "" : rest));
+  })();
+
+  function setToken(t) {
+    token = t;
+    if (t) localStorage.setItem(TOKEN_KEY, t); else localStorage.removeItem(TOKEN_KEY);
+    showWho();
+    loadBoard(state.board || boardFromHash());
+  }
+
+  // "Signed in as user N" (from /api/me), or why not.
+  async function showWho() {
+    const who = $("who");
+    $("sign-out").hidden = !token;
+    $("sign-in").hidden = !!token;
+    $("token").hidden = !!token;
+    try {
+      const me = await api("GET", "/api/me");
+      who.textContent = me.auth === "off" ? "authentication off (development)"
+        : `signed in as user ${me.user_id}${me.service ? " (service)" : ""}`;
+    } catch (e) {
+      who.textContent = token ? "token not accepted" : "not signed in";
+    }
+  }
+
   function boardFromHash() {
     const m = /board=(\d+)/.exec(location.hash);
     const b = m ? Number(m[1]) : 1;
@@ -36,11 +71,9 @@
   async function api(method, path, body) {
     let res;
     try {
-      res = await fetch(path, {
-        method,
-        headers: body ? { "Content-Type": "application/json" } : {},
-        body: body ? JSON.stringify(body) : undefined,
-      });
+      const headers = body ? { "Content-Type": "application/json" } : {};
+      if (token) headers.Authorization = `Bearer ${token}`;
+      res = await fetch(path, { method, headers, body: body ? JSON.stringify(body) : undefined });
     } catch {
       throw new Error("Cannot reach the server. Check your connection and try again.");
     }
@@ -48,6 +81,12 @@
     let data = null;
     try { data = await res.json(); } catch { /* not JSON */ }
     if (!res.ok) {
+      const why = data && data.message ? ` (${data.message})` : "";
+      if (res.status === 401) {
+        throw new Error(token ? `Your sign-in is no longer accepted: sign in again${why}.`
+          : "Please sign in: paste your access token above.");
+      }
+      if (res.status === 403) throw new Error(`You are not allowed to do that${why}.`);
       if (data && data.error) throw new Error(data.message ? `${data.error}: ${data.message}` : data.error);
       throw new Error(`The server answered ${res.status}.`);
     }
@@ -93,6 +132,8 @@
     } catch (e) {
       if (gen !== state.generation) return;
       showError(e.message);
+      // Retrying does not help without a (new) token or a membership.
+      if (/sign in|not allowed/i.test(e.message)) { setConn("offline"); return; }
       retryLater(gen, () => loadBoard(board));
     }
   }
@@ -108,7 +149,9 @@
 
   function connect(gen) {
     const proto = location.protocol === "https:" ? "wss:" : "ws:";
-    const ws = new WebSocket(`${proto}//${location.host}/ws?board_id=${state.board}&since=${state.lastSeq}`);
+    // Browsers cannot set headers on a WebSocket: the token travels as a subprotocol.
+    const url = `${proto}//${location.host}/ws?board_id=${state.board}&since=${state.lastSeq}`;
+    const ws = token ? new WebSocket(url, ["taskboard", `bearer.${token}`]) : new WebSocket(url);
     state.ws = ws;
     ws.onopen = () => {
       if (gen !== state.generation) return;
@@ -124,6 +167,11 @@
     ws.onclose = (c) => {
       if (gen !== state.generation) return;
       state.ws = null;
+      if (c.code === 1008) {
+        setConn("offline");
+        showError("Your sign-in has expired: sign in again.");
+        return;
+      }
       // 1013: we fell behind; the server told us to resume, so do it at once.
       const soon = c.code === 1013;
       retryLater(gen, () => connect(gen), soon);
@@ -304,7 +352,28 @@
     location.hash = `board=${b}`;
   });
 
+  $("new-board-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const name = $("board-name").value.trim();
+    if (!name) { showError("Board name is required"); return; }
+    mutate(async () => {
+      const b = await api("POST", "/api/boards", { name });
+      $("board-name").value = "";
+      location.hash = `board=${b.id}`;
+    });
+  });
+
+  $("auth-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const t = $("token").value.trim();
+    $("token").value = "";
+    if (!/^[A-Za-z0-9._-]+$/.test(t)) { showError("That does not look like an access token."); return; }
+    setToken(t);
+  });
+  $("sign-out").addEventListener("click", () => setToken(""));
+
   window.addEventListener("hashchange", () => loadBoard(boardFromHash()));
+  showWho();
   window.addEventListener("online", () => { if (!state.ws) loadBoard(state.board); });
   loadBoard(boardFromHash());
 })();

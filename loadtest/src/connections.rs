@@ -22,6 +22,10 @@ pub struct ConnectionsArgs {
     /// Gateway base URL.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub url: String,
+    /// Bearer token for the gateway (AUTH=on): a service-role token (`taskboard-token --service`)
+    /// reaches every board the suite uses.
+    #[arg(long, env = "TASKBOARD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// gateway, original, or nats-ws.
     #[arg(long, value_enum, default_value = "gateway")]
     pub target: Target,
@@ -82,13 +86,17 @@ pub async fn run(args: ConnectionsArgs) -> Result<RunResult> {
         let (open_c, failed_c, mut stop) = (open.clone(), failed.clone(), stop_rx.clone());
         let board = 1 + (i % args.boards.max(1)) as i64;
         let (target, source) = (args.target, wsclient::source_ip(i, args.source_ips));
+        let auth = match target {
+            Target::Gateway => args.token.as_ref().map(|t| format!("Bearer {t}")),
+            _ => None,
+        };
         tasks.push(tokio::spawn(async move {
             let path = match target {
                 Target::Gateway => format!("/ws?board_id={board}"),
                 Target::Original => "/ws".into(),
                 Target::NatsWs => "/".into(),
             };
-            let mut ws = match wsclient::connect(addr, &path, source).await {
+            let mut ws = match wsclient::connect(addr, &path, source, auth.as_deref()).await {
                 Ok(ws) => ws,
                 Err(e) => {
                     drop(permit);

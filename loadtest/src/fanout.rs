@@ -52,6 +52,10 @@ pub struct FanoutArgs {
     /// Base URL of the gateway (REST for publishing, /ws for subscribers).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub url: String,
+    /// Bearer token for the gateway (AUTH=on): a service-role token (`taskboard-token --service`)
+    /// reaches every board the suite uses.
+    #[arg(long, env = "TASKBOARD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// What the subscribers connect to.
     #[arg(long, value_enum, default_value = "gateway")]
     pub target: Target,
@@ -115,6 +119,8 @@ impl FanoutArgs {
 /// Shared counters of a run.
 struct Shared {
     base: Instant,
+    /// `Authorization` for the gateway's REST and WebSocket.
+    auth: Option<String>,
     delivered: AtomicU64,
     lat: Latencies,
     stop: watch::Receiver<bool>,
@@ -161,6 +167,7 @@ pub async fn run(args: FanoutArgs) -> Result<RunResult> {
     let boards: Vec<i64> = (0..args.boards as i64).map(|i| board_base + i).collect();
     let (stop_tx, stop_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
+        auth: args.token.as_ref().map(|t| format!("Bearer {t}")),
         base: Instant::now(),
         delivered: AtomicU64::new(0),
         lat: Latencies::new(64),
@@ -361,7 +368,11 @@ async fn subscribe(
         Target::Original => "/ws".to_owned(),
         Target::NatsWs => "/".to_owned(),
     };
-    let mut ws = wsclient::connect(addr, &path, source).await?;
+    let auth = match target {
+        Target::Gateway => shared.auth.as_deref(),
+        _ => None,
+    };
+    let mut ws = wsclient::connect(addr, &path, source, auth).await?;
     let mut stop = shared.stop.clone();
     let mut nats = natsproto::Parser::default();
     if target == Target::NatsWs {
@@ -478,13 +489,11 @@ async fn publish_rest(
                     boards[bi],
                     extract::TITLE_MARK
                 );
-                let ok = client
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status() == 201);
+                let mut req = client.post(&url).header("content-type", "application/json");
+                if let Some(a) = &shared.auth {
+                    req = req.header("authorization", a);
+                }
+                let ok = req.body(body).send().await.is_ok_and(|r| r.status() == 201);
                 if ok {
                     published[bi].fetch_add(1, Ordering::Relaxed);
                 } else {

@@ -12,6 +12,11 @@ use goose::prelude::*;
 
 #[derive(Args, Clone)]
 pub struct RestArgs {
+    /// Bearer token for the gateway (AUTH=on): a service-role token (`taskboard-token --service`)
+    /// reaches every board the suite uses.
+    #[arg(long, env = "TASKBOARD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
     /// Boards the users spread over (1 concentrates everything on one board).
     #[arg(long, default_value_t = 100)]
     pub boards: u64,
@@ -159,11 +164,34 @@ pub async fn run(args: RestArgs) -> Result<()> {
         })
     });
 
+    // AUTH=on: every request carries the token (one client per user, built at its start).
+    let auth = args.token.as_ref().map(|t| format!("Bearer {t}"));
+    let sign_in: TransactionFunction = Arc::new(move |user| {
+        let auth = auth.clone();
+        Box::pin(async move {
+            let mut headers = reqwest::header::HeaderMap::new();
+            if let Some(a) = auth.as_deref().and_then(|a| a.parse().ok()) {
+                headers.insert(reqwest::header::AUTHORIZATION, a);
+            }
+            let builder = reqwest::Client::builder()
+                .default_headers(headers)
+                .timeout(std::time::Duration::from_secs(60));
+            user.set_client_builder(builder).await?;
+            Ok(())
+        })
+    });
+    let on_start = || {
+        Transaction::new(sign_in.clone())
+            .set_name("sign in")
+            .set_on_start()
+    };
+
     let mut attack = GooseAttack::initialize_with_config(config).context("goose")?;
     if args.create_only {
         attack = attack.register_scenario(
             scenario!("Creator")
                 .set_wait_time(think.0, think.1)?
+                .register_transaction(on_start())
                 .register_transaction(Transaction::new(create).set_name("create")),
         );
     } else {
@@ -172,12 +200,14 @@ pub async fn run(args: RestArgs) -> Result<()> {
                 scenario!("BoardReader")
                     .set_weight(args.readers.max(1))?
                     .set_wait_time(think.0, think.1)?
+                    .register_transaction(on_start())
                     .register_transaction(Transaction::new(list).set_name("list")),
             )
             .register_scenario(
                 scenario!("TaskWriter")
                     .set_weight(args.writers.max(1))?
                     .set_wait_time(think.0, think.1)?
+                    .register_transaction(on_start())
                     .register_transaction(
                         Transaction::new(create).set_name("create").set_sequence(1),
                     )

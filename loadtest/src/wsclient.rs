@@ -43,10 +43,15 @@ pub async fn tcp(addr: SocketAddr, source: Ipv4Addr) -> Result<tokio::net::TcpSt
     Ok(s)
 }
 
-/// Opens `ws://addr{path}` from `source`.
-pub async fn connect(addr: SocketAddr, path: &str, source: Ipv4Addr) -> Result<Ws> {
+/// Opens `ws://addr{path}` from `source`, sending `authorization` when given.
+pub async fn connect(
+    addr: SocketAddr,
+    path: &str,
+    source: Ipv4Addr,
+    authorization: Option<&str>,
+) -> Result<Ws> {
     let stream = tcp(addr, source).await?;
-    let req = hyper::Request::builder()
+    let mut req = hyper::Request::builder()
         .method("GET")
         .uri(format!("http://{addr}{path}"))
         .header("Host", addr.to_string())
@@ -56,8 +61,11 @@ pub async fn connect(addr: SocketAddr, path: &str, source: Ipv4Addr) -> Result<W
             "Sec-WebSocket-Key",
             fastwebsockets::handshake::generate_key(),
         )
-        .header("Sec-WebSocket-Version", "13")
-        .body(Empty::<Bytes>::new())?;
+        .header("Sec-WebSocket-Version", "13");
+    if let Some(a) = authorization {
+        req = req.header("Authorization", a);
+    }
+    let req = req.body(Empty::<Bytes>::new())?;
     let (ws, _) = fastwebsockets::handshake::client(&SpawnExecutor, req, stream)
         .await
         .map_err(|e| anyhow!("WebSocket handshake with {addr}{path}: {e}"))?;

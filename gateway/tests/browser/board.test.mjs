@@ -3,6 +3,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFileSync } from "node:child_process";
+import { createHmac, randomBytes } from "node:crypto";
 import { mkdirSync } from "node:fs";
 import net from "node:net";
 import path from "node:path";
@@ -17,6 +18,21 @@ const NATS = process.env.TASKBOARD_TEST_NATS || "nats://127.0.0.1:4222";
 const CHROMIUM = process.env.CHROMIUM_BIN || "/usr/bin/chromium";
 const ARTIFACTS = path.join(here, "artifacts");
 const unique = `tb_t_browser_${process.pid}_${Date.now()}`;
+
+// Authentication on, as deployed: an HS256 secret for the gateways, a service token between them
+// and the task service.
+const JWT_SECRET = randomBytes(24).toString("hex");
+const SERVICE_TOKEN = randomBytes(16).toString("hex");
+
+/// An HS256 JWT for `user`, valid for `ttl` seconds.
+function tokenFor(user, ttl = 3600) {
+  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
+  const head = b64({ alg: "HS256", typ: "JWT" });
+  const body = b64({ sub: String(user), aud: "taskboard", exp: Math.floor(Date.now() / 1000) + ttl });
+  const sig = createHmac("sha256", JWT_SECRET).update(`${head}.${body}`).digest("base64url");
+  return `${head}.${body}.${sig}`;
+}
+const OWNER = tokenFor(1);
 
 const procs = new Set();
 let browser;
@@ -60,7 +76,7 @@ async function waitReady(port) {
 async function startGateway(port) {
   const proc = start("taskboard-gateway", {
     HTTP_PORT: String(port), BIND_ADDR: "127.0.0.1", TASK_SERVICE_ADDR: `127.0.0.1:${tasksPort}`,
-    NATS_URL: NATS, NATS_SUBJECT_PREFIX: unique,
+    NATS_URL: NATS, NATS_SUBJECT_PREFIX: unique, JWT_SECRET, SERVICE_TOKEN,
   });
   await waitReady(port);
   return { port, proc, url: `http://127.0.0.1:${port}` };
@@ -74,12 +90,18 @@ function stop(proc, signal = "SIGTERM") {
   });
 }
 
-async function rest(base, method, p, body) {
+async function rest(base, method, p, body, token = OWNER) {
   const r = await fetch(base + p, {
-    method, headers: { "Content-Type": "application/json" }, body: body && JSON.stringify(body),
+    method, headers: { "Content-Type": "application/json", Authorization: `Bearer ${token}` },
+    body: body && JSON.stringify(body),
   });
   assert.ok(r.ok, `${method} ${p}: ${r.status}`);
   return r.status === 204 ? null : r.json();
+}
+
+/// A new board owned by user 1 (the pages' user).
+async function newBoard(name = "Test board") {
+  return (await rest(gw1.url, "POST", "/api/boards", { name })).id;
 }
 
 before(async () => {
@@ -89,7 +111,7 @@ before(async () => {
   tasksPort = await freePort();
   start("taskboard-tasks", {
     PORT: String(tasksPort), BIND_ADDR: "127.0.0.1", DATABASE_URL: db, NATS_URL: NATS,
-    NATS_SUBJECT_PREFIX: unique, RELAY_POLL_INTERVAL_MS: "200",
+    NATS_SUBJECT_PREFIX: unique, RELAY_POLL_INTERVAL_MS: "200", SERVICE_TOKEN,
   });
   gw1 = await startGateway(await freePort());
   gw2 = await startGateway(await freePort());
@@ -105,14 +127,14 @@ after(async () => {
   await Promise.all([...procs].map((p) => stop(p)));
 });
 
-async function openBoard(board, viewport, gw = gw1) {
+async function openBoard(board, viewport, gw = gw1, token = OWNER) {
   const ctx = await browser.newContext({ viewport: viewport || { width: 1100, height: 800 } });
   const page = await ctx.newPage();
   page.dialogs = [];
   page.on("dialog", (d) => { page.dialogs.push(d.message()); d.dismiss(); });
   page.pageErrors = [];
   page.on("pageerror", (e) => page.pageErrors.push(String(e)));
-  await page.goto(`${gw.url}/#board=${board}`);
+  await page.goto(`${gw.url}/#board=${board}&token=${token}`);
   await page.locator("#conn", { hasText: "connected" }).waitFor({ timeout: 5000 });
   return page;
 }
@@ -126,8 +148,9 @@ async function addTask(page, title, description = "") {
 }
 
 test("a task created in one page appears in the other within a second", async () => {
-  const a = await openBoard(11);
-  const b = await openBoard(11);
+  const board = await newBoard();
+  const a = await openBoard(board);
+  const b = await openBoard(board);
   await addTask(a, "Buy milk", "two litres");
   await task(b, "Buy milk").waitFor({ timeout: 1000 });
   assert.equal(await task(b, "Buy milk").locator(".description").textContent(), "two litres");
@@ -138,8 +161,9 @@ test("a task created in one page appears in the other within a second", async ()
 });
 
 test("completing, editing and deleting flow between pages", async () => {
-  const a = await openBoard(12);
-  const b = await openBoard(12);
+  const board = await newBoard();
+  const a = await openBoard(board);
+  const b = await openBoard(board);
   await addTask(a, "Write report");
   await task(b, "Write report").waitFor({ timeout: 1000 });
 
@@ -171,7 +195,8 @@ test("a restarted gateway: reconnecting, then every change made meanwhile, none 
   // This test kills and restarts a gateway of its own, so whatever happens here, the shared
   // gateways the other tests use are left as they were.
   let own = await startGateway(await freePort());
-  const a = await openBoard(13, undefined, own);
+  const board = await newBoard();
+  const a = await openBoard(board, undefined, own);
   try {
     await addTask(a, "Before restart");
     await task(a, "Before restart").waitFor({ timeout: 1000 });
@@ -182,7 +207,7 @@ test("a restarted gateway: reconnecting, then every change made meanwhile, none 
     // Changes through the other replica while this page's gateway is down.
     const created = [];
     for (const t of ["During 1", "During 2", "During 3"]) {
-      created.push(await rest(gw2.url, "POST", "/api/tasks", { board_id: 13, title: t, created_by: 7 }));
+      created.push(await rest(gw2.url, "POST", "/api/tasks", { board_id: board, title: t, created_by: 7 }));
     }
     await rest(gw2.url, "PUT", `/api/tasks/${created[0].id}`, { completed: true });
     await rest(gw2.url, "DELETE", `/api/tasks/${created[2].id}`);
@@ -204,7 +229,8 @@ test("a restarted gateway: reconnecting, then every change made meanwhile, none 
 });
 
 test("a title with markup renders as text", async () => {
-  const a = await openBoard(14);
+  const board = await newBoard();
+  const a = await openBoard(board);
   const evil = "<img src=x onerror=alert(1)>";
   await addTask(a, evil, "<b>not bold</b>");
   await task(a, evil).waitFor({ timeout: 1000 });
@@ -217,7 +243,8 @@ test("a title with markup renders as text", async () => {
 });
 
 test("errors from the API are shown in words, and the page works at phone width", async () => {
-  const a = await openBoard(15, { width: 390, height: 800 });
+  const board = await newBoard();
+  const a = await openBoard(board, { width: 390, height: 800 });
   // Past the form's own limit (as a script or an old page might send): the API's answer is shown.
   await a.evaluate(() => document.getElementById("new-description").removeAttribute("maxlength"));
   await a.fill("#new-title", "x".repeat(500));
@@ -236,7 +263,8 @@ test("errors from the API are shown in words, and the page works at phone width"
 });
 
 test("screenshot of a board", async () => {
-  const a = await openBoard(16);
+  const board = await newBoard();
+  const a = await openBoard(board);
   for (const [t, d] of [["Plan sprint", "Pick the next issues"], ["Review PR #42", ""], ["Update docs", "README quick start"]]) {
     await addTask(a, t, d);
     await task(a, t).waitFor({ timeout: 1000 });
@@ -244,5 +272,47 @@ test("screenshot of a board", async () => {
   await task(a, "Review PR #42").locator(".toggle").check();
   await a.locator("#done-list .task").waitFor({ timeout: 1000 });
   await a.screenshot({ path: path.join(ARTIFACTS, "board.png"), fullPage: true, animations: "disabled" });
+  await a.context().close();
+});
+
+test("signing in: the token leaves the address, and 401/403 are shown in words", async () => {
+  const board = await newBoard("Signed");
+  const ctx = await browser.newContext({ viewport: { width: 1100, height: 800 } });
+  const page = await ctx.newPage();
+  // Without a token: asked to sign in, nothing loads.
+  await page.goto(`${gw1.url}/#board=${board}`);
+  await page.locator("#error", { hasText: "Please sign in" }).waitFor({ timeout: 3000 });
+  // A viewer signs in through the field: the board loads, writing is refused in words.
+  await rest(gw1.url, "PUT", `/api/boards/${board}/members/5`, { role: "viewer" });
+  await page.fill("#token", tokenFor(5));
+  await page.click("#sign-in");
+  await page.locator("#who", { hasText: "signed in as user 5" }).waitFor({ timeout: 3000 });
+  await page.locator("#conn", { hasText: "connected" }).waitFor({ timeout: 5000 });
+  await addTask(page, "not mine to add");
+  await page.locator("#error", { hasText: "You are not allowed" }).waitFor({ timeout: 3000 });
+  assert.match(await page.locator("#error").textContent(), /viewer/);
+  // A token in the address is stored and taken out of it.
+  const other = await ctx.newPage();
+  await other.goto(`${gw1.url}/#board=${board}&token=${OWNER}`);
+  await other.locator("#conn", { hasText: "connected" }).waitFor({ timeout: 5000 });
+  assert.ok(!other.url().includes("token="), other.url());
+  assert.ok(other.url().includes(`board=${board}`), other.url());
+  // Someone else's board: 403 in words.
+  const theirs = await rest(gw1.url, "POST", "/api/boards", { name: "Private" }, tokenFor(9));
+  const stranger = await ctx.newPage();
+  await stranger.goto(`${gw1.url}/#board=${theirs.id}&token=${tokenFor(5)}`);
+  await stranger.locator("#error", { hasText: "not a member" }).waitFor({ timeout: 3000 });
+  await ctx.close();
+});
+
+test("a new board is created from the page and opened", async () => {
+  const board = await newBoard();
+  const a = await openBoard(board);
+  await a.fill("#board-name", "Created here");
+  await a.click("#new-board-form button[type=submit]");
+  await a.waitForFunction((b) => !location.hash.includes(`board=${b}`), board, { timeout: 3000 });
+  await a.locator("#conn", { hasText: "connected" }).waitFor({ timeout: 5000 });
+  await addTask(a, "first");
+  await task(a, "first").waitFor({ timeout: 1000 });
   await a.context().close();
 });
