@@ -9,7 +9,8 @@
    (what Talos 1.8 ships), plus what schemas miss: selectors match pod labels, Services select pods,
    named probe ports exist, referenced ConfigMaps/Secrets are rendered, quantities parse, names are
    DNS-1123, every container runs as non-root with a read-only root, no capabilities and the
-   RuntimeDefault seccomp profile, and the gateway's grace period outlasts its own drain.
+   RuntimeDefault seccomp profile, the gateway's grace period outlasts its own drain, and both
+   services run with AUTH=on in every environment.
 4. No dead values: changing any documented value of a chart changes what it renders.
 
 Usage: helm/check.py HELM_BINARY [--write-schemas]
@@ -31,7 +32,8 @@ K8S = "1.31.0"
 # Optional parts switched on for the dead-value check, so the values they use are exercised.
 ALL_ON = {
     "gateway": {"ingress": {"enabled": True, "tlsSecret": "tls"}, "autoscaling": {"enabled": True, "websocketsPerPod": 500},
-                "serviceMonitor": {"enabled": True}},
+                "serviceMonitor": {"enabled": True},
+                "auth": {"issuer": "https://id.example", "jwks": '{"keys": []}', "publicKey": "PEM"}},
     "tasks": {"serviceMonitor": {"enabled": True}},
     "postgres": {},
     "nats": {"replicas": 3},
@@ -40,6 +42,9 @@ ALL_ON = {
 MODE_OF = {
     ("postgres", "cnpg.instances"): {"mode": "cnpg"},
     ("gateway", "replicas"): {"autoscaling": {"enabled": False}},
+    # The key sources take precedence in this order: each one is checked with those before it empty.
+    ("gateway", "auth.publicKey"): {"auth": {"jwks": ""}},
+    ("gateway", "auth.hs256Secret"): {"auth": {"jwks": "", "publicKey": ""}},
 }
 failures = []
 
@@ -180,8 +185,8 @@ def render(helm, chart, values=None, namespace="taskboard"):
                            capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(r.stderr.strip())
-    # The generated password differs on every render.
-    return re.sub(r"(?m)^(\s+password: ).*$", r"\1<random>", r.stdout)
+    # Generated secrets differ on every render.
+    return re.sub(r"(?m)^(\s+(?:password|token|jwt-secret): ).*$", r"\1<random>", r.stdout)
 
 
 # ---- 3. what schemas miss -----------------------------------------------------------------------
@@ -228,7 +233,8 @@ def semantic(docs, label):
                 for e in c.get("env", []):
                     ref = e.get("valueFrom", {}).get("secretKeyRef")
                     # Alone, postgres reads the task service's Secret (the umbrella renders both).
-                    shared = label.startswith("postgres") and ref and ref["name"].endswith("-tasks-db")
+                    shared = (label.startswith("postgres") and ref and ref["name"].endswith("-tasks-db")) or (
+                        label.startswith("gateway") and ref and ref["name"].endswith("-service-token"))
                     if ref and ("Secret", ref["name"]) not in names and "existing" not in label and not shared:
                         fail(f"{label}: {name}: Secret {ref['name']} is not rendered")
                 env = {e["name"]: e.get("value") for e in c.get("env", [])}
@@ -295,6 +301,13 @@ def main():
         if r.returncode != 0:
             fail(f"helm lint umbrella {env}: {r.stdout[-400:]}")
         docs = validate(render(helm, UMBRELLA, yaml.safe_load(f.read_text())), f"umbrella {env}")
+        # Authentication is never silently off: both services run with AUTH=on in every environment.
+        for d in docs:
+            if d["kind"] == "Deployment":
+                for c in d["spec"]["template"]["spec"]["containers"]:
+                    auth = {e["name"]: e.get("value") for e in c.get("env", [])}.get("AUTH")
+                    if auth != "on":
+                        fail(f"umbrella {env}: {d['metadata']['name']} runs with AUTH={auth}")
         print(f"  ok umbrella {env}: {len(docs)} objects: "
               + ", ".join(sorted({d['kind'] for d in docs})))
     prod = [d for d in yaml.safe_load_all(render(helm, UMBRELLA, yaml.safe_load((HERE / 'environments/prod.yaml').read_text()))) if d]

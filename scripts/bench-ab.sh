@@ -62,6 +62,10 @@ db=tb_bench_ab_${ts,,}
 ensure_database "$PG_ADMIN_URL" "$db"
 db_url=$(database_url "$PG_ADMIN_URL" "$db")
 
+# Both builds against one task service; authentication off, since a base build from before
+# authentication would not present a token (bench.sh measures with it on).
+export AUTH=off
+
 grpc_port=$(free_port)
 RUST_LOG=warn DATABASE_URL=$db_url NATS_URL=$NATS_URL NATS_SUBJECT_PREFIX="ab$ts" PORT=$grpc_port \
   METRICS_PORT=0 BIND_ADDR=127.0.0.1 DB_POOL_SIZE=32 "$bin/taskboard-tasks" &

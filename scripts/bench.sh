@@ -60,6 +60,11 @@ db=tb_bench_${ts,,}
 ensure_database "$PG_ADMIN_URL" "$db"
 db_url=$(database_url "$PG_ADMIN_URL" "$db")
 
+# As deployed: authentication on, and the load suite holding a service-role token (every board).
+dev_auth "$TB_STATE_DIR/auth"
+TASKBOARD_TOKEN=$("$bin/taskboard-token" --service --ttl-secs 86400)
+export TASKBOARD_TOKEN
+
 grpc_port=$(free_port)
 http_port=$(free_port)
 RUST_LOG=warn DATABASE_URL=$db_url NATS_URL=$NATS_URL NATS_SUBJECT_PREFIX="bench$ts" PORT=$grpc_port \

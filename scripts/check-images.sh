@@ -75,6 +75,11 @@ ensure_database "$PG_ADMIN_URL" "$db"
 db_url=$(database_url "$PG_ADMIN_URL" "$db")
 grpc=$(free_port) tasks_admin=$(free_port) http=$(free_port) gw_admin=$(free_port)
 prefix=imgcheck$$
+# As deployed: authentication on (a development secret and service token; a service-role token
+# for the checks below, minted with the host's build of taskboard-token).
+jwt_secret=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+service_token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+token=$(JWT_SECRET=$jwt_secret "$bin_dir/taskboard-token" --service --ttl-secs 600)
 run_opts=(-d --network host --read-only --user 65532:65532 --cap-drop ALL
   --security-opt no-new-privileges --stop-timeout "$POD_GRACE")
 
@@ -82,11 +87,12 @@ log "running taskboard-tasks:check (non-root, read-only root filesystem, no capa
 pod run "${run_opts[@]}" --name tb-check-tasks -e RUST_LOG=info -e DATABASE_URL="$db_url" \
   -e NATS_URL="$NATS_URL" -e NATS_SUBJECT_PREFIX="$prefix" -e PORT="$grpc" \
   -e METRICS_PORT="$tasks_admin" -e BIND_ADDR=127.0.0.1 -e SHUTDOWN_GRACE_SECS="$SERVICE_GRACE" \
-  localhost/taskboard-tasks:check >/dev/null
+  -e SERVICE_TOKEN="$service_token" localhost/taskboard-tasks:check >/dev/null
 log "running taskboard-gateway:check"
 pod run "${run_opts[@]}" --name tb-check-gateway -e RUST_LOG=info -e HTTP_PORT="$http" \
   -e TASK_SERVICE_ADDR="127.0.0.1:$grpc" -e NATS_URL="$NATS_URL" -e NATS_SUBJECT_PREFIX="$prefix" \
   -e METRICS_PORT="$gw_admin" -e BIND_ADDR=127.0.0.1 -e SHUTDOWN_GRACE_SECS="$SERVICE_GRACE" \
+  -e JWT_SECRET="$jwt_secret" -e SERVICE_TOKEN="$service_token" \
   localhost/taskboard-gateway:check >/dev/null
 
 fail() { pod logs tb-check-tasks 2>&1 | tail -20 >&2; pod logs tb-check-gateway 2>&1 | tail -20 >&2; die "$*"; }
@@ -101,20 +107,21 @@ done
 log "health, ready and metrics answer; the containers run as 65532 with a read-only root"
 
 # A create through the gateway, and its event over the WebSocket (a plain socket client).
-python3 - "$http" <<'PY' || fail "create + WebSocket event failed"
+python3 - "$http" "$token" <<'PY' || fail "create + WebSocket event failed"
 import base64, json, os, socket, struct, sys, urllib.request
-port = int(sys.argv[1])
+port, token = int(sys.argv[1]), sys.argv[2]
 s = socket.create_connection(("127.0.0.1", port), timeout=10)
 key = base64.b64encode(os.urandom(16)).decode()
 s.sendall((f"GET /ws?board_id=4242 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+           f"Authorization: Bearer {token}\r\n\r\n").encode())
 head = b""
 while b"\r\n\r\n" not in head:
     head += s.recv(1)
 assert head.startswith(b"HTTP/1.1 101"), head
 req = urllib.request.Request(f"http://127.0.0.1:{port}/api/tasks", method="POST",
     data=json.dumps({"board_id": 4242, "title": "from a container"}).encode(),
-    headers={"Content-Type": "application/json"})
+    headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
 task = json.load(urllib.request.urlopen(req, timeout=10))
 def exact(n):
     b = b""

@@ -192,3 +192,14 @@ ensure_helm() {
   fi
   echo "$PWD/$dir/helm"
 }
+
+# Development authentication: an HS256 secret and a service token, created once under $1 (mode
+# 700) and exported as AUTH=on, JWT_SECRET_FILE and SERVICE_TOKEN_FILE for both services.
+dev_auth() { # dir
+  local dir=$1
+  mkdir -p "$dir"
+  chmod 700 "$dir"
+  [ -s "$dir/jwt_secret" ] || head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$dir/jwt_secret"
+  [ -s "$dir/service_token" ] || head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$dir/service_token"
+  export AUTH=on JWT_SECRET_FILE="$dir/jwt_secret" SERVICE_TOKEN_FILE="$dir/service_token"
+}

@@ -9,3 +9,5 @@ app.kubernetes.io/part-of: taskboard
 app.kubernetes.io/version: {{ .Values.image.tag | quote }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
+{{- define "gateway.jwtSecret" -}}{{ .Values.auth.hs256Secret | default (printf "%s-jwt" (include "gateway.name" .)) }}{{- end -}}
+{{- define "gateway.jwtFiles" -}}{{ or .Values.auth.jwks .Values.auth.publicKey }}{{- end -}}

@@ -10,3 +10,4 @@ app.kubernetes.io/version: {{ .Values.image.tag | quote }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 {{- define "tasks.secretName" -}}{{ .Values.database.existingSecret | default (printf "%s-db" (include "tasks.name" .)) }}{{- end -}}
+{{- define "tasks.serviceTokenSecret" -}}{{ .Values.auth.serviceTokenSecret | default (printf "%s-service-token" .Release.Name) }}{{- end -}}
