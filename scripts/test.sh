@@ -61,6 +61,9 @@ python3 -c 'import promql_parser' 2>/dev/null || pip install -q promql-parser
 cargo build --quiet --bins
 python3 dashboards/check.py
 
+log "OpenAPI: schemathesis against the running services (no 5xx, every answer as documented)"
+bash scripts/check-openapi.sh "$TASKBOARD_BIN_DIR" 40
+
 log "Helm charts (lint, template, Kubernetes 1.31 schemas, consistency, no dead values)"
 bash scripts/check-helm.sh
 log "scripts/deploy.sh --dry-run"
