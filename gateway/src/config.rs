@@ -144,15 +144,40 @@ pub struct Config {
     #[arg(long, env = "BODY_TIMEOUT_MS", default_value_t = 15_000)]
     pub body_timeout_ms: u64,
 
+    /// Rate limit per client address: API calls and WebSocket attempts per second (0 = off). The
+    /// service role is exempt. Over it: 429 with Retry-After.
+    #[arg(long, env = "RATE_ADDRESS_PER_SEC", default_value_t = 100)]
+    pub rate_address_per_sec: u32,
+
+    /// Burst allowed above RATE_ADDRESS_PER_SEC (the bucket size).
+    #[arg(long, env = "RATE_ADDRESS_BURST", default_value_t = 500)]
+    pub rate_address_burst: u32,
+
+    /// Rate limit per user on creates, updates and deletes, per second (0 = off).
+    #[arg(long, env = "RATE_USER_WRITES_PER_SEC", default_value_t = 20)]
+    pub rate_user_writes_per_sec: u32,
+
+    /// Burst allowed above RATE_USER_WRITES_PER_SEC.
+    #[arg(long, env = "RATE_USER_WRITES_BURST", default_value_t = 100)]
+    pub rate_user_writes_burst: u32,
+
+    /// Rate limit per user on WebSocket connects and resumes, per second (0 = off).
+    #[arg(long, env = "RATE_USER_CONNECTS_PER_SEC", default_value_t = 2)]
+    pub rate_user_connects_per_sec: u32,
+
+    /// Burst allowed above RATE_USER_CONNECTS_PER_SEC.
+    #[arg(long, env = "RATE_USER_CONNECTS_BURST", default_value_t = 30)]
+    pub rate_user_connects_burst: u32,
+
     /// On SIGTERM, how long in-flight requests get to finish before connections are dropped.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 25)]
     pub shutdown_grace_secs: u64,
 }
 
 impl Config {
-    /// Config for tests and embedding: the defaults with the given task service and NATS, and
-    /// AUTH=off (set `auth`, a key and `service_token` to test it on). Reads no environment
-    /// variable.
+    /// Config for tests and embedding: the defaults with the given task service and NATS, with
+    /// AUTH=off and no rate limits (set `auth`, a key, `service_token` and the `rate_*` fields to
+    /// test them). Reads no environment variable.
     pub fn for_addrs(task_service_addr: &str, nats_url: &str) -> Self {
         Config {
             http_port: DEFAULT_HTTP_PORT,
@@ -182,6 +207,12 @@ impl Config {
             body_timeout_ms: 15_000,
             max_connections: 0,
             max_websockets: 0,
+            rate_address_per_sec: 0,
+            rate_address_burst: 0,
+            rate_user_writes_per_sec: 0,
+            rate_user_writes_burst: 0,
+            rate_user_connects_per_sec: 0,
+            rate_user_connects_burst: 0,
             shutdown_grace_secs: 25,
         }
     }
@@ -197,6 +228,25 @@ impl Config {
 
     pub fn grpc_timeout(&self) -> Duration {
         Duration::from_millis(self.grpc_timeout_ms.max(1))
+    }
+
+    /// The rate limiters this config asks for.
+    pub fn rate_limits(&self) -> crate::ratelimit::RateLimits {
+        use crate::ratelimit::Rate;
+        crate::ratelimit::RateLimits::new(
+            Rate {
+                per_sec: self.rate_address_per_sec,
+                burst: self.rate_address_burst,
+            },
+            Rate {
+                per_sec: self.rate_user_writes_per_sec,
+                burst: self.rate_user_writes_burst,
+            },
+            Rate {
+                per_sec: self.rate_user_connects_per_sec,
+                burst: self.rate_user_connects_burst,
+            },
+        )
     }
 
     pub fn auth_on(&self) -> bool {

@@ -10,6 +10,7 @@ pub mod hub;
 pub mod limits;
 pub mod metrics;
 mod page;
+pub mod ratelimit;
 pub mod routes;
 mod server;
 pub mod tasks_client;
@@ -46,6 +47,8 @@ pub struct AppState {
     pub limits: limits::Limits,
     /// Token verification; `None` with AUTH=off.
     pub auth: Option<Arc<auth::Verifier>>,
+    /// Per-address and per-user rate limits.
+    pub rate: ratelimit::RateLimits,
 }
 
 impl AppState {
@@ -136,6 +139,7 @@ pub async fn run_with_metrics(
         token.clone(),
     ));
 
+    let rate_limits = config.rate_limits();
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     let limits = limits::Limits::new(config.max_connections, config.max_websockets);
     tracing::info!(
@@ -158,6 +162,20 @@ pub async fn run_with_metrics(
         subscribed,
         limits,
         auth: verifier,
+        rate: rate_limits,
+    });
+    // Idle buckets are forgotten, so the limiters' memory follows the clients of the last minute.
+    tracker.spawn({
+        let (state, token) = (state.clone(), token.clone());
+        async move {
+            let mut every = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = every.tick() => state.rate.forget_idle(),
+                    _ = token.cancelled() => return,
+                }
+            }
+        }
     });
 
     tracing::info!(addr = %listener.local_addr()?, "gateway listening (HTTP + WebSocket /ws)");

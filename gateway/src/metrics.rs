@@ -8,6 +8,10 @@ use metrics::{
 /// Registers every gateway metric's help text and unit (shown by `/metrics`).
 pub fn describe() {
     describe_counter!(
+        "taskboard_rate_limited_total",
+        "Requests and WebSocket attempts refused with 429, by limit (address, user_writes, user_connects)"
+    );
+    describe_counter!(
         "taskboard_http_requests_total",
         "HTTP requests by route template, method and status class"
     );

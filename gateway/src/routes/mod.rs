@@ -184,7 +184,7 @@ async fn dispatch(
             | Route::Me),
         ) => {
             let origin = req.headers().get(header::ORIGIN).cloned();
-            let r = api_call(&state, req, api, params)
+            let r = api_call(&state, req, api, params, peer)
                 .await
                 .unwrap_or_else(ApiError::into_response);
             state.cors.apply(origin.as_ref(), r)
@@ -205,15 +205,27 @@ async fn api_call(
     req: Request<Incoming>,
     route: Route,
     params: Params,
+    peer: SocketAddr,
 ) -> Result<Resp, ApiError> {
     if req.method() == Method::OPTIONS {
         return Ok(empty(StatusCode::OK));
     }
     let principal = match &state.auth {
-        Some(v) => Some(v.authenticate(req.headers())?),
+        Some(v) => match v.authenticate(req.headers()) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                // Failed attempts count against the address too (no free password spraying).
+                state.rate.address(peer.ip(), None)?;
+                return Err(e);
+            }
+        },
         None => None,
     };
     let who = principal.as_ref();
+    state.rate.address(peer.ip(), who)?;
+    if matches!(*req.method(), Method::POST | Method::PUT | Method::DELETE) {
+        state.rate.user(who, crate::ratelimit::Limit::UserWrites)?;
+    }
     let id = params.id.as_deref().unwrap_or_default();
     match route {
         Route::Tasks => tasks::collection(state, req, who).await,

@@ -52,7 +52,7 @@ pub async fn upgrade(state: &Arc<AppState>, mut req: Request<Incoming>, peer: So
         Ok(s) => s,
         Err(e) => return e.into_response(),
     };
-    let who = match authorize(state, &req, &sub).await {
+    let who = match authorize(state, &req, &sub, peer).await {
         Ok(w) => w,
         Err(e) => return e.into_response(),
     };
@@ -116,11 +116,23 @@ async fn authorize<B>(
     state: &AppState,
     req: &Request<B>,
     sub: &super::Subscription,
+    peer: SocketAddr,
 ) -> Result<Option<Principal>, ApiError> {
     let Some(verifier) = &state.auth else {
+        state.rate.address(peer.ip(), None)?;
         return Ok(None);
     };
-    let who = verifier.authenticate(req.headers())?;
+    let who = match verifier.authenticate(req.headers()) {
+        Ok(p) => p,
+        Err(e) => {
+            state.rate.address(peer.ip(), None)?;
+            return Err(e);
+        }
+    };
+    state.rate.address(peer.ip(), Some(&who))?;
+    state
+        .rate
+        .user(Some(&who), crate::ratelimit::Limit::UserConnects)?;
     if sub.boards.is_empty() {
         if !who.service {
             return Err(

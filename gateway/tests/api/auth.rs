@@ -525,3 +525,94 @@ async fn the_binary_will_not_start_without_keys_unless_auth_is_off() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("SERVICE_TOKEN"));
 }
+
+#[tokio::test]
+async fn floods_get_429_with_retry_after_per_user_and_per_address() {
+    let app = spawn_app_with(
+        |t| {
+            t.auth = "on".into();
+            t.service_token = Some(SERVICE_TOKEN.into());
+        },
+        |g| {
+            g.auth = "on".into();
+            g.jwt_secret = Some(SECRET.into());
+            g.service_token = Some(SERVICE_TOKEN.into());
+            g.rate_user_writes_per_sec = 1;
+            g.rate_user_writes_burst = 3;
+            g.rate_user_connects_per_sec = 1;
+            g.rate_user_connects_burst = 2;
+            g.rate_address_per_sec = 1;
+            g.rate_address_burst = 40;
+        },
+    )
+    .await;
+    let alice = token(1);
+    let board = new_board(&app, &alice).await; // one write
+    let create = |t: String| {
+        let app = &app;
+        async move {
+            app.http
+                .post(app.url("/api/tasks"))
+                .bearer_auth(t)
+                .json(&json!({"board_id": board, "title": "x"}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(create(alice.clone()).await.status(), 201);
+    assert_eq!(create(alice.clone()).await.status(), 201);
+    let r = create(alice.clone()).await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let b: Value = r.json().await.unwrap();
+    assert!(
+        b["message"]
+            .as_str()
+            .unwrap()
+            .contains("changes by this user"),
+        "{b}"
+    );
+    // Reads are not writes; the service role is never limited.
+    let (s, _) = call(
+        &app,
+        reqwest::Method::GET,
+        &format!("/api/tasks?board_id={board}"),
+        Some(&alice),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let service = token_for(99, &["service"], 3600);
+    for _ in 0..5 {
+        assert_eq!(create(service.clone()).await.status(), 201);
+    }
+
+    // WebSocket connects and resumes of one user.
+    let a = format!("Bearer {alice}");
+    let q = format!("board_id={board}&since=0");
+    for _ in 0..2 {
+        ws_connect_with(app.addr, &q, &[("Authorization", &a)])
+            .await
+            .unwrap();
+    }
+    let (s, b) = ws_refused(&app, &q, &[("Authorization", &a)]).await;
+    assert_eq!(s, 429, "{b}");
+
+    // One address: every call counts, failed sign-ins included.
+    let mut limited = 0;
+    for _ in 0..60 {
+        let r = app.http.get(app.url("/api/boards")).send().await.unwrap();
+        match r.status().as_u16() {
+            401 => {}
+            429 => limited += 1,
+            s => panic!("unexpected {s}"),
+        }
+    }
+    assert!(limited >= 10, "only {limited} of 60 refused");
+    let text = scrape(app.metrics_addr).await;
+    for limit in ["user_writes", "user_connects", "address"] {
+        let n = sample(&text, "taskboard_rate_limited_total", &[("limit", limit)]).unwrap_or(0.0);
+        assert!(n >= 1.0, "{limit}: {n}");
+    }
+}
