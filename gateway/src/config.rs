@@ -144,6 +144,12 @@ pub struct Config {
     #[arg(long, env = "BODY_TIMEOUT_MS", default_value_t = 15_000)]
     pub body_timeout_ms: u64,
 
+    /// Replay page reads (resumes with `since`) in flight at once; more resumers wait their turn.
+    /// Each page is at most 100 events and 256 KiB, so a resumer that stops reading holds at most
+    /// one page.
+    #[arg(long, env = "MAX_REPLAYS", default_value_t = 32)]
+    pub max_replays: usize,
+
     /// Rate limit per client address: API calls and WebSocket attempts per second (0 = off). The
     /// service role is exempt. Over it: 429 with Retry-After.
     #[arg(long, env = "RATE_ADDRESS_PER_SEC", default_value_t = 100)]
@@ -207,6 +213,7 @@ impl Config {
             body_timeout_ms: 15_000,
             max_connections: 0,
             max_websockets: 0,
+            max_replays: 32,
             rate_address_per_sec: 0,
             rate_address_burst: 0,
             rate_user_writes_per_sec: 0,

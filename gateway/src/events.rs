@@ -232,7 +232,7 @@ impl Intake {
     async fn fill(&mut self, board: i64, after: i64, upto: i64) {
         let mut cursor = after;
         while cursor < upto {
-            match self.tasks.list_events(board, cursor, FILL_PAGE).await {
+            match self.tasks.list_events(board, cursor, FILL_PAGE, 0).await {
                 Ok(page) if !page.reset && !page.events.is_empty() => {
                     for e in page.events {
                         if e.seq > upto {

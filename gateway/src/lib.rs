@@ -49,6 +49,8 @@ pub struct AppState {
     pub auth: Option<Arc<auth::Verifier>>,
     /// Per-address and per-user rate limits.
     pub rate: ratelimit::RateLimits,
+    /// Replay page reads in flight (MAX_REPLAYS).
+    pub replays: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -140,6 +142,7 @@ pub async fn run_with_metrics(
     ));
 
     let rate_limits = config.rate_limits();
+    let max_replays = config.max_replays.max(1);
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     let limits = limits::Limits::new(config.max_connections, config.max_websockets);
     tracing::info!(
@@ -163,6 +166,7 @@ pub async fn run_with_metrics(
         limits,
         auth: verifier,
         rate: rate_limits,
+        replays: Arc::new(tokio::sync::Semaphore::new(max_replays)),
     });
     // Idle buckets are forgotten, so the limiters' memory follows the clients of the last minute.
     tracker.spawn({

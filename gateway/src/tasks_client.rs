@@ -209,13 +209,15 @@ impl TasksClient {
         Ok(())
     }
 
-    /// A page of a board's events after `after_seq`, read by the gateway itself (sessions were
+    /// A page of a board's events after `after_seq` (at most `limit` events and `max_bytes` of
+    /// payload; 0 = the service's maximum), read by the gateway itself (sessions were
     /// authorized when they subscribed).
     pub async fn list_events(
         &self,
         board_id: i64,
         after_seq: i64,
         limit: i32,
+        max_bytes: i32,
     ) -> Result<v1::ListEventsResponse, tonic::Status> {
         Ok(self
             .client()
@@ -224,6 +226,7 @@ impl TasksClient {
                     board_id,
                     after_seq,
                     limit,
+                    max_bytes,
                 },
                 None,
             ))

@@ -31,15 +31,22 @@ pub struct Service {
     pub gate: DbGate,
 }
 
-/// How many of `events` fit in one ListEvents page ([`taskboard_proto::EVENTS_PAGE_BYTES`]); at
-/// least one, so a single large event still goes through.
-fn within_page_bytes(events: &[EventRow]) -> usize {
+/// How many of `events` fit in a page of `budget` bytes (0, or more than
+/// [`taskboard_proto::EVENTS_PAGE_BYTES`], means that); at least one, so a single large event
+/// still goes through.
+fn within_page_bytes(events: &[EventRow], budget: i32) -> usize {
+    let budget = usize::try_from(budget)
+        .ok()
+        .filter(|b| *b > 0)
+        .map_or(taskboard_proto::EVENTS_PAGE_BYTES, |b| {
+            b.min(taskboard_proto::EVENTS_PAGE_BYTES)
+        });
     let mut total = 0;
     events
         .iter()
         .take_while(|e| {
             total += e.payload.len();
-            total <= taskboard_proto::EVENTS_PAGE_BYTES
+            total <= budget
         })
         .count()
         .max(events.len().min(1))
@@ -291,7 +298,7 @@ impl TaskService for Service {
                     .await?
                     .ok_or_else(|| not_a_member(board))?;
             let reset = needs_reset(r.after_seq, head, &events);
-            events.truncate(within_page_bytes(&events));
+            events.truncate(within_page_bytes(&events, r.max_bytes));
             Ok(Response::new(v1::ListEventsResponse {
                 events: if reset {
                     Vec::new()
@@ -549,14 +556,16 @@ pub(crate) mod tests {
             ..ev(seq)
         };
         let events: Vec<EventRow> = (1..=10).map(big).collect();
-        assert_eq!(within_page_bytes(&events), 3);
-        assert_eq!(within_page_bytes(&[ev(1), ev(2)]), 2);
+        assert_eq!(within_page_bytes(&events, 0), 3);
+        assert_eq!(within_page_bytes(&events, i32::MAX), 3, "never past 4 MiB");
+        assert_eq!(within_page_bytes(&events, 2_200_000), 2, "a smaller budget");
+        assert_eq!(within_page_bytes(&[ev(1), ev(2)], 0), 2);
         let huge = EventRow {
             payload: bytes::Bytes::from(vec![b'x'; 5 * 1024 * 1024]),
             ..ev(1)
         };
-        assert_eq!(within_page_bytes(&[huge]), 1, "one event always goes");
-        assert_eq!(within_page_bytes(&[]), 0);
+        assert_eq!(within_page_bytes(&[huge], 1), 1, "one event always goes");
+        assert_eq!(within_page_bytes(&[], 0), 0);
     }
 
     #[test]

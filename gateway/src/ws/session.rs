@@ -31,7 +31,10 @@ use taskboard_telemetry::Slotted;
 /// Largest message accepted from a client (clients have nothing to say but pongs and close).
 const MAX_INBOUND: usize = 4096;
 /// Events per ListEvents call during replay.
-const REPLAY_PAGE: i32 = 1000;
+const REPLAY_PAGE: i32 = 100;
+/// ...and at most this many bytes of payload: a client that stops reading during a replay holds
+/// at most one page (plus its frames) in the gateway.
+const REPLAY_PAGE_BYTES: i32 = 256 * 1024;
 /// How long the upgrade waits for the heads of new boards (where a subscriber without `since`
 /// starts) before it goes ahead without them.
 const HEADS_DEADLINE: Duration = Duration::from_secs(1);
@@ -66,6 +69,8 @@ struct Ctx {
     peer: SocketAddr,
     /// When the client's token expires (the session is closed with 1008 then).
     expires_at: Option<tokio::time::Instant>,
+    /// Replay page reads in flight in this gateway (MAX_REPLAYS).
+    replays: Arc<tokio::sync::Semaphore>,
 }
 
 impl Session {
@@ -81,6 +86,7 @@ impl Session {
         shutdown: CancellationToken,
         peer: SocketAddr,
         expires_at: Option<tokio::time::Instant>,
+        replays: Arc<tokio::sync::Semaphore>,
     ) -> Session {
         let (feed, known) = Feed::new(&hub, &sub.boards);
         let mut start: HashMap<i64, i64> = sub.since.iter().map(|(b, s)| (*b, *s)).collect();
@@ -126,6 +132,7 @@ impl Session {
                 shutdown,
                 peer,
                 expires_at,
+                replays,
             },
             feed,
         }
@@ -403,14 +410,18 @@ impl Ctx {
     ) -> Result<(), End> {
         loop {
             let after = last.get(&board).copied().unwrap_or(0);
-            let page = self
-                .tasks
-                .list_events(board, after, REPLAY_PAGE)
-                .await
-                .map_err(|s| {
-                    tracing::warn!(board, status = %s, "replay failed");
-                    End::ReplayUnavailable
-                })?;
+            // A permit per page read: at most MAX_REPLAYS reads in flight in this gateway, so
+            // a crowd of resumers queues here instead of starving the task service's pool.
+            let page = {
+                let _permit = self.replays.acquire().await.map_err(|_| End::Shutdown)?;
+                self.tasks
+                    .list_events(board, after, REPLAY_PAGE, REPLAY_PAGE_BYTES)
+                    .await
+                    .map_err(|s| {
+                        tracing::warn!(board, status = %s, "replay failed");
+                        End::ReplayUnavailable
+                    })?
+            };
             if page.reset {
                 let reset = taskboard_proto::nats::reset_payload(board, page.head_seq);
                 wr.bytes(&text_frame(reset.as_bytes())).await?;
@@ -418,18 +429,21 @@ impl Ctx {
                 return Ok(());
             }
             let frames: Vec<Bytes> = page.events.iter().map(|e| text_frame(&e.payload)).collect();
+            let (last_seq, head) = (page.events.last().map(|e| e.seq), page.head_seq);
+            // Only the frames are kept while the client reads them.
+            drop(page);
             wr.frames(&frames).await?;
             let m = &self.hub.metrics;
             m.events_replayed.increment(frames.len() as u64);
             m.frames_sent.increment(frames.len() as u64);
             m.bytes_sent
                 .increment(frames.iter().map(|f| f.len() as u64).sum());
-            let Some(e) = page.events.last() else {
+            let Some(seq) = last_seq else {
                 return Ok(());
             };
-            last.insert(board, e.seq);
+            last.insert(board, seq);
             // Pages are cut by count and by bytes: done when the board's head is reached.
-            if e.seq >= page.head_seq {
+            if seq >= head {
                 return Ok(());
             }
         }

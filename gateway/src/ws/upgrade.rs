@@ -88,6 +88,7 @@ pub async fn upgrade(state: &Arc<AppState>, mut req: Request<Incoming>, peer: So
         state.shutdown.clone(),
         peer,
         who.map(|p| expiry(p.expires_at)),
+        state.replays.clone(),
     )
     .await;
     state.tracker.spawn(async move {

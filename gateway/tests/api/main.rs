@@ -1,6 +1,7 @@
 //! Gateway integration tests: both services for real, on port 0, each test with its own database
 //! and NATS subjects.
 mod auth;
+mod bounds;
 mod delivery;
 mod hardening;
 mod helpers;

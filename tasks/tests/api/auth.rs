@@ -145,6 +145,7 @@ async fn a_non_member_can_neither_read_nor_change_a_board() {
                 board_id: b.id,
                 after_seq: 0,
                 limit: 10,
+                ..Default::default()
             })
             .await,
     ));

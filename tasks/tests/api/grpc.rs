@@ -105,6 +105,7 @@ async fn concurrent_updates_are_atomic_and_every_one_is_an_event() {
             board_id: 1,
             after_seq: 0,
             limit: 0,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -137,6 +138,7 @@ async fn an_empty_update_changes_nothing_and_emits_no_event() {
             board_id: 1,
             after_seq: 0,
             limit: 0,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -194,6 +196,7 @@ async fn list_events_pages_and_reports_a_reset_after_pruning() {
             board_id: 8,
             after_seq: 1,
             limit: 2,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -222,6 +225,7 @@ async fn list_events_pages_and_reports_a_reset_after_pruning() {
             board_id: 8,
             after_seq: 1,
             limit: 0,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -234,6 +238,7 @@ async fn list_events_pages_and_reports_a_reset_after_pruning() {
             board_id: 8,
             after_seq: 3,
             limit: 0,
+            ..Default::default()
         })
         .await
         .unwrap()
