@@ -73,6 +73,13 @@ struct Ctx {
     replays: Arc<tokio::sync::Semaphore>,
 }
 
+/// Who is on the other end: their address, and when their token expires.
+pub struct Client {
+    pub peer: SocketAddr,
+    /// The session is closed with 1008 at this instant.
+    pub expires_at: Option<tokio::time::Instant>,
+}
+
 impl Session {
     /// Subscribes to the hub at once, before the upgrade is answered, and fixes where each board
     /// starts: a client that has its 101 never misses an event committed after it, whatever the
@@ -84,10 +91,10 @@ impl Session {
         settings: SessionSettings,
         sub: Subscription,
         shutdown: CancellationToken,
-        peer: SocketAddr,
-        expires_at: Option<tokio::time::Instant>,
+        client: Client,
         replays: Arc<tokio::sync::Semaphore>,
     ) -> Session {
+        let Client { peer, expires_at } = client;
         let (feed, known) = Feed::new(&hub, &sub.boards);
         let mut start: HashMap<i64, i64> = sub.since.iter().map(|(b, s)| (*b, *s)).collect();
         let mut unknown = Vec::new();

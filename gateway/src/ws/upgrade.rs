@@ -86,8 +86,10 @@ pub async fn upgrade(state: &Arc<AppState>, mut req: Request<Incoming>, peer: So
         state.session,
         sub,
         state.shutdown.clone(),
-        peer,
-        who.map(|p| expiry(p.expires_at)),
+        super::session::Client {
+            peer,
+            expires_at: who.map(|p| expiry(p.expires_at)),
+        },
         state.replays.clone(),
     )
     .await;
