@@ -149,8 +149,10 @@ def check_live():
     subprocess.run(["psql", PG, "-qc", f"CREATE DATABASE {db}"], check=True)
     prefix = f"tbdash{os.getpid()}"
     grpc, http, gw_m, tasks_m, prom = (free_port() for _ in range(5))
+    # As deployed: authentication on; the traffic uses a service-role token.
+    secrets = {"JWT_SECRET": os.urandom(24).hex(), "SERVICE_TOKEN": os.urandom(16).hex()}
     env = {"PATH": os.environ["PATH"], "RUST_LOG": "warn", "BIND_ADDR": "127.0.0.1",
-           "NATS_URL": NATS, "NATS_SUBJECT_PREFIX": prefix}
+           "NATS_URL": NATS, "NATS_SUBJECT_PREFIX": prefix, **secrets}
     try:
         procs.append(subprocess.Popen([str(BIN / "taskboard-tasks")], env={
             **env, "PORT": str(grpc), "METRICS_PORT": str(tasks_m),
@@ -175,9 +177,12 @@ def check_live():
             and len(json.loads(get(f"{api}/targets"))["data"]["activeTargets"]) == 2)
 
         # Traffic: REST creates, WebSocket deliveries, a resume, disconnects.
+        token = subprocess.run([str(BIN / "taskboard-token"), "--service"], env=env,
+                               capture_output=True, text=True, check=True).stdout.strip()
         lt = subprocess.run([str(BIN / "taskboard-loadtest"), "fanout", "--url", f"http://127.0.0.1:{http}",
                              "--subscribers", "20", "--boards", "2", "--rate", "20", "--duration", "3",
-                             "--publishers", "4"], capture_output=True, text=True)
+                             "--publishers", "4"], capture_output=True, text=True,
+                            env={**os.environ, "TASKBOARD_TOKEN": token})
         if lt.returncode != 0:
             fail(f"traffic generation failed:\n{lt.stdout}{lt.stderr}")
         exported = set()
