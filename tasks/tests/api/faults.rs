@@ -252,3 +252,36 @@ async fn over_the_grpc_connection_cap_new_sockets_are_closed_at_once() {
         "a connection over the cap was kept"
     );
 }
+
+#[tokio::test]
+async fn one_connection_holds_at_most_max_streams_per_connection_streams() {
+    let t = spawn_with(|c| c.max_streams_per_connection = 2).await;
+    let watch = |board| {
+        let mut c = t.client.clone();
+        async move {
+            c.watch_events(v1::WatchEventsRequest {
+                board_id: board,
+                since_seq: 0,
+            })
+            .await
+            .map(tonic::Response::into_inner)
+        }
+    };
+    let first = watch(1).await.expect("first stream");
+    let _second = watch(2).await.expect("second stream");
+    // The third waits for a free stream on this connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS)
+    // instead of being served...
+    let third = tokio::spawn(watch(3));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !third.is_finished(),
+        "a third stream was opened over the cap"
+    );
+    // ...and goes through once one ends.
+    drop(first);
+    tokio::time::timeout(WAIT, third)
+        .await
+        .expect("the third stream opens once a slot frees")
+        .unwrap()
+        .expect("third stream");
+}
