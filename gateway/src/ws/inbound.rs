@@ -40,6 +40,11 @@ pub struct Reader<R> {
     io: R,
     buf: Vec<u8>,
     max: usize,
+    /// The message in progress: `None` between messages, `Some(true)` inside a text message
+    /// (whose UTF-8 is checked as it arrives), `Some(false)` inside a binary one.
+    message: Option<bool>,
+    /// The start of a UTF-8 character cut by a fragment boundary (at most 3 bytes).
+    partial: Vec<u8>,
 }
 
 /// Buffers above this are released once drained, so one large frame does not pin memory.
@@ -51,6 +56,8 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             io,
             buf: Vec::new(),
             max: max_payload,
+            message: None,
+            partial: Vec::new(),
         }
     }
 
@@ -58,6 +65,15 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     pub async fn next(&mut self) -> Result<Inbound, ReadError> {
         loop {
             if let Some((frame, used)) = parse(&self.buf, self.max)? {
+                if let Some(data) = frame.data {
+                    check_message(
+                        &mut self.message,
+                        &mut self.partial,
+                        &self.buf[..used],
+                        data,
+                    )?;
+                }
+                let frame = frame.inbound;
                 self.buf.drain(..used);
                 if self.buf.is_empty() && self.buf.capacity() > KEEP {
                     self.buf = Vec::new();
@@ -74,6 +90,46 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     }
 }
 
+/// Follows data frames across fragments: continuations only inside a message, no new message
+/// inside one, and text that is valid UTF-8 (RFC 6455 §8.1: else close with 1007). `message` and
+/// `partial` are the reader's state (see [`Reader`]).
+fn check_message(
+    message: &mut Option<bool>,
+    partial: &mut Vec<u8>,
+    raw: &[u8],
+    d: DataFrame,
+) -> Result<(), ReadError> {
+    let text = match (d.opcode, *message) {
+        (0x0, Some(text)) => text,
+        (0x0, None) => return Err(protocol("continuation frame outside a message")),
+        (_, Some(_)) => return Err(protocol("new message inside a fragmented one")),
+        (op, None) => op == 0x1,
+    };
+    *message = (!d.fin).then_some(text);
+    if !text {
+        return Ok(());
+    }
+    let mut bytes = std::mem::take(partial);
+    bytes.extend(
+        raw[d.payload.clone()]
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v ^ d.mask[i % 4]),
+    );
+    match std::str::from_utf8(&bytes) {
+        Ok(_) => Ok(()),
+        // A character cut at the end of a fragment that is not the last: wait for the rest.
+        Err(e) if e.error_len().is_none() && !d.fin => {
+            *partial = bytes[e.valid_up_to()..].to_vec();
+            Ok(())
+        }
+        Err(_) => Err(ReadError::Protocol {
+            close_code: 1007,
+            reason: "invalid UTF-8 in a text message",
+        }),
+    }
+}
+
 fn protocol(reason: &'static str) -> ReadError {
     ReadError::Protocol {
         close_code: 1002,
@@ -81,8 +137,24 @@ fn protocol(reason: &'static str) -> ReadError {
     }
 }
 
+/// Where a data frame's (still masked) payload lies in the buffer.
+#[derive(Debug)]
+struct DataFrame {
+    opcode: u8,
+    fin: bool,
+    mask: [u8; 4],
+    payload: std::ops::Range<usize>,
+}
+
+/// A parsed frame: what the session sees, and for data frames what the message check needs.
+#[derive(Debug)]
+struct Parsed {
+    inbound: Inbound,
+    data: Option<DataFrame>,
+}
+
 /// Parses one frame from the front of `b`: `None` if more bytes are needed.
-fn parse(b: &[u8], max: usize) -> Result<Option<(Inbound, usize)>, ReadError> {
+fn parse(b: &[u8], max: usize) -> Result<Option<(Parsed, usize)>, ReadError> {
     if b.len() < 2 {
         return Ok(None);
     }
@@ -124,16 +196,29 @@ fn parse(b: &[u8], max: usize) -> Result<Option<(Inbound, usize)>, ReadError> {
     }
     let mask = [b[at], b[at + 1], b[at + 2], b[at + 3]];
     at += 4;
-    let payload = if kind == Kind::Data {
-        Vec::new()
+    let (payload, data) = if kind == Kind::Data {
+        let data = DataFrame {
+            opcode: b[0] & 0x0f,
+            fin,
+            mask,
+            payload: at..at + len,
+        };
+        (Vec::new(), Some(data))
     } else {
-        b[at..at + len]
+        let p = b[at..at + len]
             .iter()
             .enumerate()
             .map(|(i, v)| v ^ mask[i % 4])
-            .collect()
+            .collect();
+        (p, None)
     };
-    Ok(Some((Inbound { kind, payload }, at + len)))
+    Ok(Some((
+        Parsed {
+            inbound: Inbound { kind, payload },
+            data,
+        },
+        at + len,
+    )))
 }
 
 #[cfg(test)]
@@ -158,6 +243,88 @@ mod tests {
         f.extend_from_slice(&mask);
         f.extend(payload.iter().enumerate().map(|(i, v)| v ^ mask[i % 4]));
         f
+    }
+
+    /// A frame with `fin` and `op` as given (client-masked).
+    fn fragment(fin: bool, op: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = client_frame(op, payload);
+        if !fin {
+            f[0] &= 0x7f;
+        }
+        f
+    }
+
+    async fn read_all(bytes: Vec<u8>) -> Result<Vec<Kind>, ReadError> {
+        let mut io = tokio_test_io(bytes);
+        let mut r = Reader::new(&mut io, 4096);
+        let mut kinds = Vec::new();
+        loop {
+            match r.next().await {
+                Ok(f) => kinds.push(f.kind),
+                Err(ReadError::Eof) => return Ok(kinds),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn text_must_be_utf8_even_when_a_character_spans_fragments() {
+        let e = read_all(client_frame(0x1, b"ok \xff")).await.unwrap_err();
+        assert_eq!(
+            e,
+            ReadError::Protocol {
+                close_code: 1007,
+                reason: "invalid UTF-8 in a text message"
+            }
+        );
+        // "é" = C3 A9, cut between two fragments: fine.
+        let mut split = fragment(false, 0x1, b"caf\xc3");
+        split.extend(fragment(true, 0x0, b"\xa9!"));
+        assert_eq!(read_all(split).await.unwrap().len(), 2);
+        // A cut character never completed.
+        let mut cut = fragment(false, 0x1, b"caf\xc3");
+        cut.extend(fragment(true, 0x0, b"!"));
+        assert!(matches!(
+            read_all(cut).await,
+            Err(ReadError::Protocol {
+                close_code: 1007,
+                ..
+            })
+        ));
+        let mut trailing = fragment(false, 0x1, b"a");
+        trailing.extend(fragment(true, 0x0, b"\xc3"));
+        assert!(read_all(trailing).await.is_err());
+        // Binary data is not text.
+        assert!(read_all(client_frame(0x2, b"\xff\xfe")).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn fragments_must_belong_to_a_message() {
+        let stray = read_all(client_frame(0x0, b"x")).await.unwrap_err();
+        assert!(matches!(
+            stray,
+            ReadError::Protocol {
+                close_code: 1002,
+                ..
+            }
+        ));
+        let mut nested = fragment(false, 0x1, b"a");
+        nested.extend(client_frame(0x1, b"b"));
+        assert!(matches!(
+            read_all(nested).await,
+            Err(ReadError::Protocol {
+                close_code: 1002,
+                ..
+            })
+        ));
+        // A control frame may come between fragments.
+        let mut ok = fragment(false, 0x1, b"a");
+        ok.extend(client_frame(0x9, b"p"));
+        ok.extend(fragment(true, 0x0, b"b"));
+        assert_eq!(
+            read_all(ok).await.unwrap(),
+            vec![Kind::Data, Kind::Ping, Kind::Data]
+        );
     }
 
     #[tokio::test]

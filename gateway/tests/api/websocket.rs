@@ -177,11 +177,12 @@ async fn bad_ws_queries_are_400_before_the_upgrade() {
 #[tokio::test]
 async fn a_slow_subscriber_is_closed_with_1013_while_a_fast_one_gets_everything() {
     const N: i64 = 120;
-    // A small queue and a small socket buffer make "slow" quick to reach.
+    // A small queue and a small socket buffer make "slow" quick to reach (32 events of ~2 KB: far
+    // below the 120 sent, yet room for the fast client on a loaded 2-core machine).
     let app = spawn_app_with(
         |_| {},
         |g| {
-            g.ws_queue = 8;
+            g.ws_queue = 32;
             g.ws_send_buffer = Some(4096);
         },
     )
@@ -303,6 +304,34 @@ async fn a_client_breaking_the_protocol_gets_1002_and_a_ping_gets_a_pong() {
         .unwrap();
     assert_eq!(close[0], 0x88);
     assert_eq!(u16::from_be_bytes([close[2], close[3]]), 1002);
+}
+
+#[tokio::test]
+async fn a_text_message_that_is_not_utf8_gets_1007() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app().await;
+    let stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let mut raw = ws_handshake(stream, app.addr, "board_id=1")
+        .await
+        .unwrap()
+        .into_inner();
+    let mask = [9u8, 8, 7, 6];
+    let mut text = vec![0x81, 0x82];
+    text.extend_from_slice(&mask);
+    text.extend(
+        [0xC3u8, 0x28]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ mask[i % 4]),
+    );
+    raw.write_all(&text).await.unwrap();
+    let mut close = [0u8; 4];
+    tokio::time::timeout(WAIT, raw.read_exact(&mut close))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(close[0], 0x88);
+    assert_eq!(u16::from_be_bytes([close[2], close[3]]), 1007);
 }
 
 #[tokio::test]
