@@ -2,6 +2,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use hyper_util::rt::TokioIo;
 use serde_json::json;
 
 use crate::helpers::*;
@@ -278,11 +279,7 @@ async fn a_client_that_stops_answering_pings_is_dropped() {
 async fn a_client_breaking_the_protocol_gets_1002_and_a_ping_gets_a_pong() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = spawn_app().await;
-    let stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
-    let mut raw = ws_handshake(stream, app.addr, "board_id=1")
-        .await
-        .unwrap()
-        .into_inner();
+    let mut raw = raw_websocket(&app, "board_id=1").await;
     // A masked ping with payload "hi": the answer is an unmasked pong with the same payload.
     let mask = [1u8, 2, 3, 4];
     let mut ping = vec![0x89, 0x82];
@@ -297,24 +294,36 @@ async fn a_client_breaking_the_protocol_gets_1002_and_a_ping_gets_a_pong() {
     assert_eq!(head, [0x8A, 0x02, b'h', b'i']);
     // An unmasked frame from a client is a protocol error: close 1002.
     raw.write_all(&[0x81, 0x01, b'x']).await.unwrap();
+    assert_eq!(close_code(&mut raw).await, 1002);
+}
+
+/// A WebSocket after its handshake, as the raw upgraded stream (to send what no client library
+/// would).
+async fn raw_websocket(app: &TestApp, query: &str) -> TokioIo<hyper::upgrade::Upgraded> {
+    let stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    ws_handshake(stream, app.addr, query)
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Reads the server's close frame; its code.
+async fn close_code(raw: &mut TokioIo<hyper::upgrade::Upgraded>) -> u16 {
+    use tokio::io::AsyncReadExt;
     let mut close = [0u8; 4];
     tokio::time::timeout(WAIT, raw.read_exact(&mut close))
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(close[0], 0x88);
-    assert_eq!(u16::from_be_bytes([close[2], close[3]]), 1002);
+    assert_eq!(close[0], 0x88, "a close frame");
+    u16::from_be_bytes([close[2], close[3]])
 }
 
 #[tokio::test]
 async fn a_text_message_that_is_not_utf8_gets_1007() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let app = spawn_app().await;
-    let stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
-    let mut raw = ws_handshake(stream, app.addr, "board_id=1")
-        .await
-        .unwrap()
-        .into_inner();
+    let mut raw = raw_websocket(&app, "board_id=1").await;
     let mask = [9u8, 8, 7, 6];
     let mut text = vec![0x81, 0x82];
     text.extend_from_slice(&mask);
@@ -325,13 +334,7 @@ async fn a_text_message_that_is_not_utf8_gets_1007() {
             .map(|(i, b)| b ^ mask[i % 4]),
     );
     raw.write_all(&text).await.unwrap();
-    let mut close = [0u8; 4];
-    tokio::time::timeout(WAIT, raw.read_exact(&mut close))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(close[0], 0x88);
-    assert_eq!(u16::from_be_bytes([close[2], close[3]]), 1007);
+    assert_eq!(close_code(&mut raw).await, 1007);
 }
 
 #[tokio::test]
