@@ -11,6 +11,7 @@ pub mod limits;
 pub mod metrics;
 mod page;
 pub mod ratelimit;
+pub mod replay;
 pub mod routes;
 mod server;
 pub mod tasks_client;
@@ -49,8 +50,8 @@ pub struct AppState {
     pub auth: Option<Arc<auth::Verifier>>,
     /// Per-address and per-user rate limits.
     pub rate: ratelimit::RateLimits,
-    /// Replay page reads in flight (MAX_REPLAYS).
-    pub replays: Arc<tokio::sync::Semaphore>,
+    /// Replay page reads: shared between resumers, at most MAX_REPLAYS in flight.
+    pub replays: Arc<replay::ReplayReads>,
 }
 
 impl AppState {
@@ -142,7 +143,7 @@ pub async fn run_with_metrics(
     ));
 
     let rate_limits = config.rate_limits();
-    let max_replays = config.max_replays.max(1);
+    let replays = Arc::new(replay::ReplayReads::new(tasks.clone(), config.max_replays));
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     let limits = limits::Limits::new(config.max_connections, config.max_websockets);
     tracing::info!(
@@ -166,7 +167,7 @@ pub async fn run_with_metrics(
         limits,
         auth: verifier,
         rate: rate_limits,
-        replays: Arc::new(tokio::sync::Semaphore::new(max_replays)),
+        replays,
     });
     // Idle buckets are forgotten, so the limiters' memory follows the clients of the last minute.
     tracker.spawn({

@@ -8,6 +8,10 @@ use metrics::{
 /// Registers every gateway metric's help text and unit (shown by `/metrics`).
 pub fn describe() {
     describe_counter!(
+        "taskboard_replay_reads_shared_total",
+        "Replay pages a resuming WebSocket got from a read another resumer had in flight"
+    );
+    describe_counter!(
         "taskboard_rate_limited_total",
         "Requests and WebSocket attempts refused with 429, by limit (address, user_writes, user_connects)"
     );

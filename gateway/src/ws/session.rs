@@ -30,11 +30,6 @@ use taskboard_telemetry::Slotted;
 
 /// Largest message accepted from a client (clients have nothing to say but pongs and close).
 const MAX_INBOUND: usize = 4096;
-/// Events per ListEvents call during replay.
-const REPLAY_PAGE: i32 = 100;
-/// ...and at most this many bytes of payload: a client that stops reading during a replay holds
-/// at most one page (plus its frames) in the gateway.
-const REPLAY_PAGE_BYTES: i32 = 256 * 1024;
 /// How long the upgrade waits for the heads of new boards (where a subscriber without `since`
 /// starts) before it goes ahead without them.
 const HEADS_DEADLINE: Duration = Duration::from_secs(1);
@@ -62,15 +57,14 @@ pub struct Session {
 /// What a running session reads from.
 struct Ctx {
     hub: Arc<Hub>,
-    tasks: TasksClient,
     settings: SessionSettings,
     sub: Subscription,
     shutdown: CancellationToken,
     peer: SocketAddr,
     /// When the client's token expires (the session is closed with 1008 then).
     expires_at: Option<tokio::time::Instant>,
-    /// Replay page reads in flight in this gateway (MAX_REPLAYS).
-    replays: Arc<tokio::sync::Semaphore>,
+    /// Replay page reads, shared and bounded (MAX_REPLAYS).
+    replays: Arc<crate::replay::ReplayReads>,
 }
 
 /// Who is on the other end: their address, and when their token expires.
@@ -92,7 +86,7 @@ impl Session {
         sub: Subscription,
         shutdown: CancellationToken,
         client: Client,
-        replays: Arc<tokio::sync::Semaphore>,
+        replays: Arc<crate::replay::ReplayReads>,
     ) -> Session {
         let Client { peer, expires_at } = client;
         let (feed, known) = Feed::new(&hub, &sub.boards);
@@ -133,7 +127,6 @@ impl Session {
             start,
             ctx: Ctx {
                 hub,
-                tasks,
                 settings,
                 sub,
                 shutdown,
@@ -417,18 +410,12 @@ impl Ctx {
     ) -> Result<(), End> {
         loop {
             let after = last.get(&board).copied().unwrap_or(0);
-            // A permit per page read: at most MAX_REPLAYS reads in flight in this gateway, so
-            // a crowd of resumers queues here instead of starving the task service's pool.
-            let page = {
-                let _permit = self.replays.acquire().await.map_err(|_| End::Shutdown)?;
-                self.tasks
-                    .list_events(board, after, REPLAY_PAGE, REPLAY_PAGE_BYTES)
-                    .await
-                    .map_err(|s| {
-                        tracing::warn!(board, status = %s, "replay failed");
-                        End::ReplayUnavailable
-                    })?
-            };
+            // At most MAX_REPLAYS reads in flight in this gateway (a crowd of resumers queues
+            // instead of starving the task service's pool), one per page however many need it.
+            let page = self.replays.page(board, after).await.map_err(|s| {
+                tracing::warn!(board, status = %s, "replay failed");
+                End::ReplayUnavailable
+            })?;
             if page.reset {
                 let reset = taskboard_proto::nats::reset_payload(board, page.head_seq);
                 wr.bytes(&text_frame(reset.as_bytes())).await?;
