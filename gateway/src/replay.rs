@@ -101,6 +101,7 @@ impl ReplayReads {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
 
     #[tokio::test]
     async fn concurrent_resumers_of_one_page_share_one_read() {
@@ -142,16 +143,17 @@ mod tests {
         for _ in 0..20 {
             tokio::task::yield_now().await;
         }
-        gate.notify_waiters();
-        for w in waiters {
-            assert_eq!(w.await.unwrap().unwrap().head_seq, 7003);
-        }
-        assert_eq!(other.await.unwrap().unwrap().head_seq, 8000);
         assert_eq!(
             calls.load(Ordering::SeqCst),
             2,
             "one read per distinct page"
         );
+        gate.notify_waiters();
+        for w in waiters {
+            let page = tokio::time::timeout(Duration::from_secs(5), w).await;
+            assert_eq!(page.expect("answered").unwrap().unwrap().head_seq, 7003);
+        }
+        assert_eq!(other.await.unwrap().unwrap().head_seq, 8000);
         // Done reads are forgotten: the next asker reads afresh.
         let again = {
             let reads = reads.clone();
