@@ -37,6 +37,9 @@ grpc=$(free_port) http=$(free_port)
 RUST_LOG=error DATABASE_URL=$(database_url "$PG_ADMIN_URL" "$db") NATS_URL=$NATS_URL \
   NATS_SUBJECT_PREFIX="openapi$$" PORT=$grpc METRICS_PORT=0 "$bin/taskboard-tasks" &
 pids+=($!)
+# Rate limits off: at fuzzing speed a plain user would mostly meet 429 and leave the logic behind
+# it untested (the limits have their own tests).
+RATE_ADDRESS_PER_SEC=0 RATE_USER_WRITES_PER_SEC=0 RATE_USER_CONNECTS_PER_SEC=0 \
 RUST_LOG=error HTTP_PORT=$http TASK_SERVICE_ADDR=127.0.0.1:$grpc NATS_URL=$NATS_URL \
   NATS_SUBJECT_PREFIX="openapi$$" METRICS_PORT=0 BIND_ADDR=127.0.0.1 "$bin/taskboard-gateway" &
 pids+=($!)
