@@ -114,7 +114,13 @@ pub struct Config {
     #[arg(long, env = "NATS_SUBJECT_PREFIX", default_value = "tasks")]
     pub nats_subject_prefix: String,
 
-    /// How often the outbox relay polls even without a LISTEN/NOTIFY wake-up.
+    /// Most task changes committed together in one transaction (group commit: changes that arrive
+    /// while a commit is in flight share the next one; 1 = every change its own transaction).
+    #[arg(long, env = "WRITE_BATCH_MAX", default_value_t = 256)]
+    pub write_batch_max: usize,
+
+    /// How often the outbox relay scans for events no replica has published (a replica that
+    /// stopped between commit and publish, NATS that was unreachable), and prunes.
     #[arg(long, env = "RELAY_POLL_INTERVAL_MS", default_value_t = 1000)]
     pub relay_poll_interval_ms: u64,
 
@@ -215,6 +221,7 @@ impl Config {
             db_acquire_timeout_ms: 5000,
             nats_url: nats_url.to_owned(),
             nats_subject_prefix: "tasks".into(),
+            write_batch_max: 256,
             relay_poll_interval_ms: 1000,
             event_retention_secs: 7 * 24 * 3600,
             shutdown_grace_secs: 25,
@@ -248,6 +255,10 @@ mod tests {
         let built = Config::for_urls("postgres://x@h/db", "nats://n");
         // Everything but the bind address (tests stay on loopback) and the URLs must agree.
         assert_eq!(cli_default("db_pool_size"), built.db_pool_size.to_string());
+        assert_eq!(
+            cli_default("write_batch_max"),
+            built.write_batch_max.to_string()
+        );
         assert_eq!(
             cli_default("relay_poll_interval_ms"),
             built.relay_poll_interval_ms.to_string()

@@ -40,6 +40,12 @@ pub enum Error {
         recorded: String,
         now: String,
     },
+    /// The connection failed while committing: the change may or may not have been applied.
+    #[error("the database connection was lost while committing; the change may or may not have been applied")]
+    CommitUnknown,
+    /// The service is stopping and takes no more changes.
+    #[error("the task service is shutting down")]
+    ShuttingDown,
     /// NATS could not be reached or configured.
     #[error("nats: {0}")]
     Nats(String),
@@ -57,6 +63,7 @@ impl From<Error> for Status {
             Error::NotFound(m) => Status::not_found(m),
             Error::PermissionDenied(m) => Status::permission_denied(m),
             Error::FailedPrecondition(m) => Status::failed_precondition(m),
+            Error::CommitUnknown | Error::ShuttingDown => Status::unavailable(e.to_string()),
             // Internal details go to the log, never to the caller.
             Error::Pool(ref inner) => {
                 tracing::warn!(error = %inner, "database pool unavailable");

@@ -13,6 +13,7 @@ mod streams;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod validate;
+pub mod writer;
 
 use std::future::Future;
 use std::time::Duration;
@@ -27,6 +28,8 @@ use tonic::service::interceptor::InterceptedService;
 pub use config::Config;
 pub use error::Error;
 
+/// Committed batches waiting for the relay to publish them; beyond this they wait for its scan.
+const COMMITTED_QUEUE: usize = 1024;
 /// How long start-up keeps retrying an unreachable database before giving up.
 const DB_STARTUP_PATIENCE: Duration = Duration::from_secs(30);
 /// How often the health service re-checks the database while it answers (one empty query on the
@@ -96,6 +99,9 @@ pub async fn run_with_metrics(
     let nats = connect_nats(&config.nats_url).await?;
 
     let (wake_tx, wake_rx) = watch::channel(0u64);
+    let (committed_tx, committed_rx) = tokio::sync::mpsc::channel(COMMITTED_QUEUE);
+    let writer =
+        writer::Writer::spawn(pool.clone(), committed_tx, config.write_batch_max, &tracker);
     let poll = Duration::from_millis(config.relay_poll_interval_ms.max(10));
 
     tracker.spawn(
@@ -107,6 +113,7 @@ pub async fn run_with_metrics(
             poll,
             retention: Duration::from_secs(config.event_retention_secs),
             wake: wake_tx,
+            committed: committed_rx,
             shutdown: token.clone(),
         }
         .run(),
@@ -115,6 +122,7 @@ pub async fn run_with_metrics(
     let gate = gate::DbGate::default();
     let svc = service::Service {
         pool: pool.clone(),
+        writer,
         wake: wake_rx,
         shutdown: token.clone(),
         tracker: tracker.clone(),

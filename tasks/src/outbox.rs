@@ -1,12 +1,14 @@
-//! The outbox relay: publishes committed events to NATS in per-board seq order and marks them
-//! published. One leader at a time across replicas (session advisory lock); every replica LISTENs
-//! so its WatchTasks streams wake as soon as an event commits.
-use std::sync::Arc;
+//! The outbox relay: publishes committed events to NATS in per-board seq order and moves the
+//! outbox cursor past them once the server has confirmed them. Every replica publishes what its
+//! own writer just committed (no database hop on the latency path); the leader (one at a time
+//! across replicas, a session advisory lock) is the safety net that publishes whatever stays
+//! behind the cursor past a short grace (a replica died between commit and publish, NATS was
+//! down). Every replica LISTENs so its WatchTasks streams wake as soon as an event commits.
 use std::time::{Duration, Instant};
 
 use async_nats::connection::State;
 use futures_util::StreamExt;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch};
 use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
@@ -20,9 +22,14 @@ use crate::Error;
 
 /// Advisory-lock key of relay leadership ("taskrly" in ASCII).
 const LEADER_LOCK: i64 = 0x0074_6173_6b72_6c79;
-/// Events published per round trip: large enough to amortise the flush and the UPDATE, small
-/// enough that one board's backlog does not hold the others back for long.
+/// Events published per round trip of the safety net: large enough to amortise the confirmation
+/// and the cursor update, small enough that one board's backlog does not hold the others back.
 const BATCH: i64 = 256;
+/// Committed batches of this replica's writer taken per publish round.
+const COMMITTED_PER_ROUND: usize = 64;
+/// How long events may stay behind the cursor before the safety net publishes them (the
+/// committing replica publishes within milliseconds; this only covers failures).
+const GRACE: Duration = Duration::from_secs(2);
 /// How long the server may take to confirm a batch before it is retried (it stays unpublished
 /// meanwhile; duplicates are dropped by seq downstream).
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
@@ -41,12 +48,14 @@ pub struct Relay {
     pub retention: Duration,
     /// Bumped on every NOTIFY: WatchTasks streams wait on it.
     pub wake: watch::Sender<u64>,
+    /// What this replica's writer committed, in commit order.
+    pub committed: mpsc::Receiver<Vec<EventRow>>,
     pub shutdown: CancellationToken,
 }
 
 impl Relay {
     /// Runs until shutdown, reopening its database session whenever it fails.
-    pub async fn run(self) {
+    pub async fn run(mut self) {
         loop {
             match self.session().await {
                 Ok(()) => return,
@@ -62,11 +71,9 @@ impl Relay {
     }
 
     /// One LISTEN session: tries for leadership each round, publishes while leader.
-    async fn session(&self) -> Result<(), Error> {
+    async fn session(&mut self) -> Result<(), Error> {
         let (client, mut conn) = db::connect(&self.pg).await?;
-        let notified = Arc::new(Notify::new());
         let wake = self.wake.clone();
-        let on_notify = notified.clone();
         // The connection must be polled for the client's queries to complete, so it gets its own
         // task; it ends when `client` is dropped at the end of this session.
         let mut driver = tokio::spawn(async move {
@@ -75,7 +82,6 @@ impl Relay {
                 match m {
                     Ok(AsyncMessage::Notification(_)) => {
                         wake.send_modify(|n| *n = n.wrapping_add(1));
-                        on_notify.notify_one();
                     }
                     Ok(_) => {}
                     Err(e) => return Err(e),
@@ -91,34 +97,47 @@ impl Relay {
             .map_err(|e| Error::Nats(format!("subscribe to the relay's inbox: {e}")))?;
         let mut leader = false;
         let mut last_prune: Option<Instant> = None;
+        let mut next_scan = tokio::time::Instant::now();
+        let mut committed = Vec::with_capacity(COMMITTED_PER_ROUND);
+        // False once the writer is gone (shutting down): only the scan is left.
+        let mut writer = true;
         let result = loop {
-            if !leader {
-                leader = client
-                    .query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK])
-                    .await?
-                    .get(0);
-                if leader {
-                    tracing::info!("outbox relay: this replica is the leader");
-                }
-                metrics::gauge!("taskboard_relay_leader").set(if leader { 1.0 } else { 0.0 });
-            }
-            if leader {
-                self.publish_pending(&mut confirm).await?;
-                metrics::gauge!("taskboard_outbox_pending")
-                    .set(db::pending(&self.pool).await? as f64);
-                if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
-                    let n = db::prune(&self.pool, self.retention).await?;
-                    if n > 0 {
-                        tracing::info!(pruned = n, "pruned events past retention");
-                    }
-                    last_prune = Some(Instant::now());
-                }
-            }
-            // Wake on NOTIFY, or poll anyway so nothing waits forever (a lost notification, NATS
-            // coming back, leadership becoming free).
             tokio::select! {
-                _ = notified.notified() => {}
-                _ = tokio::time::sleep(self.poll) => {}
+                n = self.committed.recv_many(&mut committed, COMMITTED_PER_ROUND), if writer => {
+                    writer = n > 0;
+                    let events: Vec<EventRow> = committed.drain(..).flatten().collect();
+                    if !self.publish(&mut confirm, &events).await? {
+                        // Left behind: the scan takes them as soon as the grace is over.
+                        next_scan = next_scan.min(tokio::time::Instant::now() + GRACE);
+                    }
+                }
+                // Scan anyway every `poll` so nothing waits forever (a replica that died after
+                // committing, NATS coming back, leadership becoming free).
+                _ = tokio::time::sleep_until(next_scan) => {
+                    if !leader {
+                        leader = client
+                            .query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK])
+                            .await?
+                            .get(0);
+                        if leader {
+                            tracing::info!("outbox relay: this replica is the leader");
+                        }
+                        metrics::gauge!("taskboard_relay_leader").set(if leader { 1.0 } else { 0.0 });
+                    }
+                    if leader {
+                        self.publish_behind(&mut confirm).await?;
+                        metrics::gauge!("taskboard_outbox_pending")
+                            .set(db::pending(&self.pool).await? as f64);
+                        if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+                            let n = db::prune(&self.pool, self.retention).await?;
+                            if n > 0 {
+                                tracing::info!(pruned = n, "pruned events past retention");
+                            }
+                            last_prune = Some(Instant::now());
+                        }
+                    }
+                    next_scan = tokio::time::Instant::now() + self.poll;
+                }
                 _ = self.shutdown.cancelled() => break Ok(()),
                 r = &mut driver => {
                     break Err(match r {
@@ -133,54 +152,71 @@ impl Relay {
         result
     }
 
-    /// Publishes unpublished events until none are left or NATS is not connected.
-    async fn publish_pending(&self, confirm: &mut RoundTrip) -> Result<(), Error> {
+    /// The safety net: publishes what stayed behind the cursor past the grace, until nothing is
+    /// left or NATS does not confirm.
+    async fn publish_behind(&self, confirm: &mut RoundTrip) -> Result<(), Error> {
         loop {
-            if self.nats.connection_state() != State::Connected {
-                tracing::debug!("outbox relay: NATS not connected; events wait in the outbox");
-                return Ok(());
-            }
-            let batch = db::unpublished(&self.pool, BATCH).await?;
+            let batch = db::behind(&self.pool, BATCH, GRACE).await?;
             if batch.is_empty() {
                 return Ok(());
             }
-            for ev in &batch {
-                self.nats
-                    .publish_with_headers(self.subject(ev), headers(ev), ev.payload.clone())
-                    .await
-                    .map_err(|e| Error::Nats(e.to_string()))?;
-            }
-            // A flush only means the bytes left this process (a stopped server takes them into
-            // its socket buffer and loses them); marked published only once the server has
-            // processed them.
-            let confirmed = confirm
-                .confirm(&self.nats, CONFIRM_TIMEOUT)
-                .await
-                .map_err(|e| Error::Nats(e.to_string()))?;
-            if !confirmed {
-                tracing::warn!(
-                    "outbox relay: NATS did not confirm the batch in time; it will be retried"
-                );
-                return Ok(());
-            }
-            db::mark_published(&self.pool, &batch).await?;
-            let now = chrono::Utc::now();
-            metrics::counter!("taskboard_outbox_published_total").increment(batch.len() as u64);
-            for ev in &batch {
-                let lag = (now - ev.committed_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
-                metrics::histogram!("taskboard_outbox_publish_lag_seconds").record(lag.max(0.0));
-                tracing::info!(
-                    "📤 Published event: {} (task_id={}, board_id={}, seq={})",
-                    self.subject(ev),
-                    ev.task_id,
-                    ev.board_id,
-                    ev.seq
-                );
-            }
-            if (batch.len() as i64) < BATCH {
+            tracing::info!(
+                events = batch.len(),
+                "outbox relay: publishing events left behind (a replica stopped before \
+                 publishing, or NATS was unreachable)"
+            );
+            if !self.publish(confirm, &batch).await? || (batch.len() as i64) < BATCH {
                 return Ok(());
             }
         }
+    }
+
+    /// Publishes `events` (each board's in seq order), waits for the server to confirm them, then
+    /// moves the cursor past them. Returns whether they were confirmed; unconfirmed events stay
+    /// behind the cursor for the safety net (duplicates are dropped by seq downstream).
+    async fn publish(&self, confirm: &mut RoundTrip, events: &[EventRow]) -> Result<bool, Error> {
+        if events.is_empty() {
+            return Ok(true);
+        }
+        if self.nats.connection_state() != State::Connected {
+            tracing::debug!("outbox relay: NATS not connected; events wait in the outbox");
+            return Ok(false);
+        }
+        for ev in events {
+            self.nats
+                .publish_with_headers(self.subject(ev), headers(ev), ev.payload.clone())
+                .await
+                .map_err(|e| Error::Nats(e.to_string()))?;
+        }
+        // A flush only means the bytes left this process (a stopped server takes them into its
+        // socket buffer and loses them); the cursor moves only once the server has processed
+        // them.
+        let confirmed = confirm
+            .confirm(&self.nats, CONFIRM_TIMEOUT)
+            .await
+            .map_err(|e| Error::Nats(e.to_string()))?;
+        if !confirmed {
+            tracing::warn!(
+                events = events.len(),
+                "outbox relay: NATS did not confirm in time; the relay's scan publishes them again"
+            );
+            return Ok(false);
+        }
+        db::advance(&self.pool, events).await?;
+        let now = chrono::Utc::now();
+        metrics::counter!("taskboard_outbox_published_total").increment(events.len() as u64);
+        for ev in events {
+            let lag = (now - ev.committed_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
+            metrics::histogram!("taskboard_outbox_publish_lag_seconds").record(lag.max(0.0));
+            tracing::info!(
+                "📤 Published event: {} (task_id={}, board_id={}, seq={})",
+                self.subject(ev),
+                ev.task_id,
+                ev.board_id,
+                ev.seq
+            );
+        }
+        Ok(true)
     }
 
     fn subject(&self, ev: &EventRow) -> String {

@@ -11,6 +11,7 @@ use crate::access::{Caller, Role};
 use crate::db::{self, boards::BoardRow, EventRow, Pool};
 use crate::gate::DbGate;
 use crate::streams::{task_of_event, WatchItem};
+use crate::writer::Writer;
 use crate::{validate, Error};
 
 /// Items buffered per WatchTasks/WatchEvents stream; a slow reader applies back-pressure to its
@@ -23,6 +24,8 @@ const MAX_HEADS: usize = 1000;
 #[derive(Clone)]
 pub struct Service {
     pub pool: Pool,
+    /// Task mutations go through the group committer.
+    pub writer: Writer,
     /// Changes whenever an event commits (fed by the relay's LISTEN session).
     pub wake: watch::Receiver<u64>,
     pub shutdown: CancellationToken,
@@ -88,10 +91,10 @@ impl TaskService for Service {
             if let Some(user) = who.user {
                 new.created_by = user;
             }
-            match db::create(&self.pool, &new, who).await? {
-                Some((task, seq)) => Ok(Response::new(v1::CreateTaskResponse {
-                    task: Some(task),
-                    seq,
+            match self.writer.apply(db::Mutation::from(&new), who).await? {
+                Some(a) => Ok(Response::new(v1::CreateTaskResponse {
+                    task: Some(a.task),
+                    seq: a.event.seq,
                 })),
                 None => Err(self.write_refusal(new.board_id, who).await?.into()),
             }
@@ -164,10 +167,10 @@ impl TaskService for Service {
                     None => Err(not_found(ch.id)),
                 };
             }
-            match db::update(&self.pool, &ch, who).await? {
-                Some((task, seq)) => Ok(Response::new(v1::UpdateTaskResponse {
-                    task: Some(task),
-                    seq,
+            match self.writer.apply(db::Mutation::from(&ch), who).await? {
+                Some(a) => Ok(Response::new(v1::UpdateTaskResponse {
+                    task: Some(a.task),
+                    seq: a.event.seq,
                 })),
                 None => Err(self.task_refusal(ch.id, who).await?),
             }
@@ -183,8 +186,11 @@ impl TaskService for Service {
         let who = Caller::of(&req);
         self.db_call(async move {
             let id = validate::task_id(req.get_ref().id)?;
-            match db::delete(&self.pool, id, who).await? {
-                Some((_, seq)) => Ok(Response::new(v1::DeleteTaskResponse { success: true, seq })),
+            match self.writer.apply(db::Mutation::Delete { id }, who).await? {
+                Some(a) => Ok(Response::new(v1::DeleteTaskResponse {
+                    success: true,
+                    seq: a.event.seq,
+                })),
                 None => Err(self.task_refusal(id, who).await?),
             }
         })

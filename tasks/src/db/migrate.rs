@@ -8,6 +8,7 @@ use crate::Error;
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../../migrations/0001_init.sql")),
     (2, include_str!("../../migrations/0002_members.sql")),
+    (3, include_str!("../../migrations/0003_outbox_cursor.sql")),
 ];
 
 /// Advisory-lock key serialising migrations across replicas ("taskmig" in ASCII).

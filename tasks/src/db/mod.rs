@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use taskboard_proto::v1;
-use tokio_postgres::Row;
+use tokio_postgres::{GenericClient, Row};
 
 pub use migrate::migrate;
 pub use pool::{connect, pool, Manager, PgConn, Pool};
@@ -58,32 +58,193 @@ pub struct Change<'a> {
     pub completed: Option<bool>,
 }
 
-/// Inserts a task; returns it with the seq of its `created` event, or `None` when `who` may not
-/// change the board's tasks.
+/// Event kinds of the mutations (as the SQL writes them).
+const KIND_CREATED: &str = "created";
+const KIND_UPDATED: &str = "updated";
+const KIND_DELETED: &str = "deleted";
+
+/// A validated change to a task, owned so it can wait in the group committer's queue.
+#[derive(Debug, Clone)]
+pub enum Mutation {
+    Create {
+        board_id: i64,
+        title: String,
+        description: String,
+        created_by: i64,
+    },
+    Update {
+        id: i64,
+        title: Option<String>,
+        description: Option<String>,
+        completed: Option<bool>,
+    },
+    Delete {
+        id: i64,
+    },
+}
+
+impl From<&NewTask<'_>> for Mutation {
+    fn from(t: &NewTask<'_>) -> Self {
+        Mutation::Create {
+            board_id: t.board_id,
+            title: t.title.to_owned(),
+            description: t.description.to_owned(),
+            created_by: t.created_by,
+        }
+    }
+}
+
+impl From<&Change<'_>> for Mutation {
+    fn from(c: &Change<'_>) -> Self {
+        Mutation::Update {
+            id: c.id,
+            title: c.title.map(str::to_owned),
+            description: c.description.map(str::to_owned),
+            completed: c.completed,
+        }
+    }
+}
+
+/// A committed mutation: the task (after the change, or as it was when deleted) and its event.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub task: v1::Task,
+    pub event: EventRow,
+}
+
+impl Mutation {
+    /// Runs the mutation's one statement on `client` (a connection, or a transaction shared with
+    /// other mutations); `None` when the task does not exist or `who` may not change it.
+    ///
+    /// # Errors
+    /// The statement fails.
+    pub async fn run(
+        &self,
+        client: &impl GenericClient,
+        s: &Statements,
+        who: Caller,
+    ) -> Result<Option<Applied>, tokio_postgres::Error> {
+        let (row, kind) = match self {
+            Mutation::Create {
+                board_id,
+                title,
+                description,
+                created_by,
+            } => (
+                client
+                    .query_opt(
+                        &s.create,
+                        &[
+                            board_id,
+                            title,
+                            description,
+                            created_by,
+                            &who.user,
+                            &who.all_boards,
+                        ],
+                    )
+                    .await?,
+                KIND_CREATED,
+            ),
+            Mutation::Update {
+                id,
+                title,
+                description,
+                completed,
+            } => (
+                client
+                    .query_opt(
+                        &s.update,
+                        &[
+                            id,
+                            title,
+                            description,
+                            completed,
+                            &who.user,
+                            &who.all_boards,
+                        ],
+                    )
+                    .await?,
+                KIND_UPDATED,
+            ),
+            Mutation::Delete { id } => (
+                client
+                    .query_opt(&s.delete, &[id, &who.user, &who.all_boards])
+                    .await?,
+                KIND_DELETED,
+            ),
+        };
+        Ok(row.map(|r| {
+            let task = task_from_row(&r, 0);
+            let event = EventRow {
+                board_id: task.board_id,
+                seq: r.get(9),
+                kind: kind.to_owned(),
+                task_id: task.id,
+                payload: Bytes::from(r.get::<_, String>(10)),
+                committed_at: r.get(11),
+            };
+            Applied { task, event }
+        }))
+    }
+}
+
+/// Runs one mutation in its own transaction (the statement's own).
 ///
 /// # Errors
 /// Database or pool failure.
-pub async fn create(
-    pool: &Pool,
-    t: &NewTask<'_>,
-    who: Caller,
-) -> Result<Option<(v1::Task, i64)>, Error> {
+pub async fn apply(pool: &Pool, m: &Mutation, who: Caller) -> Result<Option<Applied>, Error> {
     let c = acquire(pool).await?;
-    let row = c
-        .client
-        .query_opt(
-            &c.stmts.create,
-            &[
-                &t.board_id,
-                &t.title,
-                &t.description,
-                &t.created_by,
-                &who.user,
-                &who.all_boards,
-            ],
-        )
-        .await?;
-    Ok(row.map(|r| (task_from_row(&r, 0), r.get(9))))
+    Ok(m.run(&c.client, &c.stmts, who).await?)
+}
+
+/// Runs `batch` in one transaction: the statements pipelined, one commit (one WAL flush) for
+/// all. Each mutation gets its own answer (`None`: not found or not allowed, which fails nothing
+/// else).
+///
+/// # Errors
+/// [`BatchError::RolledBack`] when any statement failed (nothing was committed: run them one by
+/// one to learn which), [`BatchError::Unknown`] when the connection failed at commit (the outcome
+/// is not known, so they must not be retried).
+pub async fn apply_batch(
+    pool: &Pool,
+    batch: &[(&Mutation, Caller)],
+) -> Result<Vec<Option<Applied>>, BatchError> {
+    let mut c = acquire(pool).await.map_err(BatchError::Before)?;
+    let PgConn { client, stmts } = &mut *c;
+    let txn = client
+        .transaction()
+        .await
+        .map_err(|e| BatchError::Before(e.into()))?;
+    let results =
+        futures_util::future::join_all(batch.iter().map(|(m, who)| m.run(&txn, stmts, *who))).await;
+    let mut out = Vec::with_capacity(results.len());
+    for r in results {
+        match r {
+            Ok(a) => out.push(a),
+            // Dropping `txn` rolls the transaction back.
+            Err(e) => return Err(BatchError::RolledBack(e)),
+        }
+    }
+    match txn.commit().await {
+        Ok(()) => Ok(out),
+        Err(e) if e.as_db_error().is_some() => Err(BatchError::RolledBack(e)),
+        Err(e) => Err(BatchError::Unknown(e)),
+    }
+}
+
+/// Why [`apply_batch`] committed nothing (or may not have).
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    /// No connection, or the transaction could not begin: nothing ran.
+    #[error("{0}")]
+    Before(Error),
+    /// A statement (or the commit) failed and the transaction was rolled back.
+    #[error("batch rolled back: {0}")]
+    RolledBack(tokio_postgres::Error),
+    /// The connection failed while committing: the batch may or may not be committed.
+    #[error("connection lost while committing: {0}")]
+    Unknown(tokio_postgres::Error),
 }
 
 /// One task, or `None` (also when `who` may not read its board).
@@ -169,46 +330,6 @@ pub async fn list(
         total,
         head_seq,
     }))
-}
-
-/// Applies `change` atomically; `None` when the task does not exist or `who` may not change it.
-///
-/// # Errors
-/// Database or pool failure.
-pub async fn update(
-    pool: &Pool,
-    ch: &Change<'_>,
-    who: Caller,
-) -> Result<Option<(v1::Task, i64)>, Error> {
-    let c = acquire(pool).await?;
-    let row = c
-        .client
-        .query_opt(
-            &c.stmts.update,
-            &[
-                &ch.id,
-                &ch.title,
-                &ch.description,
-                &ch.completed,
-                &who.user,
-                &who.all_boards,
-            ],
-        )
-        .await?;
-    Ok(row.map(|r| (task_from_row(&r, 0), r.get(9))))
-}
-
-/// Deletes a task; `None` when it did not exist or `who` may not change it.
-///
-/// # Errors
-/// Database or pool failure.
-pub async fn delete(pool: &Pool, id: i64, who: Caller) -> Result<Option<(v1::Task, i64)>, Error> {
-    let c = acquire(pool).await?;
-    let row = c
-        .client
-        .query_opt(&c.stmts.delete, &[&id, &who.user, &who.all_boards])
-        .await?;
-    Ok(row.map(|r| (task_from_row(&r, 0), r.get(9))))
 }
 
 /// An event row of the outbox.
@@ -308,27 +429,60 @@ pub struct BoardHead {
     pub readable: bool,
 }
 
-/// The oldest unpublished events, boards interleaved, each board in seq order.
+/// Events behind the outbox cursor of boards whose first unpublished event committed more than
+/// `grace` ago; boards interleaved, each board in seq order.
 ///
 /// # Errors
 /// Database or pool failure.
-pub async fn unpublished(pool: &Pool, limit: i64) -> Result<Vec<EventRow>, Error> {
+pub async fn behind(pool: &Pool, limit: i64, grace: Duration) -> Result<Vec<EventRow>, Error> {
     let c = acquire(pool).await?;
-    let rows = c.client.query(&c.stmts.unpublished, &[&limit]).await?;
+    let rows = c
+        .client
+        .query(&c.stmts.behind, &[&limit, &grace.as_secs_f64()])
+        .await?;
     Ok(rows.iter().map(|r| EventRow::from_row(r, 0)).collect())
 }
 
-/// Marks events as published.
+/// Moves the outbox cursors past `events` (published and confirmed): each board's cursor moves to
+/// the end of the run of seqs that starts at its lowest seq here, and only when nothing before
+/// that run is still unpublished.
 ///
 /// # Errors
 /// Database or pool failure.
-pub async fn mark_published(pool: &Pool, events: &[EventRow]) -> Result<u64, Error> {
-    let boards: Vec<i64> = events.iter().map(|e| e.board_id).collect();
-    let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+pub async fn advance(pool: &Pool, events: &[EventRow]) -> Result<u64, Error> {
+    let (boards, firsts, lasts) = runs(events);
+    if boards.is_empty() {
+        return Ok(0);
+    }
     let c = acquire(pool).await?;
     Ok(c.client
-        .execute(&c.stmts.mark_published, &[&boards, &seqs])
+        .execute(&c.stmts.advance, &[&boards, &firsts, &lasts])
         .await?)
+}
+
+/// Per board: the lowest seq in `events` and the last seq of the unbroken run from it.
+fn runs(events: &[EventRow]) -> (Vec<i64>, Vec<i64>, Vec<i64>) {
+    let mut seqs: Vec<(i64, i64)> = events.iter().map(|e| (e.board_id, e.seq)).collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    let (mut boards, mut firsts, mut lasts) = (Vec::new(), Vec::new(), Vec::<i64>::new());
+    let mut broken = false;
+    for (board, seq) in seqs {
+        if boards.last() == Some(&board) {
+            let last = lasts.last_mut().expect("as many lasts as boards");
+            // Past a gap, this board's later seqs wait for the relay: its cursor stops here.
+            broken |= seq != *last + 1;
+            if !broken {
+                *last = seq;
+            }
+            continue;
+        }
+        broken = false;
+        boards.push(board);
+        firsts.push(seq);
+        lasts.push(seq);
+    }
+    (boards, firsts, lasts)
 }
 
 /// Deletes published events older than `retention`.

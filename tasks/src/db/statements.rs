@@ -42,8 +42,8 @@ fn mutation_sql(change: &str, kind: &str) -> String {
          e AS (INSERT INTO events (board_id, seq, kind, task_id, payload) \
                SELECT t.board_id, b.last_seq, '{kind}', t.id, \
                       taskboard_event_payload('{kind}', b.last_seq, t::tasks) FROM t, b \
-               RETURNING seq) \
-         SELECT {cols}, e.seq FROM t, e",
+               RETURNING seq, payload, created_at) \
+         SELECT {cols}, e.seq, e.payload, e.created_at FROM t, e",
         cols = task_cols_of_t()
     )
 }
@@ -56,8 +56,8 @@ pub struct Statements {
     pub update: Statement,
     pub delete: Statement,
     pub list_events: Statement,
-    pub unpublished: Statement,
-    pub mark_published: Statement,
+    pub behind: Statement,
+    pub advance: Statement,
     pub prune: Statement,
     pub pending: Statement,
     pub heads: Statement,
@@ -183,17 +183,40 @@ impl Statements {
             task_board: c
                 .prepare_typed("SELECT board_id FROM tasks WHERE id = $1", &[Type::INT8])
                 .await?,
-            // Boards interleaved (each board's first unpublished event, then each one's second, …)
-            // so a long backlog on one board never holds the others back; each board's own
-            // order is kept.
-            unpublished: c
+            // The relay's safety net: events behind the cursor of boards whose first unpublished
+            // event committed more than $2 seconds ago (the committing replica had its chance),
+            // boards interleaved (each board's first, then each one's second, …) so one board's
+            // long backlog never holds the others back; each board's own order is kept.
+            behind: c
                 .prepare_typed(
-                    "SELECT board_id, seq, kind, task_id, payload, created_at FROM \
+                    "SELECT e.board_id, e.seq, e.kind, e.task_id, e.payload, e.created_at FROM \
+                       (SELECT b.id, COALESCE(c.published_seq, 0) AS p FROM boards b \
+                        LEFT JOIN outbox_cursor c ON c.board_id = b.id \
+                        WHERE b.last_seq > COALESCE(c.published_seq, 0)) q \
+                     CROSS JOIN LATERAL \
                        (SELECT board_id, seq, kind, task_id, payload, created_at, \
-                               row_number() OVER (PARTITION BY board_id ORDER BY seq) AS rank \
-                        FROM events WHERE published_at IS NULL) u \
-                     ORDER BY rank, board_id LIMIT $1",
-                    &[Type::INT8],
+                               row_number() OVER (ORDER BY seq) AS rank \
+                        FROM events WHERE board_id = q.id AND seq > q.p \
+                        ORDER BY seq LIMIT $1) e \
+                     WHERE EXISTS (SELECT 1 FROM events f WHERE f.board_id = q.id \
+                                   AND f.seq = q.p + 1 \
+                                   AND f.created_at < now() - make_interval(secs => $2)) \
+                     ORDER BY e.rank, e.board_id LIMIT $1",
+                    &[Type::INT8, Type::FLOAT8],
+                )
+                .await?,
+            // Moves each board's cursor to `last` when nothing before `first` is unpublished
+            // (so a cursor never skips events another replica has not published yet); never
+            // moves one back.
+            advance: c
+                .prepare_typed(
+                    "INSERT INTO outbox_cursor AS c (board_id, published_seq) \
+                     SELECT u.b, u.l FROM unnest($1::int8[], $2::int8[], $3::int8[]) AS u(b, f, l) \
+                     WHERE u.f = 1 OR EXISTS (SELECT 1 FROM outbox_cursor x \
+                                              WHERE x.board_id = u.b AND x.published_seq >= u.f - 1) \
+                     ON CONFLICT (board_id) DO UPDATE \
+                     SET published_seq = GREATEST(c.published_seq, EXCLUDED.published_seq)",
+                    &[Type::INT8_ARRAY, Type::INT8_ARRAY, Type::INT8_ARRAY],
                 )
                 .await?,
             // Every asked board (0 for one without events), and whether the caller may read it.
@@ -207,20 +230,18 @@ impl Statements {
                     &[Type::INT8_ARRAY, Type::INT8, Type::BOOL],
                 )
                 .await?,
-            mark_published: c
-                .prepare_typed(
-                    "UPDATE events SET published_at = now() WHERE (board_id, seq) IN \
-                     (SELECT * FROM unnest($1::int8[], $2::int8[]))",
-                    &[Type::INT8_ARRAY, Type::INT8_ARRAY],
+            pending: c
+                .prepare(
+                    "SELECT COALESCE(sum(b.last_seq - COALESCE(c.published_seq, 0)), 0)::int8 \
+                     FROM boards b LEFT JOIN outbox_cursor c ON c.board_id = b.id",
                 )
                 .await?,
-            pending: c
-                .prepare("SELECT count(*) FROM events WHERE published_at IS NULL")
-                .await?,
+            // Only what is behind the cursor (published) and past retention.
             prune: c
                 .prepare_typed(
-                    "DELETE FROM events WHERE published_at IS NOT NULL \
-                     AND created_at < now() - make_interval(secs => $1)",
+                    "DELETE FROM events e USING outbox_cursor c \
+                     WHERE e.board_id = c.board_id AND e.seq <= c.published_seq \
+                     AND e.created_at < now() - make_interval(secs => $1)",
                     &[Type::FLOAT8],
                 )
                 .await?,

@@ -7,7 +7,7 @@ use taskboard_tasks::testing;
 use crate::helpers::*;
 
 #[tokio::test]
-async fn events_are_published_with_routing_headers_and_marked_published() {
+async fn events_are_published_with_routing_headers_and_the_cursor_moves_past_them() {
     let mut t = spawn().await;
     let nats = async_nats::connect(testing::nats_url()).await.unwrap();
     let mut sub = nats
@@ -35,23 +35,132 @@ async fn events_are_published_with_routing_headers_and_marked_published() {
     let db = t.db().await;
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let pending: i64 = db
-            .query_one(
-                "SELECT count(*) FROM events WHERE published_at IS NULL",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if pending == 0 {
+        if published_up_to(&db, 4).await == seq {
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "event never marked published"
+            "the cursor never moved past the event"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Where board `board`'s outbox cursor stands (0 before its first publish).
+pub async fn published_up_to(db: &tokio_postgres::Client, board: i64) -> i64 {
+    db.query_opt(
+        "SELECT published_seq FROM outbox_cursor WHERE board_id = $1",
+        &[&board],
+    )
+    .await
+    .unwrap()
+    .map_or(0, |r| r.get(0))
+}
+
+#[tokio::test]
+async fn the_committing_replica_publishes_without_waiting_for_the_scan() {
+    // The relay's scan runs once at start, then not for a minute: only the commit path is left.
+    let t = spawn_with(|c| c.relay_poll_interval_ms = 60_000).await;
+    let nats = async_nats::connect(testing::nats_url()).await.unwrap();
+    let mut sub = nats
+        .subscribe(format!("{}.>", t.handle.subject_prefix))
+        .await
+        .unwrap();
+    nats.flush().await.unwrap();
+    let mut t = t;
+    // The service connects to NATS in the background: the first event may wait for that.
+    t.create(7, "first").await;
+    tokio::time::timeout(WAIT, sub.next())
+        .await
+        .expect("the first event is published")
+        .unwrap();
+    for i in 2..=4 {
+        let (_, seq) = t.create(7, &format!("live {i}")).await;
+        let m = tokio::time::timeout(Duration::from_secs(2), sub.next())
+            .await
+            .expect("published at commit, not by the scan")
+            .unwrap();
+        assert_eq!(
+            m.headers.unwrap().get("Taskboard-Seq").unwrap().as_str(),
+            seq.to_string()
+        );
+    }
+    let db = t.db().await;
+    assert!(
+        testing::eventually(WAIT, || async { published_up_to(&db, 7).await == 4 }).await,
+        "the cursor follows"
+    );
+}
+
+#[tokio::test]
+async fn events_a_replica_committed_but_never_published_are_published_by_the_scan() {
+    let t = spawn().await;
+    let nats = async_nats::connect(testing::nats_url()).await.unwrap();
+    let mut sub = nats
+        .subscribe(format!("{}.>", t.handle.subject_prefix))
+        .await
+        .unwrap();
+    nats.flush().await.unwrap();
+    let mut t = t;
+    t.create(1, "the service is up (migrated)").await;
+    let db = t.db().await;
+    // What a replica that stopped right after its commit leaves behind: events past the cursor.
+    db.batch_execute(
+        "INSERT INTO boards (id, last_seq) VALUES (9, 2); \
+         INSERT INTO events (board_id, seq, kind, task_id, payload, created_at) VALUES \
+           (9, 1, 'created', 1, '{\"seq\":1}', now() - interval '10 seconds'), \
+           (9, 2, 'created', 2, '{\"seq\":2}', now() - interval '10 seconds')",
+    )
+    .await
+    .unwrap();
+    let mut seqs = Vec::new();
+    while seqs.len() < 2 {
+        let m = tokio::time::timeout(WAIT, sub.next())
+            .await
+            .expect("published by the scan")
+            .unwrap();
+        seqs.push(m.headers.unwrap().get("Taskboard-Seq").unwrap().to_string());
+    }
+    assert_eq!(seqs, ["1", "2"]);
+    assert!(
+        testing::eventually(WAIT, || async { published_up_to(&db, 9).await == 2 }).await,
+        "the cursor moves past them"
+    );
+}
+
+#[tokio::test]
+async fn a_cursor_never_skips_events_still_unpublished() {
+    let url = testing::fresh_database().await;
+    let pg: tokio_postgres::Config = url.parse().unwrap();
+    taskboard_tasks::db::migrate(&pg).await.unwrap();
+    let pool = taskboard_tasks::db::pool(pg, 2, Duration::from_secs(5));
+    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let ev = |seq| taskboard_tasks::db::EventRow {
+        board_id: 3,
+        seq,
+        kind: "created".into(),
+        task_id: seq,
+        payload: bytes::Bytes::new(),
+        committed_at: chrono::Utc::now(),
+    };
+    let advance = |events: Vec<taskboard_tasks::db::EventRow>| {
+        let pool = pool.clone();
+        async move { taskboard_tasks::db::advance(&pool, &events).await.unwrap() }
+    };
+    // 3..4 published by one replica while 1..2 (another's) are not: the cursor stays at 0.
+    advance(vec![ev(3), ev(4)]).await;
+    assert_eq!(published_up_to(&db, 3).await, 0);
+    // 1..2 confirmed: the cursor moves to 2 (3..4 are left to the scan, which republishes them).
+    advance(vec![ev(1), ev(2)]).await;
+    assert_eq!(published_up_to(&db, 3).await, 2);
+    // A run with a hole moves it only to the hole; an older run never moves it back.
+    advance(vec![ev(3), ev(4), ev(6)]).await;
+    assert_eq!(published_up_to(&db, 3).await, 4);
+    advance(vec![ev(1)]).await;
+    assert_eq!(published_up_to(&db, 3).await, 4);
 }
 
 #[tokio::test]
@@ -124,7 +233,7 @@ async fn replicas_starting_together_migrate_once() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(n, 2, "each of the two migrations recorded once");
+    assert_eq!(n, 3, "each of the three migrations recorded once");
 }
 
 #[tokio::test]
