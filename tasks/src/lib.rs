@@ -371,6 +371,15 @@ fn describe_metrics() {
         "taskboard_grpc_connections_rejected_total",
         "gRPC connections closed at accept, by reason (cap: MAX_CONNECTIONS; silent: nothing sent within HANDSHAKE_TIMEOUT_MS)"
     );
+    describe_histogram!(
+        "taskboard_write_batch_size",
+        Unit::Count,
+        "Task changes committed together in one transaction (group commit)"
+    );
+    describe_counter!(
+        "taskboard_write_batches_split_total",
+        "Batches rolled back because one change failed, then run one change at a time"
+    );
     describe_gauge!(
         "taskboard_relay_leader",
         "1 while this replica's relay holds leadership"

@@ -37,6 +37,10 @@ pub fn init_logging() {
     }
 }
 
+/// Buckets of `taskboard_write_batch_size` (changes per commit, up to the task service's
+/// largest `WRITE_BATCH_MAX` default).
+pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
 /// The process's Prometheus recorder, installed on first use. The `metrics` facade has one
 /// recorder per process by design; when both services run in one process (tests), they share it.
 pub fn prometheus() -> PrometheusHandle {
@@ -45,6 +49,11 @@ pub fn prometheus() -> PrometheusHandle {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets(BUCKETS)
+                .expect("static buckets are valid")
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full("taskboard_write_batch_size".into()),
+                    BATCH_BUCKETS,
+                )
                 .expect("static buckets are valid")
                 .build_recorder();
             let handle = recorder.handle();
