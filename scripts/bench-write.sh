@@ -11,6 +11,8 @@
 # Usage: scripts/bench-write.sh BASE [SECONDS] [ROUNDS] [CONNECTIONS]   (defaults 10, 2, 64)
 #   BASE  a git revision (built in release mode into target/ab-base) or a directory holding
 #         taskboard-tasks and taskboard-gateway binaries
+#   ORIGINAL=DIR in the environment: also the Go original's task-service and api-gateway from DIR
+#         (built as in TOOLS.md) as side O, creates only (it has no auth, no seq, no boards API)
 #   PIN=1 in the environment: wrk on CPU 0, everything under test (both pairs, PostgreSQL,
 #         nats-server) on CPU 1, so latency is the servers', not the load generator's
 # Results: bench/results/write-<timestamp>/ (wrk output per run, cpu.txt, summary.md).
@@ -20,7 +22,7 @@ cd "$(dirname "$0")/.."
 . scripts/services.sh
 
 case "${1:-}" in
-  -h|--help|"") sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; [ -n "${1:-}" ] && exit 0; exit 64 ;;
+  -h|--help|"") sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; [ -n "${1:-}" ] && exit 0; exit 64 ;;
 esac
 base=$1
 secs=${2:-10}
@@ -113,6 +115,28 @@ boards_of() { # url n → n board ids the token's user owns, space-separated
   echo "${ids[*]}"
 }
 
+original=${ORIGINAL:-}
+if [ -n "$original" ]; then
+  for b in task-service api-gateway; do [ -x "$original/$b" ] || die "no $b in $original"; done
+  db=tb_bench_write_o_${ts,,}
+  dbs+=("$db")
+  ensure_database "$PG_ADMIN_URL" "$db"
+  o_grpc=$(free_port) o_http=$(free_port)
+  # Its database port is fixed at 5432; it creates its table at start.
+  PORT=$o_grpc DB_HOST=127.0.0.1 DB_USER=postgres DB_PASSWORD= DB_NAME=$db NATS_URL=$NATS_URL \
+    under_test "$original/task-service" >"$out/original-tasks.log" 2>&1 &
+  o_tasks=$!
+  pids+=("$o_tasks")
+  sleep 1
+  HTTP_PORT=$o_http TASK_SERVICE_ADDR=127.0.0.1:$o_grpc NATS_URL=$NATS_URL \
+    under_test "$original/api-gateway" >"$out/original-gateway.log" 2>&1 &
+  o_gw=$!
+  pids+=("$o_gw")
+  o_url=http://127.0.0.1:$o_http
+  for _ in $(seq 1 100); do curl -fsS "$o_url/health" >/dev/null 2>&1 && break; sleep 0.1; done
+  curl -fsS "$o_url/health" >/dev/null || die "the original never became healthy (see $out/original-*.log)"
+fi
+
 start_pair a "$base_bin"
 a_gw=$gw_pid a_tasks=$tasks_pid a_url=$url
 start_pair b "$bin"
@@ -171,6 +195,10 @@ for n in $(seq 1 "$rounds"); do
   fan b 200x20 "$b_url" "$b_gw" "$b_tasks" "$n" --subscribers 200 --boards 1 --rate 20
   fan a 1kx100 "$a_url" "$a_gw" "$a_tasks" "$n" --subscribers 1000 --boards 1 --rate 100
   fan b 1kx100 "$b_url" "$b_gw" "$b_tasks" "$n" --subscribers 1000 --boards 1 --rate 100
+  if [ -n "$original" ]; then
+    run o one "$o_url" "$o_gw" "$o_tasks" "1" "$n"
+    run o many "$o_url" "$o_gw" "$o_tasks" "$(seq -s ' ' 1 100)" "$n"
+  fi
   run a one "$a_url" "$a_gw" "$a_tasks" "$a_one" "$n"
   run b one "$b_url" "$b_gw" "$b_tasks" "$b_one" "$n"
   run a many "$a_url" "$a_gw" "$a_tasks" "$a_many" "$n"
@@ -200,19 +228,23 @@ for (label, scen), runs in sorted(cpu.items()):
         us = [x / tck * 1e6 / ok for x in ticks]
         rows.setdefault((label, scen), []).append((rps, p99, *us, bad, errs.group(0) if errs else ""))
 names = {"one": "one board", "many": "100 boards"}
+builds = {"o": "Go original", "a": "A", "b": "B"}
 print("| build | scenario | creates/s | p99 ms | gateway µs/create | tasks µs/create | PostgreSQL µs/create | NATS µs/create | non-2xx |")
 print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 for scen in ("one", "many"):
-    for label in ("a", "b"):
+    for label in ("o", "a", "b"):
         for r in rows.get((label, scen), []):
-            print(f"| {label.upper()} | {names[scen]} | {r[0]:,.0f} | {r[1]:.1f} | {r[2]:.0f} | {r[3]:.0f} | {r[4]:.0f} | {r[5]:.1f} | {r[6]} {r[7]} |")
+            print(f"| {builds[label]} | {names[scen]} | {r[0]:,.0f} | {r[1]:.1f} | {r[2]:.0f} | {r[3]:.0f} | {r[4]:.0f} | {r[5]:.1f} | {r[6]} {r[7]} |")
 print()
 for scen in ("one", "many"):
-    a, b = rows.get(("a", scen)), rows.get(("b", scen))
+    a, b, o = rows.get(("a", scen)), rows.get(("b", scen)), rows.get(("o", scen))
     if not a or not b:
         continue
     mean = lambda rs, i: sum(r[i] for r in rs) / len(rs)
-    ratio = lambda i: mean(b, i) / mean(a, i) if mean(a, i) else float("nan")
+    ratio = lambda i, a=a: mean(b, i) / mean(a, i) if mean(a, i) else float("nan")
+    if o:
+        print(f"B ÷ Go original, {names[scen]}: creates/s **{ratio(0, o):.2f}**, p99 {ratio(1, o):.2f}, "
+              f"CPU per create: gateway {ratio(2, o):.2f}, tasks {ratio(3, o):.2f}, PostgreSQL {ratio(4, o):.2f}, NATS {ratio(5, o):.2f}")
     print(f"B ÷ A, {names[scen]} (means of {len(a)} runs): creates/s **{ratio(0):.2f}**, p99 {ratio(1):.2f}, "
           f"CPU per create: gateway {ratio(2):.2f}, tasks {ratio(3):.2f}, PostgreSQL **{ratio(4):.2f}**, NATS {ratio(5):.2f}")
 import glob, json

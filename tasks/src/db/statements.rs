@@ -31,6 +31,26 @@ pub fn allowed(board: &str, roles: &str, all: u8, user: u8) -> String {
     )
 }
 
+/// The browser JSON of an event of kind `kind` for the task row `t` and seq `b.last_seq`: the same
+/// text as the SQL function `taskboard_event_payload` (migration 0001), written inline so the
+/// prepared plan holds it; a call of a SQL-language function is parsed and planned again on every
+/// execution, which was a large part of the database's CPU per change.
+fn payload_sql(kind: &str) -> String {
+    let rfc3339 = |col: &str| {
+        format!("to_char(t.{col} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+    };
+    format!(
+        "json_build_object('type', '{kind}', 'task_id', t.id, 'board_id', t.board_id, \
+           'title', t.title, 'completed', t.completed, \
+           'timestamp', floor(extract(epoch FROM now()))::bigint, 'seq', b.last_seq, \
+           'task', json_build_object('id', t.id, 'board_id', t.board_id, 'title', t.title, \
+             'description', t.description, 'completed', t.completed, 'created_by', t.created_by, \
+             'created_at', {created}, 'updated_at', {updated}, 'version', t.version))::text",
+        created = rfc3339("created_at"),
+        updated = rfc3339("updated_at"),
+    )
+}
+
 /// A mutation's statement: lock/bump the board's seq, change the task, append the event.
 /// `{change}` is a data-modifying CTE named `t` returning the task row (after the change, or the
 /// deleted row).
@@ -40,11 +60,11 @@ fn mutation_sql(change: &str, kind: &str) -> String {
          b AS (INSERT INTO boards AS b (id, last_seq) SELECT board_id, 1 FROM t \
                ON CONFLICT (id) DO UPDATE SET last_seq = b.last_seq + 1 RETURNING last_seq), \
          e AS (INSERT INTO events (board_id, seq, kind, task_id, payload) \
-               SELECT t.board_id, b.last_seq, '{kind}', t.id, \
-                      taskboard_event_payload('{kind}', b.last_seq, t::tasks) FROM t, b \
+               SELECT t.board_id, b.last_seq, '{kind}', t.id, {payload} FROM t, b \
                RETURNING seq, payload, created_at) \
          SELECT {cols}, e.seq, e.payload, e.created_at FROM t, e",
-        cols = task_cols_of_t()
+        cols = task_cols_of_t(),
+        payload = payload_sql(kind)
     )
 }
 

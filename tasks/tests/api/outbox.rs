@@ -416,3 +416,46 @@ async fn help_lists_the_original_env_vars_and_bad_sslmode_exits_64() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn event_payloads_are_the_text_the_previous_release_wrote() {
+    // The statements build the JSON inline; `taskboard_event_payload` (migration 0001) is what
+    // earlier releases wrote, and subscribers parse both.
+    let mut t = spawn().await;
+    let (task, _) = t.create(5, "same \"text\" ✓").await;
+    t.client
+        .update_task(taskboard_proto::v1::UpdateTaskRequest {
+            id: task.id,
+            title: None,
+            description: Some("line\nbreak".into()),
+            completed: Some(true),
+        })
+        .await
+        .unwrap();
+    let db = t.db().await;
+    // The task as each event saw it: the update's row is the current one.
+    let (created, updated): (String, String) = {
+        let rows = db
+            .query(
+                "SELECT payload FROM events WHERE board_id = 5 ORDER BY seq",
+                &[],
+            )
+            .await
+            .unwrap();
+        (rows[0].get(0), rows[1].get(0))
+    };
+    let expected: String = db
+        .query_one(
+            "SELECT taskboard_event_payload('updated', 2, t) FROM tasks t WHERE id = $1",
+            &[&task.id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // Byte for byte but for `timestamp` (the transaction's time, a different one here).
+    let cut = |s: &str| {
+        s[..s.find("\"timestamp\"").unwrap()].to_owned() + &s[s.find(", \"seq\"").unwrap()..]
+    };
+    assert_eq!(cut(&updated), cut(&expected));
+    assert!(created.starts_with("{\"type\" : \"created\""), "{created}");
+}
