@@ -13,6 +13,7 @@
 #         taskboard-tasks and taskboard-gateway binaries
 #   ORIGINAL=DIR in the environment: also the Go original's task-service and api-gateway from DIR
 #         (built as in TOOLS.md) as side O, creates only (it has no auth, no seq, no boards API)
+#   FANOUT=0 in the environment: creates only (no fan-out runs)
 #   PIN=1 in the environment: wrk on CPU 0, everything under test (both pairs, PostgreSQL,
 #         nats-server) on CPU 1, so latency is the servers', not the load generator's
 # Results: bench/results/write-<timestamp>/ (wrk output per run, cpu.txt, summary.md).
@@ -22,7 +23,7 @@ cd "$(dirname "$0")/.."
 . scripts/services.sh
 
 case "${1:-}" in
-  -h|--help|"") sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; [ -n "${1:-}" ] && exit 0; exit 64 ;;
+  -h|--help|"") sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; [ -n "${1:-}" ] && exit 0; exit 64 ;;
 esac
 base=$1
 secs=${2:-10}
@@ -191,10 +192,13 @@ fan() { # label scenario url gw tasks n loadtest-args…
 svc=$("$bin/taskboard-token" --service --ttl-secs 86400)
 
 for n in $(seq 1 "$rounds"); do
+  [ "${FANOUT:-1}" = 0 ] && continue
   fan a 200x20 "$a_url" "$a_gw" "$a_tasks" "$n" --subscribers 200 --boards 1 --rate 20
   fan b 200x20 "$b_url" "$b_gw" "$b_tasks" "$n" --subscribers 200 --boards 1 --rate 20
   fan a 1kx100 "$a_url" "$a_gw" "$a_tasks" "$n" --subscribers 1000 --boards 1 --rate 100
   fan b 1kx100 "$b_url" "$b_gw" "$b_tasks" "$n" --subscribers 1000 --boards 1 --rate 100
+done
+for n in $(seq 1 "$rounds"); do
   if [ -n "$original" ]; then
     run o one "$o_url" "$o_gw" "$o_tasks" "1" "$n"
     run o many "$o_url" "$o_gw" "$o_tasks" "$(seq -s ' ' 1 100)" "$n"
@@ -204,6 +208,9 @@ for n in $(seq 1 "$rounds"); do
   run a many "$a_url" "$a_gw" "$a_tasks" "$a_many" "$n"
   run b many "$b_url" "$b_gw" "$b_tasks" "$b_many" "$n"
 done
+
+# The original logs every request: keep the end (start-up failures show at the top of a short run).
+for f in "$out"/original-*.log; do [ -f "$f" ] && { tail -n 200 "$f" >"$f.tail" && mv "$f.tail" "$f"; }; done
 
 python3 - "$out" "$(getconf CLK_TCK)" <<'PY' | tee "$out/summary.md"
 import re, sys, os
