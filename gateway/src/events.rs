@@ -273,9 +273,12 @@ impl Intake {
             };
             for (board, head) in heads {
                 let Some(last) = self.expected(board) else {
-                    // Nobody knew where this board stood: now they do.
+                    // Nobody here knew where this board stood: now they do. Its subscribers know
+                    // their own start, and any that started before `head` (an event that has not
+                    // reached NATS yet, say) read the rest from the log; the others ignore this.
                     self.hub.note_head(board, head);
                     self.remember(board, head);
+                    self.hub.publish(Delivery::head(board, head));
                     continue;
                 };
                 if head <= last {
