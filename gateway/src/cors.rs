@@ -3,7 +3,9 @@
 use http::{header, HeaderValue, Response};
 
 const ALLOW_METHODS: &str = "GET, POST, PUT, DELETE, OPTIONS";
-const ALLOW_HEADERS: &str = "Content-Type, Authorization";
+const ALLOW_HEADERS: &str = "Content-Type, Authorization, If-Match";
+/// Response headers a cross-origin page may read: the task's version and the event's seq.
+const EXPOSE_HEADERS: &str = "ETag, Taskboard-Seq";
 
 /// The CORS policy.
 #[derive(Clone, Debug)]
@@ -75,6 +77,10 @@ impl Cors {
         h.insert(
             header::ACCESS_CONTROL_ALLOW_HEADERS,
             HeaderValue::from_static(ALLOW_HEADERS),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static(EXPOSE_HEADERS),
         );
         r
     }

@@ -4,7 +4,13 @@ use bytes::Bytes;
 use http::{Response, StatusCode};
 use http_body_util::Full;
 use serde::Serialize;
+use taskboard_proto::VERSION_METADATA;
 use tonic::Code;
+
+/// The `ETag` of a task at `version`: a strong tag, the version in quotes.
+pub fn etag(version: i64) -> http::HeaderValue {
+    http::HeaderValue::from_str(&format!("\"{version}\"")).expect("digits are a valid header")
+}
 
 /// Gateway start-up and serving errors.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +133,24 @@ impl ApiError {
             Code::NotFound if s.message().starts_with("Task ") => Self::not_found("Task not found"),
             Code::NotFound => Self::not_found("Not found").with_message(s.message()),
             Code::AlreadyExists => Self::new(S::CONFLICT, "already_exists", s.message()),
+            // A stale If-Match: 412 with the task's current version as its ETag.
+            Code::FailedPrecondition if s.metadata().get(VERSION_METADATA).is_some() => {
+                let mut e = Self::new(
+                    S::PRECONDITION_FAILED,
+                    "precondition_failed",
+                    "Precondition failed",
+                )
+                .with_message(s.message());
+                if let Some(v) = s
+                    .metadata()
+                    .get(VERSION_METADATA)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i64>().ok())
+                {
+                    e = e.with_header(http::header::ETAG, etag(v));
+                }
+                e
+            }
             Code::FailedPrecondition | Code::Aborted => {
                 Self::new(S::CONFLICT, "conflict", s.message())
             }

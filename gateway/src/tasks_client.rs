@@ -129,12 +129,12 @@ impl TasksClient {
 
     pub async fn delete(
         &self,
-        id: i64,
+        m: v1::DeleteTaskRequest,
         who: Option<&Principal>,
     ) -> Result<v1::DeleteTaskResponse, tonic::Status> {
         Ok(self
             .client()
-            .delete_task(self.req(v1::DeleteTaskRequest { id }, who))
+            .delete_task(self.req(m, who))
             .await?
             .into_inner())
     }

@@ -68,11 +68,15 @@
     return b > 0 ? b : 1;
   }
 
-  async function api(method, path, body) {
+  /// The task was changed by someone else since the version this page sent in If-Match.
+  class Stale extends Error {}
+
+  async function api(method, path, body, version) {
     let res;
     try {
       const headers = body ? { "Content-Type": "application/json" } : {};
       if (token) headers.Authorization = `Bearer ${token}`;
+      if (version) headers["If-Match"] = `"${version}"`;
       res = await fetch(path, { method, headers, body: body ? JSON.stringify(body) : undefined });
     } catch {
       throw new Error("Cannot reach the server. Check your connection and try again.");
@@ -87,6 +91,7 @@
           : "Please sign in: paste your access token above.");
       }
       if (res.status === 403) throw new Error(`You are not allowed to do that${why}.`);
+      if (res.status === 412) throw new Stale(data && data.message ? data.message : "changed meanwhile");
       if (data && data.error) throw new Error(data.message ? `${data.error}: ${data.message}` : data.error);
       throw new Error(`The server answered ${res.status}.`);
     }
@@ -285,13 +290,38 @@
     }
   }
 
+  /// A change of task `id` made only if it is still at `version` (what the person saw when they
+  /// acted). If someone else changed it meanwhile, nothing is overwritten: the page shows their
+  /// version and says so.
+  async function change(id, method, body, version) {
+    try {
+      return await api(method, `/api/tasks/${id}`, body, version);
+    } catch (e) {
+      if (!(e instanceof Stale)) throw e;
+      let now = null;
+      try { now = await api("GET", `/api/tasks/${id}`); } catch { /* deleted meanwhile */ }
+      if (!now) {
+        state.tasks.delete(id);
+        throw new Error("Someone else deleted this task meanwhile; your change was not applied.");
+      }
+      applyTask(now);
+      throw new Error(`Someone else changed this task meanwhile: it is now “${now.title}”` +
+        `${now.completed ? " (done)" : ""}. Your change was not applied; make it again if you still want it.`);
+    }
+  }
+
+  function versionOf(id) {
+    const t = state.tasks.get(id);
+    return t ? t.version : undefined;
+  }
+
   function toggle(id, completed) {
-    mutate(async () => applyTask(await api("PUT", `/api/tasks/${id}`, { completed }))).then(render);
+    mutate(async () => applyTask(await change(id, "PUT", { completed }, versionOf(id)))).then(render);
   }
 
   function remove(id) {
     mutate(async () => {
-      await api("DELETE", `/api/tasks/${id}`);
+      await change(id, "DELETE", null, versionOf(id));
       state.tasks.delete(id);
     }).then(render);
   }
@@ -316,7 +346,8 @@
       finished = true;
       const title = input.value.trim();
       if (save && title && title !== t.title) {
-        await mutate(async () => applyTask(await api("PUT", `/api/tasks/${id}`, { title })));
+        // The version the edit started from: a change made meanwhile is not overwritten.
+        await mutate(async () => applyTask(await change(id, "PUT", { title }, t.version)));
       }
       state.editing = 0;
       input.replaceWith(btn);

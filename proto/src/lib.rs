@@ -10,6 +10,10 @@ pub mod task {
 
 pub mod nats;
 
+/// gRPC error metadata of a FAILED_PRECONDITION for a stale `expected_version`: the task's current
+/// version (decimal), which the gateway turns into the 412's `ETag`.
+pub const VERSION_METADATA: &str = "x-taskboard-version";
+
 /// gRPC metadata between the gateway and the task service (see the service comment in the proto).
 pub mod auth {
     /// The end user a call is made for (decimal user id).

@@ -40,6 +40,13 @@ pub enum Error {
         recorded: String,
         now: String,
     },
+    /// The task is not at the version the caller expected (If-Match): nothing was changed.
+    #[error("task {id} is at version {current}, not {expected}: it was changed meanwhile")]
+    VersionMismatch {
+        id: i64,
+        current: i64,
+        expected: i64,
+    },
     /// The connection failed while committing: the change may or may not have been applied.
     #[error("the database connection was lost while committing; the change may or may not have been applied")]
     CommitUnknown,
@@ -64,6 +71,14 @@ impl From<Error> for Status {
             Error::PermissionDenied(m) => Status::permission_denied(m),
             Error::FailedPrecondition(m) => Status::failed_precondition(m),
             Error::CommitUnknown | Error::ShuttingDown => Status::unavailable(e.to_string()),
+            Error::VersionMismatch { current, .. } => {
+                let mut meta = tonic::metadata::MetadataMap::new();
+                meta.insert(
+                    taskboard_proto::VERSION_METADATA,
+                    tonic::metadata::MetadataValue::from(current),
+                );
+                Status::with_metadata(tonic::Code::FailedPrecondition, e.to_string(), meta)
+            }
             // Internal details go to the log, never to the caller.
             Error::Pool(ref inner) => {
                 tracing::warn!(error = %inner, "database pool unavailable");

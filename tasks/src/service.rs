@@ -157,9 +157,13 @@ impl TaskService for Service {
                 r.description.as_deref(),
                 r.completed,
             )?;
+            let expected = r.expected_version;
             if ch.title.is_none() && ch.description.is_none() && ch.completed.is_none() {
                 // Nothing to change: answer with the task as it is, and emit no event.
                 return match db::get(&self.pool, ch.id, who).await? {
+                    Some(task) if expected.is_some_and(|v| v != task.version) => {
+                        Err(version_mismatch(&task, expected))
+                    }
                     Some(task) => Ok(Response::new(v1::UpdateTaskResponse {
                         task: Some(task),
                         seq: 0,
@@ -167,12 +171,16 @@ impl TaskService for Service {
                     None => Err(not_found(ch.id)),
                 };
             }
-            match self.writer.apply(db::Mutation::from(&ch), who).await? {
+            match self
+                .writer
+                .apply(db::Mutation::update(&ch, expected), who)
+                .await?
+            {
                 Some(a) => Ok(Response::new(v1::UpdateTaskResponse {
                     task: Some(a.task),
                     seq: a.event.seq,
                 })),
-                None => Err(self.task_refusal(ch.id, who).await?),
+                None => Err(self.task_refusal(ch.id, who, expected).await?),
             }
         })
         .await
@@ -186,12 +194,17 @@ impl TaskService for Service {
         let who = Caller::of(&req);
         self.db_call(async move {
             let id = validate::task_id(req.get_ref().id)?;
-            match self.writer.apply(db::Mutation::Delete { id }, who).await? {
+            let expected = req.get_ref().expected_version;
+            let delete = db::Mutation::Delete {
+                id,
+                expected_version: expected,
+            };
+            match self.writer.apply(delete, who).await? {
                 Some(a) => Ok(Response::new(v1::DeleteTaskResponse {
                     success: true,
                     seq: a.event.seq,
                 })),
-                None => Err(self.task_refusal(id, who).await?),
+                None => Err(self.task_refusal(id, who, expected).await?),
             }
         })
         .await
@@ -498,9 +511,14 @@ impl Service {
     }
 
     /// Why a change of task `id` matched nothing: it does not exist or its board is not the
-    /// caller's (404 either way, so task ids of other boards reveal nothing), or the caller only
-    /// views the board (403).
-    async fn task_refusal(&self, id: i64, who: Caller) -> Result<Status, Error> {
+    /// caller's (404 either way, so task ids of other boards reveal nothing), the caller only
+    /// views the board (403), or it is no longer at the `expected` version (412 over REST).
+    async fn task_refusal(
+        &self,
+        id: i64,
+        who: Caller,
+        expected: Option<i64>,
+    ) -> Result<Status, Error> {
         let Some(board) = db::task_board(&self.pool, id).await? else {
             return Ok(not_found(id));
         };
@@ -513,8 +531,17 @@ impl Service {
                 "you are {} of board {board}; changing tasks needs the editor role",
                 article(r)
             ))),
-            // Not a member, or (rarely) a concurrent delete or membership change.
-            _ => not_found(id),
+            _ => match expected {
+                // Readable (so a member, or every board is the caller's) and at another version.
+                Some(_) => match db::get(&self.pool, id, who).await? {
+                    Some(task) if expected != Some(task.version) => {
+                        version_mismatch(&task, expected)
+                    }
+                    _ => not_found(id),
+                },
+                // Not a member, or (rarely) a concurrent delete or membership change.
+                None => not_found(id),
+            },
         })
     }
 }
@@ -526,6 +553,15 @@ fn article(r: Role) -> String {
         Role::Editor => "an editor".into(),
         Role::Owner => "an owner".into(),
     }
+}
+
+/// FAILED_PRECONDITION: `task` is not at the version the caller expected.
+fn version_mismatch(task: &v1::Task, expected: Option<i64>) -> Status {
+    Status::from(Error::VersionMismatch {
+        id: task.id,
+        current: task.version,
+        expected: expected.unwrap_or_default(),
+    })
 }
 
 fn not_found(id: i64) -> Status {

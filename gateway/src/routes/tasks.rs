@@ -9,7 +9,7 @@ use taskboard_proto::{prost_types::Timestamp, v1};
 use super::body::read_json;
 use super::{empty, json, not_allowed, Resp};
 use crate::auth::Principal;
-use crate::error::ApiError;
+use crate::error::{etag, ApiError};
 use crate::AppState;
 
 /// Page size of `GET /api/tasks` when none (or a non-positive one) is given.
@@ -95,6 +95,56 @@ fn with_seq(mut r: Resp, seq: i64) -> Resp {
     r
 }
 
+/// A task's answer: its JSON with the version as `ETag` (what `If-Match` sends back).
+fn task_answer(status: StatusCode, task: v1::Task) -> Resp {
+    let tag = etag(task.version);
+    let mut r = json(status, &TaskJson::from(task));
+    r.headers_mut().insert(http::header::ETAG, tag);
+    r
+}
+
+/// The version an `If-Match` header asks for: `None` without one or for `*` (any current
+/// version). Versions are strong tags (`"7"`); a weak tag never matches under If-Match's strong
+/// comparison (RFC 9110 13.1.1), so it is answered 412 without asking the task service.
+fn if_match(req: &Request<Incoming>) -> Result<Option<i64>, ApiError> {
+    let mut values = req.headers().get_all(http::header::IF_MATCH).iter();
+    let Some(v) = values.next() else {
+        return Ok(None);
+    };
+    let bad = |why: &str| {
+        ApiError::bad_request("Invalid If-Match").with_message(format!(
+            "If-Match must be one entity tag as the ETag header gave it (\"7\") or *; {why}"
+        ))
+    };
+    if values.next().is_some() {
+        return Err(bad("got more than one If-Match header"));
+    }
+    let v = v
+        .to_str()
+        .map_err(|_| bad("got bytes that are not text"))?
+        .trim();
+    if v == "*" {
+        return Ok(None);
+    }
+    if v.starts_with("W/") {
+        return Err(ApiError::new(
+            StatusCode::PRECONDITION_FAILED,
+            "precondition_failed",
+            "Precondition failed",
+        )
+        .with_message("a weak entity tag never matches If-Match; send the ETag as given"));
+    }
+    if v.contains(',') {
+        return Err(bad("a list of tags is not supported"));
+    }
+    v.strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|d| d.parse::<i64>().ok())
+        .map(Some)
+        .ok_or_else(|| bad(&format!("got {v:?}")))
+}
+
 pub(super) async fn collection(
     state: &AppState,
     req: Request<Incoming>,
@@ -118,10 +168,7 @@ pub(super) async fn collection(
                 .await
                 .map_err(|s| ApiError::from_status(&s, "create"))?;
             let task = r.task.ok_or_else(missing_task)?;
-            Ok(with_seq(
-                json(StatusCode::CREATED, &TaskJson::from(task)),
-                r.seq,
-            ))
+            Ok(with_seq(task_answer(StatusCode::CREATED, task), r.seq))
         }
         _ => Ok(not_allowed("GET, POST, OPTIONS")),
     }
@@ -145,9 +192,10 @@ pub(super) async fn item(
                 .await
                 .map_err(|s| ApiError::from_status(&s, "get"))?;
             let task = r.task.ok_or_else(missing_task)?;
-            Ok(json(StatusCode::OK, &TaskJson::from(task)))
+            Ok(task_answer(StatusCode::OK, task))
         }
         Method::PUT => {
+            let expected_version = if_match(&req)?;
             let b: UpdateBody = read_json(req, state.body_timeout()).await?;
             let r = state
                 .tasks
@@ -157,18 +205,26 @@ pub(super) async fn item(
                         title: b.title,
                         description: b.description,
                         completed: b.completed,
+                        expected_version,
                     },
                     who,
                 )
                 .await
                 .map_err(|s| ApiError::from_status(&s, "update"))?;
             let task = r.task.ok_or_else(missing_task)?;
-            Ok(with_seq(json(StatusCode::OK, &TaskJson::from(task)), r.seq))
+            Ok(with_seq(task_answer(StatusCode::OK, task), r.seq))
         }
         _ => {
+            let expected_version = if_match(&req)?;
             let r = state
                 .tasks
-                .delete(id, who)
+                .delete(
+                    v1::DeleteTaskRequest {
+                        id,
+                        expected_version,
+                    },
+                    who,
+                )
                 .await
                 .map_err(|s| ApiError::from_status(&s, "delete"))?;
             Ok(with_seq(empty(StatusCode::NO_CONTENT), r.seq))

@@ -366,7 +366,11 @@ async fn options_is_a_cors_preflight() {
         );
         assert_eq!(
             r.headers()["access-control-allow-headers"],
-            "Content-Type, Authorization"
+            "Content-Type, Authorization, If-Match"
+        );
+        assert_eq!(
+            r.headers()["access-control-expose-headers"],
+            "ETag, Taskboard-Seq"
         );
     }
 }
@@ -514,4 +518,79 @@ async fn a_plain_get_of_ws_is_426() {
     let r = app.http.get(app.url("/ws")).send().await.unwrap();
     assert_eq!(r.status(), 426);
     assert_eq!(r.headers()["upgrade"], "websocket");
+}
+
+#[tokio::test]
+async fn if_match_with_a_stale_etag_is_412_and_changes_nothing() {
+    let app = spawn_app().await;
+    let post = app
+        .http
+        .post(app.url("/api/tasks"))
+        .json(&json!({"board_id": 3, "title": "v1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        post.headers()["etag"],
+        "\"1\"",
+        "the version as a strong tag"
+    );
+    let task: Value = post.json().await.unwrap();
+    let id = task["id"].as_i64().unwrap();
+    let item = app.url(&format!("/api/tasks/{id}"));
+    let put = |tag: &'static str, title: &'static str| {
+        app.http
+            .put(&item)
+            .header("If-Match", tag)
+            .json(&json!({ "title": title }))
+            .send()
+    };
+
+    let r = put("\"1\"", "v2").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["etag"], "\"2\"");
+
+    // Someone else's change came first: 412, the current tag, nothing overwritten.
+    let r = put("\"1\"", "lost update").await.unwrap();
+    assert_eq!(r.status(), 412);
+    assert_eq!(r.headers()["etag"], "\"2\"");
+    let (_, body) = error_of(r).await;
+    assert_eq!(body["code"], "precondition_failed");
+    assert!(
+        body["message"].as_str().unwrap().contains("version 2"),
+        "{body}"
+    );
+    let r = app
+        .http
+        .delete(&item)
+        .header("If-Match", "\"1\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 412);
+    let now = app.http.get(&item).send().await.unwrap();
+    assert_eq!(now.headers()["etag"], "\"2\"");
+    assert_eq!(now.json::<Value>().await.unwrap()["title"], "v2");
+
+    // A weak tag never matches (strong comparison); nonsense is a 400 that says what to send.
+    assert_eq!(put("W/\"2\"", "weak").await.unwrap().status(), 412);
+    for bad in ["2", "\"two\"", "\"1\", \"2\"", "\"\""] {
+        let r = put(bad, "bad").await.unwrap();
+        let (status, body) = error_of(r).await;
+        assert_eq!(status, 400, "{bad}");
+        assert!(
+            body["message"].as_str().unwrap().contains("If-Match"),
+            "{body}"
+        );
+    }
+    // `*` (any version) and the current tag go through.
+    assert_eq!(put("*", "v3").await.unwrap().status(), 200);
+    let r = app
+        .http
+        .delete(&item)
+        .header("If-Match", "\"3\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
 }

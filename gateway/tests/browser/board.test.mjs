@@ -191,6 +191,33 @@ test("completing, editing and deleting flow between pages", async () => {
   await b.context().close();
 });
 
+test("an edit that meets someone else's change shows theirs instead of overwriting it", async () => {
+  const board = await newBoard();
+  const a = await openBoard(board);
+  const created = await rest(gw1.url, "POST", "/api/tasks", { board_id: board, title: "Plan trip" });
+  await task(a, "Plan trip").waitFor({ timeout: 1000 });
+  // A starts editing the title; meanwhile someone else renames the task.
+  await task(a, "Plan trip").locator(".title").click();
+  await rest(gw1.url, "PUT", `/api/tasks/${created.id}`, { title: "Plan the summer trip" });
+  await a.fill(".task input.edit", "Plan a trip");
+  await a.keyboard.press("Enter");
+  const err = a.locator("#error");
+  await err.waitFor({ timeout: 2000 });
+  assert.match(await err.textContent(), /Someone else changed this task meanwhile: it is now “Plan the summer trip”/);
+  await task(a, "Plan the summer trip").waitFor({ timeout: 1000 });
+  const now = await rest(gw1.url, "GET", `/api/tasks/${created.id}`);
+  assert.equal(now.title, "Plan the summer trip", "the other change was not overwritten");
+  assert.equal(now.version, 2);
+  // Made again on the current version, the edit goes through.
+  await task(a, "Plan the summer trip").locator(".title").click();
+  await a.fill(".task input.edit", "Plan a trip");
+  await a.keyboard.press("Enter");
+  await task(a, "Plan a trip").waitFor({ timeout: 1000 });
+  assert.equal((await rest(gw1.url, "GET", `/api/tasks/${created.id}`)).title, "Plan a trip");
+  assert.deepEqual(a.pageErrors, []);
+  await a.context().close();
+});
+
 test("a restarted gateway: reconnecting, then every change made meanwhile, none twice", async () => {
   // This test kills and restarts a gateway of its own, so whatever happens here, the shared
   // gateways the other tests use are left as they were.

@@ -77,9 +77,13 @@ pub enum Mutation {
         title: Option<String>,
         description: Option<String>,
         completed: Option<bool>,
+        /// Only while the task is at this version.
+        expected_version: Option<i64>,
     },
     Delete {
         id: i64,
+        /// Only while the task is at this version.
+        expected_version: Option<i64>,
     },
 }
 
@@ -94,13 +98,15 @@ impl From<&NewTask<'_>> for Mutation {
     }
 }
 
-impl From<&Change<'_>> for Mutation {
-    fn from(c: &Change<'_>) -> Self {
+impl Mutation {
+    /// The update `c`, applied only while the task is at `expected_version` (when given).
+    pub fn update(c: &Change<'_>, expected_version: Option<i64>) -> Self {
         Mutation::Update {
             id: c.id,
             title: c.title.map(str::to_owned),
             description: c.description.map(str::to_owned),
             completed: c.completed,
+            expected_version,
         }
     }
 }
@@ -151,6 +157,7 @@ impl Mutation {
                 title,
                 description,
                 completed,
+                expected_version,
             } => (
                 client
                     .query_opt(
@@ -162,14 +169,21 @@ impl Mutation {
                             completed,
                             &who.user,
                             &who.all_boards,
+                            expected_version,
                         ],
                     )
                     .await?,
                 KIND_UPDATED,
             ),
-            Mutation::Delete { id } => (
+            Mutation::Delete {
+                id,
+                expected_version,
+            } => (
                 client
-                    .query_opt(&s.delete, &[id, &who.user, &who.all_boards])
+                    .query_opt(
+                        &s.delete,
+                        &[id, &who.user, &who.all_boards, expected_version],
+                    )
                     .await?,
                 KIND_DELETED,
             ),

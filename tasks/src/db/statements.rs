@@ -99,14 +99,16 @@ impl Statements {
             &format!(
                 "UPDATE tasks SET title = COALESCE($2, title), \
                  description = COALESCE($3, description), completed = COALESCE($4, completed), \
-                 updated_at = now(), version = version + 1 WHERE id = $1 AND {ok} RETURNING {TASK_COLS}",
+                 updated_at = now(), version = version + 1 \
+                 WHERE id = $1 AND ($7::int8 IS NULL OR version = $7) AND {ok} RETURNING {TASK_COLS}",
                 ok = allowed("tasks.board_id", WRITE_ROLES, 6, 5)
             ),
             "updated",
         );
         let delete = mutation_sql(
             &format!(
-                "DELETE FROM tasks WHERE id = $1 AND {ok} RETURNING {TASK_COLS}",
+                "DELETE FROM tasks WHERE id = $1 AND ($4::int8 IS NULL OR version = $4) AND {ok} \
+                 RETURNING {TASK_COLS}",
                 ok = allowed("tasks.board_id", WRITE_ROLES, 3, 2)
             ),
             "deleted",
@@ -182,11 +184,12 @@ impl Statements {
                         Type::BOOL,
                         Type::INT8,
                         Type::BOOL,
+                        Type::INT8,
                     ],
                 )
                 .await?,
             delete: c
-                .prepare_typed(&delete, &[Type::INT8, Type::INT8, Type::BOOL])
+                .prepare_typed(&delete, &[Type::INT8, Type::INT8, Type::BOOL, Type::INT8])
                 .await?,
             list_events: c
                 .prepare_typed(

@@ -189,7 +189,10 @@ async fn a_non_member_can_neither_read_nor_change_a_board() {
         ),
         code(
             mallory
-                .delete_task(v1::DeleteTaskRequest { id: task.id })
+                .delete_task(v1::DeleteTaskRequest {
+                    id: task.id,
+                    expected_version: None,
+                })
                 .await,
         ),
     ] {

@@ -102,12 +102,18 @@ async fn one_change_failing_in_a_batch_fails_only_itself() {
             title: Some("overflows".into()),
             description: None,
             completed: None,
+            expected_version: None,
         })
         .await
     });
     let mut c = t.client.clone();
-    let missing =
-        tokio::spawn(async move { c.delete_task(v1::DeleteTaskRequest { id: 999_999 }).await });
+    let missing = tokio::spawn(async move {
+        c.delete_task(v1::DeleteTaskRequest {
+            id: 999_999,
+            expected_version: None,
+        })
+        .await
+    });
     creates.extend((5..10).map(spawn_create));
     tokio::time::sleep(Duration::from_millis(500)).await;
     blocker.batch_execute("COMMIT").await.unwrap();

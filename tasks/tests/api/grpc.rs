@@ -27,7 +27,10 @@ async fn missing_tasks_are_not_found_and_bad_ids_invalid_argument() {
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
     let e = c
-        .delete_task(v1::DeleteTaskRequest { id: 4242 })
+        .delete_task(v1::DeleteTaskRequest {
+            id: 4242,
+            expected_version: None,
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
@@ -274,7 +277,10 @@ async fn watch_events_streams_history_then_live_events() {
     let e = next(&mut stream).await;
     assert_eq!((e.seq, e.kind.as_str(), e.task_id), (3, "created", task.id));
     t.client
-        .delete_task(v1::DeleteTaskRequest { id: task.id })
+        .delete_task(v1::DeleteTaskRequest {
+            id: task.id,
+            expected_version: None,
+        })
         .await
         .unwrap();
     assert_eq!(next(&mut stream).await.kind, "deleted");
@@ -495,4 +501,86 @@ async fn the_originals_own_client_stubs_work_against_this_service() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound);
+}
+
+#[tokio::test]
+async fn a_stale_expected_version_fails_with_the_current_one_and_changes_nothing() {
+    let mut t = spawn().await;
+    let (task, _) = t.create(1, "v1").await;
+    let update = |expected: Option<i64>, title: Option<&str>| v1::UpdateTaskRequest {
+        id: task.id,
+        title: title.map(Into::into),
+        description: None,
+        completed: None,
+        expected_version: expected,
+    };
+    let r = t
+        .client
+        .update_task(update(Some(1), Some("v2")))
+        .await
+        .expect("at version 1")
+        .into_inner();
+    assert_eq!(r.task.unwrap().version, 2);
+
+    let stale = |e: tonic::Status| {
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+        assert_eq!(
+            e.metadata().get(taskboard_proto::VERSION_METADATA).unwrap(),
+            "2",
+            "the current version"
+        );
+        assert!(e.message().contains("version 2"), "{}", e.message());
+    };
+    stale(
+        t.client
+            .update_task(update(Some(1), Some("lost update")))
+            .await
+            .unwrap_err(),
+    );
+    stale(
+        t.client
+            .update_task(update(Some(1), None))
+            .await
+            .unwrap_err(),
+    );
+    stale(
+        t.client
+            .delete_task(v1::DeleteTaskRequest {
+                id: task.id,
+                expected_version: Some(1),
+            })
+            .await
+            .unwrap_err(),
+    );
+    let now = t
+        .client
+        .get_task(v1::GetTaskRequest { id: task.id })
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    assert_eq!(
+        (now.title.as_str(), now.version),
+        ("v2", 2),
+        "nothing changed"
+    );
+
+    // A missing task is still NOT_FOUND, whatever version is expected.
+    let e = t
+        .client
+        .delete_task(v1::DeleteTaskRequest {
+            id: 999_999,
+            expected_version: Some(1),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    t.client
+        .delete_task(v1::DeleteTaskRequest {
+            id: task.id,
+            expected_version: Some(2),
+        })
+        .await
+        .expect("at version 2");
 }

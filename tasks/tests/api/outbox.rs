@@ -429,6 +429,7 @@ async fn event_payloads_are_the_text_the_previous_release_wrote() {
             title: None,
             description: Some("line\nbreak".into()),
             completed: Some(true),
+            expected_version: None,
         })
         .await
         .unwrap();
