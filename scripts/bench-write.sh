@@ -124,7 +124,7 @@ if [ -n "$original" ]; then
   ensure_database "$PG_ADMIN_URL" "$db"
   o_grpc=$(free_port) o_http=$(free_port)
   # Its database port is fixed at 5432; it creates its table at start.
-  PORT=$o_grpc DB_HOST=127.0.0.1 DB_USER=postgres DB_PASSWORD= DB_NAME=$db NATS_URL=$NATS_URL \
+  PORT=$o_grpc DB_HOST=127.0.0.1 DB_USER=postgres DB_PASSWORD='' DB_NAME=$db NATS_URL=$NATS_URL \
     under_test "$original/task-service" >"$out/original-tasks.log" 2>&1 &
   o_tasks=$!
   pids+=("$o_tasks")
