@@ -3,9 +3,9 @@
 use http::{header, HeaderValue, Response};
 
 const ALLOW_METHODS: &str = "GET, POST, PUT, DELETE, OPTIONS";
-const ALLOW_HEADERS: &str = "Content-Type, Authorization, If-Match";
+const ALLOW_HEADERS: &str = "Content-Type, Authorization, If-Match, Idempotency-Key";
 /// Response headers a cross-origin page may read: the task's version and the event's seq.
-const EXPOSE_HEADERS: &str = "ETag, Taskboard-Seq";
+const EXPOSE_HEADERS: &str = "ETag, Taskboard-Seq, Idempotent-Replayed";
 
 /// The CORS policy.
 #[derive(Clone, Debug)]

@@ -79,16 +79,18 @@ impl TasksClient {
         r
     }
 
+    /// Creates a task; `true` when the answer is a retry's replay of an idempotent create.
     pub async fn create(
         &self,
         m: v1::CreateTaskRequest,
         who: Option<&Principal>,
-    ) -> Result<v1::CreateTaskResponse, tonic::Status> {
-        Ok(self
-            .client()
-            .create_task(self.req(m, who))
-            .await?
-            .into_inner())
+    ) -> Result<(v1::CreateTaskResponse, bool), tonic::Status> {
+        let r = self.client().create_task(self.req(m, who)).await?;
+        let replayed = r
+            .metadata()
+            .get(taskboard_proto::REPLAYED_METADATA)
+            .is_some_and(|v| v == "true");
+        Ok((r.into_inner(), replayed))
     }
 
     pub async fn get(

@@ -71,12 +71,13 @@
   /// The task was changed by someone else since the version this page sent in If-Match.
   class Stale extends Error {}
 
-  async function api(method, path, body, version) {
+  async function api(method, path, body, version, key) {
     let res;
     try {
       const headers = body ? { "Content-Type": "application/json" } : {};
       if (token) headers.Authorization = `Bearer ${token}`;
       if (version) headers["If-Match"] = `"${version}"`;
+      if (key) headers["Idempotency-Key"] = key;
       res = await fetch(path, { method, headers, body: body ? JSON.stringify(body) : undefined });
     } catch {
       throw new Error("Cannot reach the server. Check your connection and try again.");
@@ -361,15 +362,28 @@
     input.addEventListener("blur", () => finish(true));
   }
 
+  /// The last create sent and its Idempotency-Key, until it succeeds.
+  let lastCreate = null;
+
+  function newKey() {
+    if (crypto.randomUUID) return crypto.randomUUID();
+    return Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
   $("create-form").addEventListener("submit", (e) => {
     e.preventDefault();
     const form = e.target;
     const title = form.title.value.trim();
     if (!title) { showError("Title is required"); return; }
+    const body = { board_id: state.board, title, description: form.description.value, created_by: userId };
+    // Sending the same task again after a failure (the answer may have been lost after the server
+    // created it) reuses its key: the server answers the first result instead of a duplicate.
+    const same = lastCreate && JSON.stringify(lastCreate.body) === JSON.stringify(body);
+    const key = same ? lastCreate.key : newKey();
+    lastCreate = { body, key };
     mutate(async () => {
-      const t = await api("POST", "/api/tasks", {
-        board_id: state.board, title, description: form.description.value, created_by: userId,
-      });
+      const t = await api("POST", "/api/tasks", body, undefined, key);
+      lastCreate = null;
       applyTask(t);
       form.reset();
       form.title.focus();

@@ -14,6 +14,9 @@ pub mod nats;
 /// version (decimal), which the gateway turns into the 412's `ETag`.
 pub const VERSION_METADATA: &str = "x-taskboard-version";
 
+/// Response metadata of a CreateTask that answered a retry with the first call's result.
+pub const REPLAYED_METADATA: &str = "x-taskboard-replayed";
+
 /// gRPC metadata between the gateway and the task service (see the service comment in the proto).
 pub mod auth {
     /// The end user a call is made for (decimal user id).

@@ -10,6 +10,9 @@ pub enum Error {
     /// The task (or board) does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// The thing already exists (an idempotency key used for another request).
+    #[error("{0}")]
+    AlreadyExists(String),
     /// The caller may not do this; the message says why.
     #[error("{0}")]
     PermissionDenied(String),
@@ -69,6 +72,7 @@ impl From<Error> for Status {
             Error::InvalidArgument(m) => Status::invalid_argument(m),
             Error::NotFound(m) => Status::not_found(m),
             Error::PermissionDenied(m) => Status::permission_denied(m),
+            Error::AlreadyExists(m) => Status::already_exists(m),
             Error::FailedPrecondition(m) => Status::failed_precondition(m),
             Error::CommitUnknown | Error::ShuttingDown => Status::unavailable(e.to_string()),
             Error::VersionMismatch { current, .. } => {

@@ -27,6 +27,11 @@ const LEADER_LOCK: i64 = 0x0074_6173_6b72_6c79;
 const BATCH: i64 = 256;
 /// Committed batches of this replica's writer taken per publish round.
 const COMMITTED_PER_ROUND: usize = 64;
+/// How soon events this replica could not publish (NATS not connected yet, or not confirming) are
+/// tried again.
+const RETRY_DELAY: Duration = Duration::from_millis(100);
+/// Most such events held for retrying; beyond that they are left to the scan.
+const RETRY_MAX: usize = 10_000;
 /// How long events may stay behind the cursor before the safety net publishes them (the
 /// committing replica publishes within milliseconds; this only covers failures).
 const GRACE: Duration = Duration::from_secs(2);
@@ -101,14 +106,26 @@ impl Relay {
         let mut committed = Vec::with_capacity(COMMITTED_PER_ROUND);
         // False once the writer is gone (shutting down): only the scan is left.
         let mut writer = true;
+        // What this replica committed but could not publish yet, oldest first.
+        let mut retry: Vec<EventRow> = Vec::new();
+        let mut retry_at = tokio::time::Instant::now();
         let result = loop {
             tokio::select! {
                 n = self.committed.recv_many(&mut committed, COMMITTED_PER_ROUND), if writer => {
                     writer = n > 0;
-                    let events: Vec<EventRow> = committed.drain(..).flatten().collect();
+                    // Older events waiting for a retry go first: each board stays in seq order.
+                    let mut events = std::mem::take(&mut retry);
+                    events.extend(committed.drain(..).flatten());
                     if !self.publish(&mut confirm, &events).await? {
-                        // Left behind: the scan takes them as soon as the grace is over.
-                        next_scan = next_scan.min(tokio::time::Instant::now() + GRACE);
+                        retry = hold_for_retry(events);
+                        retry_at = tokio::time::Instant::now() + RETRY_DELAY;
+                    }
+                }
+                _ = tokio::time::sleep_until(retry_at), if !retry.is_empty() => {
+                    let events = std::mem::take(&mut retry);
+                    if !self.publish(&mut confirm, &events).await? {
+                        retry = hold_for_retry(events);
+                        retry_at = tokio::time::Instant::now() + RETRY_DELAY;
                     }
                 }
                 // Scan anyway every `poll` so nothing waits forever (a replica that died after
@@ -133,6 +150,7 @@ impl Relay {
                             if n > 0 {
                                 tracing::info!(pruned = n, "pruned events past retention");
                             }
+                            db::prune_keys(&self.pool).await?;
                             last_prune = Some(Instant::now());
                         }
                     }
@@ -222,6 +240,19 @@ impl Relay {
     fn subject(&self, ev: &EventRow) -> String {
         contract::subject(&self.subject_prefix, &ev.kind)
     }
+}
+
+/// Keeps `events` for the next retry, unless there are too many: then the scan publishes them
+/// (they are committed, so nothing is lost either way).
+fn hold_for_retry(events: Vec<EventRow>) -> Vec<EventRow> {
+    if events.len() > RETRY_MAX {
+        tracing::warn!(
+            events = events.len(),
+            "outbox relay: too many unpublished events to hold; the scan publishes them"
+        );
+        return Vec::new();
+    }
+    events
 }
 
 /// NATS headers of an event: routing data for the gateway, so it never parses the payload.

@@ -91,12 +91,39 @@ impl TaskService for Service {
             if let Some(user) = who.user {
                 new.created_by = user;
             }
-            match self.writer.apply(db::Mutation::from(&new), who).await? {
-                Some(a) => Ok(Response::new(v1::CreateTaskResponse {
+            // Keys are the caller's own: another user's identical key is another key.
+            let key = match r.idempotency_key.as_deref() {
+                Some(k) => Some(format!(
+                    "{}:{}",
+                    who.user.map_or_else(|| "-".to_owned(), |u| u.to_string()),
+                    validate::idempotency_key(k)?
+                )),
+                None => None,
+            };
+            if let Some(k) = &key {
+                if let Some(answer) = self.replayed(k, &new).await? {
+                    return Ok(answer);
+                }
+            }
+            match self
+                .writer
+                .apply(db::Mutation::create(&new, key.clone()), who)
+                .await
+            {
+                Ok(Some(a)) => Ok(Response::new(v1::CreateTaskResponse {
                     task: Some(a.task),
                     seq: a.event.seq,
                 })),
-                None => Err(self.write_refusal(new.board_id, who).await?.into()),
+                Ok(None) => Err(self.write_refusal(new.board_id, who).await?.into()),
+                // A call with the same key committed first: answer what it answered.
+                Err(Error::Db(e)) if key.is_some() && is_key_taken(&e) => {
+                    let k = key.as_deref().unwrap_or_default();
+                    match self.replayed(k, &new).await? {
+                        Some(answer) => Ok(answer),
+                        None => Err(Error::Db(e).into()),
+                    }
+                }
+                Err(e) => Err(e.into()),
             }
         })
         .await
@@ -457,6 +484,41 @@ impl TaskService for Service {
 }
 
 impl Service {
+    /// The first answer given under idempotency key `key`, when there is one within 24 h: the
+    /// same task and seq, marked replayed; ALREADY_EXISTS if it was for another request.
+    async fn replayed(
+        &self,
+        key: &str,
+        new: &db::NewTask<'_>,
+    ) -> Result<Option<Response<v1::CreateTaskResponse>>, Status> {
+        let Some((task, seq)) = db::idempotent(&self.pool, key).await? else {
+            return Ok(None);
+        };
+        if (
+            task.board_id,
+            task.title.as_str(),
+            task.description.as_str(),
+        ) != (new.board_id, new.title, new.description)
+        {
+            return Err(Error::AlreadyExists(
+                "this Idempotency-Key was already used for another request (a different board, \
+                 title or description); use a new key for a new task"
+                    .into(),
+            )
+            .into());
+        }
+        tracing::info!(task.id = task.id, "idempotent create replayed");
+        let mut answer = Response::new(v1::CreateTaskResponse {
+            task: Some(task),
+            seq,
+        });
+        answer.metadata_mut().insert(
+            taskboard_proto::REPLAYED_METADATA,
+            tonic::metadata::MetadataValue::from_static("true"),
+        );
+        Ok(Some(answer))
+    }
+
     /// Runs a call that needs the database: at once UNAVAILABLE while it is known to be down, and
     /// a connection failure closes the gate for the calls that follow.
     async fn db_call<T>(
@@ -553,6 +615,14 @@ fn article(r: Role) -> String {
         Role::Editor => "an editor".into(),
         Role::Owner => "an owner".into(),
     }
+}
+
+/// The idempotency key of a create was taken by a concurrent call with the same key.
+fn is_key_taken(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|d| {
+        *d.code() == tokio_postgres::error::SqlState::UNIQUE_VIOLATION
+            && d.constraint() == Some("idempotency_keys_pkey")
+    })
 }
 
 /// FAILED_PRECONDITION: `task` is not at the version the caller expected.

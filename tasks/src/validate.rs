@@ -140,6 +140,19 @@ pub fn role(role: &str) -> Result<crate::access::Role, Error> {
 }
 
 /// A user id must be a positive integer.
+/// An `Idempotency-Key`: 1 to 255 visible ASCII characters.
+///
+/// # Errors
+/// Empty, too long, or other characters.
+pub fn idempotency_key(key: &str) -> Result<&str, Error> {
+    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(
+            "Idempotency key must be 1 to 255 visible ASCII characters",
+        ));
+    }
+    Ok(key)
+}
+
 pub fn user_id(id: i64) -> Result<i64, Error> {
     if id <= 0 {
         return Err(invalid("User ID must be a positive integer"));

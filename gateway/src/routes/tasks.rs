@@ -103,6 +103,24 @@ fn task_answer(status: StatusCode, task: v1::Task) -> Resp {
     r
 }
 
+/// The `Idempotency-Key` of a create, if any (the task service checks its form).
+fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>, ApiError> {
+    let mut values = req.headers().get_all("idempotency-key").iter();
+    let Some(v) = values.next() else {
+        return Ok(None);
+    };
+    let bad = |why: &str| {
+        ApiError::bad_request("Invalid Idempotency-Key").with_message(format!(
+            "Idempotency-Key must be 1 to 255 visible ASCII characters; {why}"
+        ))
+    };
+    if values.next().is_some() {
+        return Err(bad("got more than one Idempotency-Key header"));
+    }
+    let v = v.to_str().map_err(|_| bad("got bytes that are not text"))?;
+    Ok(Some(v.to_owned()))
+}
+
 /// The version an `If-Match` header asks for: `None` without one or for `*` (any current
 /// version). Versions are strong tags (`"7"`); a weak tag never matches under If-Match's strong
 /// comparison (RFC 9110 13.1.1), so it is answered 412 without asking the task service.
@@ -153,8 +171,9 @@ pub(super) async fn collection(
     match *req.method() {
         Method::GET => list(state, req.uri().query(), who).await,
         Method::POST => {
+            let idempotency_key = idempotency_key(&req)?;
             let b: CreateBody = read_json(req, state.body_timeout()).await?;
-            let r = state
+            let (r, replayed) = state
                 .tasks
                 .create(
                     v1::CreateTaskRequest {
@@ -162,13 +181,20 @@ pub(super) async fn collection(
                         title: b.title.unwrap_or_default(),
                         description: b.description.unwrap_or_default(),
                         created_by: b.created_by.unwrap_or(0),
+                        idempotency_key,
                     },
                     who,
                 )
                 .await
                 .map_err(|s| ApiError::from_status(&s, "create"))?;
             let task = r.task.ok_or_else(missing_task)?;
-            Ok(with_seq(task_answer(StatusCode::CREATED, task), r.seq))
+            let mut answer = with_seq(task_answer(StatusCode::CREATED, task), r.seq);
+            if replayed {
+                answer
+                    .headers_mut()
+                    .insert("Idempotent-Replayed", HeaderValue::from_static("true"));
+            }
+            Ok(answer)
         }
         _ => Ok(not_allowed("GET, POST, OPTIONS")),
     }

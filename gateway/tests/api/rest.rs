@@ -366,11 +366,11 @@ async fn options_is_a_cors_preflight() {
         );
         assert_eq!(
             r.headers()["access-control-allow-headers"],
-            "Content-Type, Authorization, If-Match"
+            "Content-Type, Authorization, If-Match, Idempotency-Key"
         );
         assert_eq!(
             r.headers()["access-control-expose-headers"],
-            "ETag, Taskboard-Seq"
+            "ETag, Taskboard-Seq, Idempotent-Replayed"
         );
     }
 }
@@ -593,4 +593,53 @@ async fn if_match_with_a_stale_etag_is_412_and_changes_nothing() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
+}
+
+#[tokio::test]
+async fn a_post_retried_with_its_idempotency_key_gets_the_first_answer() {
+    let app = spawn_app().await;
+    let post = |title: &'static str, key: &'static str| {
+        app.http
+            .post(app.url("/api/tasks"))
+            .header("Idempotency-Key", key)
+            .json(&json!({"board_id": 6, "title": title}))
+            .send()
+    };
+    let first = post("once", "order-17").await.unwrap();
+    assert_eq!(first.status(), 201);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let (seq, etag) = (
+        first.headers()["taskboard-seq"].clone(),
+        first.headers()["etag"].clone(),
+    );
+    let body: Value = first.json().await.unwrap();
+    let again = post("once", "order-17").await.unwrap();
+    assert_eq!(again.status(), 201, "the same status");
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.headers()["taskboard-seq"], seq);
+    assert_eq!(again.headers()["etag"], etag);
+    assert_eq!(again.json::<Value>().await.unwrap(), body, "the same body");
+    let list: Value = app
+        .http
+        .get(app.url("/api/tasks?board_id=6"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["total_count"], 1, "one task");
+
+    let (status, err) = error_of(post("different", "order-17").await.unwrap()).await;
+    assert_eq!(status, 409);
+    assert!(
+        err["error"].as_str().unwrap().contains("Idempotency-Key"),
+        "{err}"
+    );
+    let (status, err) = error_of(post("bad", "has space").await.unwrap()).await;
+    assert_eq!(status, 400);
+    assert!(
+        err["error"].as_str().unwrap().contains("Idempotency key"),
+        "{err}"
+    );
 }

@@ -218,6 +218,31 @@ test("an edit that meets someone else's change shows theirs instead of overwriti
   await a.context().close();
 });
 
+test("a create whose answer was lost, sent again, does not make a second task", async () => {
+  const board = await newBoard();
+  const a = await openBoard(board);
+  // The server creates the task, but its answer never reaches the page.
+  let lost = 0;
+  await a.route("**/api/tasks", async (route) => {
+    if (route.request().method() === "POST" && lost === 0) {
+      lost += 1;
+      await route.fetch();
+      return route.abort("connectionreset");
+    }
+    return route.continue();
+  });
+  await addTask(a, "Pay rent");
+  await a.locator("#error").waitFor({ timeout: 2000 });
+  await a.click("#create-form button[type=submit]");
+  await a.locator("#error").waitFor({ state: "hidden", timeout: 2000 });
+  await task(a, "Pay rent").waitFor({ timeout: 1000 });
+  const list = await rest(gw1.url, "GET", `/api/tasks?board_id=${board}`);
+  assert.equal(list.total_count, 1, "one task, not two");
+  assert.equal(lost, 1);
+  assert.equal(await a.locator(".task").count(), 1);
+  await a.context().close();
+});
+
 test("a restarted gateway: reconnecting, then every change made meanwhile, none twice", async () => {
   // This test kills and restarts a gateway of its own, so whatever happens here, the shared
   // gateways the other tests use are left as they were.

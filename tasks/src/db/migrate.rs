@@ -9,6 +9,8 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../../migrations/0001_init.sql")),
     (2, include_str!("../../migrations/0002_members.sql")),
     (3, include_str!("../../migrations/0003_outbox_cursor.sql")),
+    (4, include_str!("../../migrations/0004_idempotency.sql")),
+    (5, include_str!("../../migrations/0005_outbox_runs.sql")),
 ];
 
 /// Advisory-lock key serialising migrations across replicas ("taskmig" in ASCII).

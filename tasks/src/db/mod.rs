@@ -71,6 +71,8 @@ pub enum Mutation {
         title: String,
         description: String,
         created_by: i64,
+        /// Records the answer under this key (`<caller>:<client key>`).
+        idempotency_key: Option<String>,
     },
     Update {
         id: i64,
@@ -87,13 +89,15 @@ pub enum Mutation {
     },
 }
 
-impl From<&NewTask<'_>> for Mutation {
-    fn from(t: &NewTask<'_>) -> Self {
+impl Mutation {
+    /// The create `t`, recording its answer under `idempotency_key` when given.
+    pub fn create(t: &NewTask<'_>, idempotency_key: Option<String>) -> Self {
         Mutation::Create {
             board_id: t.board_id,
             title: t.title.to_owned(),
             description: t.description.to_owned(),
             created_by: t.created_by,
+            idempotency_key,
         }
     }
 }
@@ -136,22 +140,23 @@ impl Mutation {
                 title,
                 description,
                 created_by,
-            } => (
-                client
-                    .query_opt(
-                        &s.create,
-                        &[
-                            board_id,
-                            title,
-                            description,
-                            created_by,
-                            &who.user,
-                            &who.all_boards,
-                        ],
-                    )
-                    .await?,
-                KIND_CREATED,
-            ),
+                idempotency_key,
+            } => {
+                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+                    board_id,
+                    title,
+                    description,
+                    created_by,
+                    &who.user,
+                    &who.all_boards,
+                    idempotency_key,
+                ];
+                let row = match idempotency_key {
+                    Some(_) => client.query_opt(&s.create_keyed, &params).await?,
+                    None => client.query_opt(&s.create, &params[..6]).await?,
+                };
+                (row, KIND_CREATED)
+            }
             Mutation::Update {
                 id,
                 title,
@@ -259,6 +264,32 @@ pub enum BatchError {
     /// The connection failed while committing: the batch may or may not be committed.
     #[error("connection lost while committing: {0}")]
     Unknown(tokio_postgres::Error),
+}
+
+/// The answer recorded under an idempotency key: the task as the first call answered it, its
+/// seq, and whether it is within 24 h (an older one is forgotten, and `None` returned).
+///
+/// # Errors
+/// Database or pool failure.
+pub async fn idempotent(pool: &Pool, key: &str) -> Result<Option<(v1::Task, i64)>, Error> {
+    let c = acquire(pool).await?;
+    let Some(row) = c.client.query_opt(&c.stmts.idempotent, &[&key]).await? else {
+        return Ok(None);
+    };
+    if !row.get::<_, bool>(10) {
+        c.client.execute(&c.stmts.expire_key, &[&key]).await?;
+        return Ok(None);
+    }
+    Ok(Some((task_from_row(&row, 0), row.get(9))))
+}
+
+/// Forgets idempotency keys past 24 h.
+///
+/// # Errors
+/// Database or pool failure.
+pub async fn prune_keys(pool: &Pool) -> Result<u64, Error> {
+    let c = acquire(pool).await?;
+    Ok(c.client.execute(&c.stmts.prune_keys, &[]).await?)
 }
 
 /// One task, or `None` (also when `who` may not read its board).
@@ -457,9 +488,9 @@ pub async fn behind(pool: &Pool, limit: i64, grace: Duration) -> Result<Vec<Even
     Ok(rows.iter().map(|r| EventRow::from_row(r, 0)).collect())
 }
 
-/// Moves the outbox cursors past `events` (published and confirmed): each board's cursor moves to
-/// the end of the run of seqs that starts at its lowest seq here, and only when nothing before
-/// that run is still unpublished.
+/// Records `events` as published (and confirmed): each board's cursor moves as far as its
+/// published runs reach without a gap; a run after a gap (another replica has not confirmed the
+/// seqs before it yet) is kept until the gap is published.
 ///
 /// # Errors
 /// Database or pool failure.
@@ -469,29 +500,23 @@ pub async fn advance(pool: &Pool, events: &[EventRow]) -> Result<u64, Error> {
         return Ok(0);
     }
     let c = acquire(pool).await?;
-    Ok(c.client
+    c.client
         .execute(&c.stmts.advance, &[&boards, &firsts, &lasts])
-        .await?)
+        .await?;
+    Ok(boards.len() as u64)
 }
 
-/// Per board: the lowest seq in `events` and the last seq of the unbroken run from it.
+/// The unbroken runs of seqs in `events`, per board in seq order: (boards, firsts, lasts).
 fn runs(events: &[EventRow]) -> (Vec<i64>, Vec<i64>, Vec<i64>) {
     let mut seqs: Vec<(i64, i64)> = events.iter().map(|e| (e.board_id, e.seq)).collect();
     seqs.sort_unstable();
     seqs.dedup();
     let (mut boards, mut firsts, mut lasts) = (Vec::new(), Vec::new(), Vec::<i64>::new());
-    let mut broken = false;
     for (board, seq) in seqs {
-        if boards.last() == Some(&board) {
-            let last = lasts.last_mut().expect("as many lasts as boards");
-            // Past a gap, this board's later seqs wait for the relay: its cursor stops here.
-            broken |= seq != *last + 1;
-            if !broken {
-                *last = seq;
-            }
+        if boards.last() == Some(&board) && lasts.last() == Some(&(seq - 1)) {
+            *lasts.last_mut().expect("as many lasts as boards") = seq;
             continue;
         }
-        broken = false;
         boards.push(board);
         firsts.push(seq);
         lasts.push(seq);

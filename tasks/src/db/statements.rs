@@ -55,13 +55,19 @@ fn payload_sql(kind: &str) -> String {
 /// `{change}` is a data-modifying CTE named `t` returning the task row (after the change, or the
 /// deleted row).
 fn mutation_sql(change: &str, kind: &str) -> String {
+    mutation_sql_with(change, kind, "")
+}
+
+/// [`mutation_sql`] with more data-modifying CTEs (`extra`, starting with a comma) that may use
+/// `t`, `b` and `e`.
+fn mutation_sql_with(change: &str, kind: &str, extra: &str) -> String {
     format!(
         "WITH t AS ({change}), \
          b AS (INSERT INTO boards AS b (id, last_seq) SELECT board_id, 1 FROM t \
                ON CONFLICT (id) DO UPDATE SET last_seq = b.last_seq + 1 RETURNING last_seq), \
          e AS (INSERT INTO events (board_id, seq, kind, task_id, payload) \
                SELECT t.board_id, b.last_seq, '{kind}', t.id, {payload} FROM t, b \
-               RETURNING seq, payload, created_at) \
+               RETURNING seq, payload, created_at){extra} \
          SELECT {cols}, e.seq, e.payload, e.created_at FROM t, e",
         cols = task_cols_of_t(),
         payload = payload_sql(kind)
@@ -71,6 +77,14 @@ fn mutation_sql(change: &str, kind: &str) -> String {
 /// Every statement the service runs, prepared once when a pooled connection is opened.
 pub struct Statements {
     pub create: Statement,
+    /// `create`, also recording the answer under an idempotency key ($7).
+    pub create_keyed: Statement,
+    /// The answer recorded under an idempotency key, and whether it is within 24 h.
+    pub idempotent: Statement,
+    /// Forgets an idempotency key past 24 h.
+    pub expire_key: Statement,
+    /// Forgets every idempotency key past 24 h.
+    pub prune_keys: Statement,
     pub get: Statement,
     pub list: Statement,
     pub update: Statement,
@@ -87,13 +101,21 @@ pub struct Statements {
 
 impl Statements {
     pub(super) async fn prepare(c: &Client) -> Result<Self, tokio_postgres::Error> {
-        let create = mutation_sql(
-            &format!(
-                "INSERT INTO tasks (board_id, title, description, created_by) \
-                 SELECT $1, $2, $3, $4 WHERE {ok} RETURNING {TASK_COLS}",
-                ok = allowed("$1", WRITE_ROLES, 6, 5)
-            ),
+        let insert = format!(
+            "INSERT INTO tasks (board_id, title, description, created_by) \
+             SELECT $1, $2, $3, $4 WHERE {ok} RETURNING {TASK_COLS}",
+            ok = allowed("$1", WRITE_ROLES, 6, 5)
+        );
+        let create = mutation_sql(&insert, "created");
+        // A second call with the same key fails on the primary key (and the service answers it
+        // from the row the first one wrote), so two racing calls never create two tasks.
+        let create_keyed = mutation_sql_with(
+            &insert,
             "created",
+            ", k AS (INSERT INTO idempotency_keys (key, seq, id, board_id, title, description, \
+                     completed, created_by, task_created_at, updated_at, version) \
+                   SELECT $7, e.seq, t.id, t.board_id, t.title, t.description, t.completed, \
+                          t.created_by, t.created_at, t.updated_at, t.version FROM t, e)",
         );
         let update = mutation_sql(
             &format!(
@@ -150,6 +172,41 @@ impl Statements {
                         Type::INT8,
                         Type::BOOL,
                     ],
+                )
+                .await?,
+            create_keyed: c
+                .prepare_typed(
+                    &create_keyed,
+                    &[
+                        Type::INT8,
+                        Type::TEXT,
+                        Type::TEXT,
+                        Type::INT8,
+                        Type::INT8,
+                        Type::BOOL,
+                        Type::TEXT,
+                    ],
+                )
+                .await?,
+            idempotent: c
+                .prepare_typed(
+                    "SELECT id, board_id, title, description, completed, created_by, \
+                            task_created_at, updated_at, version, seq, \
+                            created_at > now() - interval '24 hours' \
+                     FROM idempotency_keys WHERE key = $1",
+                    &[Type::TEXT],
+                )
+                .await?,
+            expire_key: c
+                .prepare_typed(
+                    "DELETE FROM idempotency_keys WHERE key = $1 \
+                     AND created_at <= now() - interval '24 hours'",
+                    &[Type::TEXT],
+                )
+                .await?,
+            prune_keys: c
+                .prepare(
+                    "DELETE FROM idempotency_keys WHERE created_at <= now() - interval '24 hours'",
                 )
                 .await?,
             get: c
@@ -228,17 +285,11 @@ impl Statements {
                     &[Type::INT8, Type::FLOAT8],
                 )
                 .await?,
-            // Moves each board's cursor to `last` when nothing before `first` is unpublished
-            // (so a cursor never skips events another replica has not published yet); never
-            // moves one back.
+            // Records the published runs and moves each board's cursor as far as they reach
+            // without a gap (migration 0005).
             advance: c
                 .prepare_typed(
-                    "INSERT INTO outbox_cursor AS c (board_id, published_seq) \
-                     SELECT u.b, u.l FROM unnest($1::int8[], $2::int8[], $3::int8[]) AS u(b, f, l) \
-                     WHERE u.f = 1 OR EXISTS (SELECT 1 FROM outbox_cursor x \
-                                              WHERE x.board_id = u.b AND x.published_seq >= u.f - 1) \
-                     ON CONFLICT (board_id) DO UPDATE \
-                     SET published_seq = GREATEST(c.published_seq, EXCLUDED.published_seq)",
+                    "SELECT taskboard_advance($1::int8[], $2::int8[], $3::int8[])",
                     &[Type::INT8_ARRAY, Type::INT8_ARRAY, Type::INT8_ARRAY],
                 )
                 .await?,

@@ -61,6 +61,7 @@ fn create_req(board: i64) -> v1::CreateTaskRequest {
         title: "t".into(),
         description: String::new(),
         created_by: 999,
+        idempotency_key: None,
     }
 }
 

@@ -27,6 +27,7 @@ fn create(board: i64, title: String) -> v1::CreateTaskRequest {
         title,
         description: String::new(),
         created_by: 1,
+        idempotency_key: None,
     }
 }
 

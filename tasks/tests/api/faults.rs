@@ -120,6 +120,7 @@ async fn while_the_database_is_gone_calls_fail_fast_and_recover_by_themselves() 
                 title: "during".into(),
                 description: String::new(),
                 created_by: 1,
+                idempotency_key: None,
             });
             req.set_timeout(Duration::from_secs(5));
             let started = tokio::time::Instant::now();
@@ -296,4 +297,35 @@ async fn one_connection_holds_at_most_max_streams_per_connection_streams() {
         .expect("the third stream opens once a slot frees")
         .unwrap()
         .expect("third stream");
+}
+
+#[tokio::test]
+async fn events_committed_while_nats_is_away_go_out_when_it_is_back_without_the_scan() {
+    let mut nats = PrivateNats::start().await;
+    let url = nats.url();
+    // The scan runs once at start, then not for a minute: only this replica's own retry is left.
+    let mut t = spawn_with(|c| {
+        c.nats_url = url.clone();
+        c.relay_poll_interval_ms = 60_000;
+    })
+    .await;
+    let db = t.db().await;
+    t.create(1, "before").await;
+    assert!(
+        eventually(WAIT, || async { unpublished(&db, 1).await.is_empty() }).await,
+        "the first event is published"
+    );
+    nats.kill();
+    let (_, seq) = t.create(1, "while NATS is away").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        unpublished(&db, 1).await,
+        [seq],
+        "not published while NATS is away"
+    );
+    nats.restart().await;
+    assert!(
+        eventually(WAIT, || async { unpublished(&db, 1).await.is_empty() }).await,
+        "published (and confirmed) once NATS is back"
+    );
 }

@@ -584,3 +584,109 @@ async fn a_stale_expected_version_fails_with_the_current_one_and_changes_nothing
         .await
         .expect("at version 2");
 }
+
+#[tokio::test]
+async fn a_retried_create_with_its_idempotency_key_answers_the_first_result_and_creates_nothing() {
+    let mut t = spawn().await;
+    let nats = async_nats::connect(taskboard_tasks::testing::nats_url())
+        .await
+        .unwrap();
+    let mut sub = nats
+        .subscribe(format!("{}.>", t.handle.subject_prefix))
+        .await
+        .unwrap();
+    nats.flush().await.unwrap();
+    let req = |title: &str, key: &str| v1::CreateTaskRequest {
+        board_id: 8,
+        title: title.into(),
+        description: "d".into(),
+        created_by: 1,
+        idempotency_key: Some(key.into()),
+    };
+    // Six calls with one key at once (a client retrying while its first call is in flight):
+    // one creates, the others answer the same task and seq, marked replayed.
+    let calls: Vec<_> = (0..6)
+        .map(|_| {
+            let mut c = t.client.clone();
+            let r = req("once", "k-1");
+            tokio::spawn(async move { c.create_task(r).await })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for c in calls {
+        let r = c.await.unwrap().expect("created or replayed");
+        let replayed = r
+            .metadata()
+            .get(taskboard_proto::REPLAYED_METADATA)
+            .is_some();
+        answers.push((replayed, r.into_inner()));
+    }
+    assert_eq!(answers.iter().filter(|(r, _)| !r).count(), 1, "one created");
+    let first = answers[0].1.clone();
+    assert!(answers.iter().all(|(_, a)| *a == first), "the same answer");
+    // A retry later: the same.
+    let r = t.client.create_task(req("once", "k-1")).await.unwrap();
+    assert_eq!(
+        r.metadata()
+            .get(taskboard_proto::REPLAYED_METADATA)
+            .unwrap(),
+        "true"
+    );
+    assert_eq!(r.into_inner(), first);
+    let db = t.db().await;
+    let count = |sql: &'static str| {
+        let db = &db;
+        async move { db.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    assert_eq!(
+        count("SELECT count(*) FROM tasks WHERE board_id = 8").await,
+        1
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM events WHERE board_id = 8").await,
+        1
+    );
+    let m = tokio::time::timeout(WAIT, sub.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        m.headers.unwrap().get("Taskboard-Seq").unwrap().as_str(),
+        "1"
+    );
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(500), sub.next())
+            .await
+            .is_err(),
+        "a retry publishes nothing"
+    );
+
+    // The same key for something else is refused; another key is another task.
+    let e = t.client.create_task(req("other", "k-1")).await.unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
+    let second = t
+        .client
+        .create_task(req("once", "k-2"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(second.task.unwrap().id, first.task.unwrap().id);
+    for bad in ["", "with space", &"x".repeat(256)] {
+        let e = t.client.create_task(req("bad", bad)).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{bad:?}");
+    }
+
+    // Past 24 h a key is forgotten: the same call creates a new task.
+    db.execute(
+        "UPDATE idempotency_keys SET created_at = now() - interval '25 hours'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let later = t.client.create_task(req("once", "k-1")).await.unwrap();
+    assert!(later
+        .metadata()
+        .get(taskboard_proto::REPLAYED_METADATA)
+        .is_none());
+    assert_eq!(later.into_inner().seq, 3);
+}

@@ -46,6 +46,7 @@ impl TestTasks {
                 title: title.into(),
                 description: String::new(),
                 created_by: 1,
+                idempotency_key: None,
             })
             .await
             .expect("create")

@@ -153,19 +153,32 @@ async fn a_cursor_never_skips_events_still_unpublished() {
     // 3..4 published by one replica while 1..2 (another's) are not: the cursor stays at 0.
     advance(vec![ev(3), ev(4)]).await;
     assert_eq!(published_up_to(&db, 3).await, 0);
-    // 1..2 confirmed: the cursor moves to 2 (3..4 are left to the scan, which republishes them).
+    // 1..2 confirmed: the cursor moves over both runs, to 4 (nothing is left to republish).
     advance(vec![ev(1), ev(2)]).await;
-    assert_eq!(published_up_to(&db, 3).await, 2);
-    // A run with a hole moves it only to the hole; an older run never moves it back.
-    advance(vec![ev(3), ev(4), ev(6)]).await;
     assert_eq!(published_up_to(&db, 3).await, 4);
+    // A batch with a hole moves it only to the hole, and keeps what lies beyond.
+    advance(vec![ev(5), ev(7), ev(8)]).await;
+    assert_eq!(published_up_to(&db, 3).await, 5);
+    advance(vec![ev(6)]).await;
+    assert_eq!(published_up_to(&db, 3).await, 8, "the kept run 7..8 joins");
+    // An older run never moves it back, and nothing is left over.
     advance(vec![ev(1)]).await;
-    assert_eq!(published_up_to(&db, 3).await, 4);
+    assert_eq!(published_up_to(&db, 3).await, 8);
+    let left: i64 = db
+        .query_one("SELECT count(*) FROM outbox_runs", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
 }
 
 #[tokio::test]
-async fn two_replicas_on_one_database_publish_each_event_once_in_order() {
-    let config = testing::test_config().await;
+async fn two_replicas_on_one_database_publish_every_event_and_the_cursor_follows() {
+    // Each replica publishes what it committed, so NATS may see a board's seqs out of order
+    // across replicas (subscribers order by seq); every event goes out, and the cursor reaches
+    // the head without the scan republishing anything.
+    let mut config = testing::test_config().await;
+    config.relay_poll_interval_ms = 60_000;
     let second_config = config.clone();
     let a = testing::spawn_tasks(config).await;
     let b = testing::spawn_tasks(second_config).await;
@@ -177,16 +190,27 @@ async fn two_replicas_on_one_database_publish_each_event_once_in_order() {
     nats.flush().await.unwrap();
     let mut ca = connect(&a).await;
     let mut cb = connect(&b).await;
+    let req = |board: i64, title: String| taskboard_proto::v1::CreateTaskRequest {
+        board_id: board,
+        title,
+        description: String::new(),
+        created_by: 1,
+        idempotency_key: None,
+    };
+    // Both replicas connected to NATS first (each publishes its own warm-up event).
+    ca.create_task(req(100, "warm a".into())).await.unwrap();
+    cb.create_task(req(200, "warm b".into())).await.unwrap();
+    let mut warm = 0;
+    while warm < 2 {
+        tokio::time::timeout(WAIT, sub.next())
+            .await
+            .expect("warm-up events")
+            .unwrap();
+        warm += 1;
+    }
     for i in 0..20 {
         let c = if i % 2 == 0 { &mut ca } else { &mut cb };
-        c.create_task(taskboard_proto::v1::CreateTaskRequest {
-            board_id: 1,
-            title: format!("r{i}"),
-            description: String::new(),
-            created_by: 1,
-        })
-        .await
-        .unwrap();
+        c.create_task(req(1, format!("r{i}"))).await.unwrap();
     }
     let mut seqs = Vec::new();
     while seqs.len() < 20 {
@@ -204,8 +228,20 @@ async fn two_replicas_on_one_database_publish_each_event_once_in_order() {
                 .unwrap(),
         );
     }
-    assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
-    // Nothing is published twice: no further message arrives.
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=20).collect::<Vec<_>>(), "each once");
+    let db = {
+        let (c, conn) = tokio_postgres::connect(&a.database_url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        c
+    };
+    assert!(
+        testing::eventually(WAIT, || async { published_up_to(&db, 1).await == 20 }).await,
+        "the cursor reaches the head"
+    );
+    // Nothing is published twice (the scan is a minute away, and nothing is left for it).
     assert!(tokio::time::timeout(Duration::from_millis(500), sub.next())
         .await
         .is_err());
@@ -233,7 +269,7 @@ async fn replicas_starting_together_migrate_once() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(n, 3, "each of the three migrations recorded once");
+    assert_eq!(n, 5, "each of the five migrations recorded once");
 }
 
 #[tokio::test]
@@ -359,6 +395,7 @@ async fn the_binary_serves_and_exits_zero_on_sigterm() {
             title: "via binary".into(),
             description: String::new(),
             created_by: 1,
+            idempotency_key: None,
         })
         .await
         .unwrap();
