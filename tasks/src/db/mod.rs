@@ -499,10 +499,47 @@ pub async fn advance(pool: &Pool, events: &[EventRow]) -> Result<u64, Error> {
     if boards.is_empty() {
         return Ok(0);
     }
+    // The usual case in one set-based statement: each board's first run continues its cursor
+    // and the board has no kept runs. Everything else goes through `taskboard_advance`.
+    let mut first_of_board = vec![false; boards.len()];
+    for i in 0..boards.len() {
+        first_of_board[i] = i == 0 || boards[i - 1] != boards[i];
+    }
+    let pick = |v: &[i64], first: bool| -> Vec<i64> {
+        v.iter()
+            .zip(&first_of_board)
+            .filter(|(_, f)| **f == first)
+            .map(|(x, _)| *x)
+            .collect()
+    };
     let c = acquire(pool).await?;
-    c.client
-        .execute(&c.stmts.advance, &[&boards, &firsts, &lasts])
-        .await?;
+    let done: std::collections::HashSet<i64> = c
+        .client
+        .query(
+            &c.stmts.advance_fast,
+            &[
+                &pick(&boards, true),
+                &pick(&firsts, true),
+                &pick(&lasts, true),
+            ],
+        )
+        .await?
+        .iter()
+        .filter(|r| !r.get::<_, bool>(1))
+        .map(|r| r.get(0))
+        .collect();
+    let rest: Vec<usize> = (0..boards.len())
+        .filter(|&i| !first_of_board[i] || !done.contains(&boards[i]))
+        .collect();
+    if !rest.is_empty() {
+        let take = |v: &[i64]| rest.iter().map(|&i| v[i]).collect::<Vec<i64>>();
+        c.client
+            .execute(
+                &c.stmts.advance,
+                &[&take(&boards), &take(&firsts), &take(&lasts)],
+            )
+            .await?;
+    }
     Ok(boards.len() as u64)
 }
 

@@ -92,6 +92,8 @@ pub struct Statements {
     pub list_events: Statement,
     pub behind: Statement,
     pub advance: Statement,
+    /// The usual case of `advance` (a run that continues its board's cursor) in one statement.
+    pub advance_fast: Statement,
     pub prune: Statement,
     pub pending: Statement,
     pub heads: Statement,
@@ -283,6 +285,22 @@ impl Statements {
                                    AND f.created_at < now() - make_interval(secs => $2)) \
                      ORDER BY e.rank, e.board_id LIMIT $1",
                     &[Type::INT8, Type::FLOAT8],
+                )
+                .await?,
+            // Moves each board's cursor to `last` when its run starts right after it; returns the
+            // boards it moved, and whether each has kept runs (then `advance` must merge them).
+            // One run per board ($1 distinct).
+            advance_fast: c
+                .prepare_typed(
+                    "INSERT INTO outbox_cursor AS c (board_id, published_seq) \
+                     SELECT u.b, u.l FROM unnest($1::int8[], $2::int8[], $3::int8[]) AS u(b, f, l) \
+                     WHERE u.f = 1 OR EXISTS (SELECT 1 FROM outbox_cursor x \
+                                              WHERE x.board_id = u.b AND x.published_seq >= u.f - 1) \
+                     ON CONFLICT (board_id) DO UPDATE \
+                     SET published_seq = GREATEST(c.published_seq, EXCLUDED.published_seq) \
+                     RETURNING c.board_id, \
+                       EXISTS (SELECT 1 FROM outbox_runs r WHERE r.board_id = c.board_id)",
+                    &[Type::INT8_ARRAY, Type::INT8_ARRAY, Type::INT8_ARRAY],
                 )
                 .await?,
             // Records the published runs and moves each board's cursor as far as they reach
