@@ -92,6 +92,16 @@ pub struct Config {
     #[arg(long, env = "GRPC_TIMEOUT_MS", default_value_t = 5000)]
     pub grpc_timeout_ms: u64,
 
+    /// Consecutive task-service calls without an answer (UNAVAILABLE or past the deadline) after
+    /// which the gateway stops calling it for BREAKER_OPEN_MS and answers 503 with Retry-After at
+    /// once; then one probe call at a time tries again. 0 turns the breaker off.
+    #[arg(long, env = "BREAKER_FAILURES", default_value_t = 5)]
+    pub breaker_failures: u32,
+
+    /// How long the breaker stays open before a probe call may try the task service again.
+    #[arg(long, env = "BREAKER_OPEN_MS", default_value_t = 2000)]
+    pub breaker_open_ms: u64,
+
     /// NATS server URL(s), comma-separated.
     #[arg(long, env = "NATS_URL", default_value = DEFAULT_NATS_URL)]
     pub nats_url: String,
@@ -202,6 +212,8 @@ impl Config {
             service_token_file: None,
             task_service_addr: task_service_addr.to_owned(),
             grpc_timeout_ms: 5000,
+            breaker_failures: 5,
+            breaker_open_ms: 2000,
             nats_url: nats_url.to_owned(),
             nats_subject_prefix: "tasks".into(),
             cors_origins: String::new(),

@@ -124,6 +124,15 @@ impl ApiError {
         r
     }
 
+    fn timed_out(s: &tonic::Status, what: &str) -> Self {
+        tracing::warn!(op = what, status = %s, "task service timed out");
+        Self::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "deadline_exceeded",
+            "Task service timed out",
+        )
+    }
+
     /// Maps a task-service status to an answer. `what` names the operation for the log.
     pub fn from_status(s: &tonic::Status, what: &str) -> Self {
         use StatusCode as S;
@@ -171,21 +180,24 @@ impl ApiError {
                 "resource_exhausted",
                 "Too many requests",
             ),
-            Code::Unavailable => {
-                tracing::warn!(op = what, status = %s, "task service unavailable");
+            Code::DeadlineExceeded => Self::timed_out(s, what),
+            Code::Cancelled if past_deadline(s) => Self::timed_out(s, what),
+            // Retry-After: when the breaker lets calls through again, or a second. Cancelled,
+            // when not the deadline, is a connection that closed under the call.
+            Code::Unavailable | Code::Cancelled => {
+                let refused = s.metadata().get(crate::breaker::RETRY_AFTER_METADATA);
+                if refused.is_none() {
+                    tracing::warn!(op = what, status = %s, "task service unavailable");
+                }
+                let retry = refused
+                    .and_then(|v| http::HeaderValue::from_bytes(v.as_bytes()).ok())
+                    .unwrap_or(http::HeaderValue::from_static("1"));
                 Self::new(
                     S::SERVICE_UNAVAILABLE,
                     "unavailable",
                     "Task service unavailable",
                 )
-            }
-            Code::DeadlineExceeded | Code::Cancelled => {
-                tracing::warn!(op = what, status = %s, "task service timed out");
-                Self::new(
-                    S::GATEWAY_TIMEOUT,
-                    "deadline_exceeded",
-                    "Task service timed out",
-                )
+                .with_header(http::header::RETRY_AFTER, retry)
             }
             _ => {
                 tracing::error!(op = what, status = %s, "task service error");
@@ -197,6 +209,18 @@ impl ApiError {
             }
         }
     }
+}
+
+/// Whether a call ended at the client's own deadline (tonic reports that as CANCELLED).
+fn past_deadline(s: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(s);
+    while let Some(e) = source {
+        if e.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 #[cfg(test)]
@@ -214,6 +238,7 @@ mod tests {
             (Code::PermissionDenied, 403),
             (Code::ResourceExhausted, 429),
             (Code::Unavailable, 503),
+            (Code::Cancelled, 503),
             (Code::DeadlineExceeded, 504),
             (Code::Internal, 500),
             (Code::Unknown, 500),
@@ -222,6 +247,19 @@ mod tests {
             let e = ApiError::from_status(&tonic::Status::new(code, "x"), "test");
             assert_eq!(e.status.as_u16(), http, "{code:?}");
         }
+    }
+
+    #[test]
+    fn the_clients_own_deadline_is_a_504_and_a_closed_connection_a_503() {
+        let s = tonic::Status::from_error(Box::new(tonic::TimeoutExpired(())));
+        assert_eq!(s.code(), Code::Cancelled);
+        assert_eq!(ApiError::from_status(&s, "test").status.as_u16(), 504);
+        let e = ApiError::from_status(&tonic::Status::cancelled("connection closed"), "test");
+        assert_eq!(e.status.as_u16(), 503);
+        assert!(e
+            .headers
+            .iter()
+            .any(|(n, v)| n == "retry-after" && v == "1"));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! events received from NATS.
 
 pub mod auth;
+pub mod breaker;
 pub mod config;
 pub mod cors;
 mod error;
@@ -111,7 +112,11 @@ pub async fn run_with_metrics(
         &config.task_service_uri(),
         config.grpc_timeout(),
         config.service_token()?.as_deref(),
-    )?;
+    )?
+    .with_breaker(breaker::Breaker::new(
+        config.breaker_failures,
+        Duration::from_millis(config.breaker_open_ms.max(1)),
+    ));
     let hub = Arc::new(hub::Hub::new(config.ws_queue));
 
     // Reconnects are signalled to the intake, which then fetches what watched boards missed.

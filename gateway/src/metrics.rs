@@ -33,6 +33,14 @@ pub fn describe() {
         Unit::Seconds,
         "Task service call time by method, as the gateway sees it"
     );
+    describe_gauge!(
+        "taskboard_task_service_circuit_open",
+        "1 while the circuit breaker refuses task service calls (it stopped answering), else 0"
+    );
+    describe_counter!(
+        "taskboard_task_service_circuit_rejected_total",
+        "API calls answered 503 by the open circuit breaker without calling the task service"
+    );
     describe_gauge!("taskboard_ws_connections", "Open WebSocket connections");
     describe_counter!(
         "taskboard_ws_connects_total",

@@ -9,6 +9,7 @@ use tonic_health::pb::{health_check_response::ServingStatus, health_client::Heal
 use taskboard_telemetry::{GrpcMetrics, GrpcMetricsLayer, Side};
 
 use crate::auth::Principal;
+use crate::breaker::{Breaker, BreakerLayer, Breaking};
 use crate::Error;
 
 type Metadata = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
@@ -20,6 +21,8 @@ pub struct TasksClient {
     timeout: Duration,
     /// `Bearer <SERVICE_TOKEN>`, sent on every call.
     token: Option<Metadata>,
+    /// Fails calls fast while the task service does not answer (none: every call is made).
+    breaker: BreakerLayer,
 }
 
 impl TasksClient {
@@ -47,17 +50,27 @@ impl TasksClient {
             channel: endpoint.connect_lazy(),
             timeout,
             token,
+            breaker: BreakerLayer(None),
         })
     }
 
-    /// A client whose every call is counted and timed by method and code.
-    fn client(&self) -> TaskServiceClient<GrpcMetrics<Channel>> {
-        TaskServiceClient::new(tower::Layer::layer(
+    /// The same client behind `breaker` (shared by its clones).
+    #[must_use]
+    pub fn with_breaker(mut self, breaker: std::sync::Arc<Breaker>) -> Self {
+        self.breaker = BreakerLayer(Some(breaker));
+        self
+    }
+
+    /// A client whose every call passes the breaker, then is counted and timed by method and code
+    /// (a call the breaker refuses is not a call: it is counted by the breaker).
+    fn client(&self) -> TaskServiceClient<Breaking<GrpcMetrics<Channel>>> {
+        let metered = tower::Layer::layer(
             &GrpcMetricsLayer::new(Side::Client, taskboard_proto::method_of),
             self.channel.clone(),
-        ))
-        .max_decoding_message_size(taskboard_proto::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(taskboard_proto::MAX_MESSAGE_BYTES)
+        );
+        TaskServiceClient::new(tower::Layer::layer(&self.breaker, metered))
+            .max_decoding_message_size(taskboard_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(taskboard_proto::MAX_MESSAGE_BYTES)
     }
 
     /// A request carrying the deadline (sent as `grpc-timeout`, so the server sees it too), the

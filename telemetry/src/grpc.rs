@@ -48,7 +48,7 @@ pub struct GrpcMetrics<S> {
 
 /// The status of a response: a `grpc-status` header (a trailers-only answer: an error, or an
 /// immediate OK) or, when absent, OK (the status then follows in the trailers of a success).
-fn code_of<B>(r: &http::Response<B>) -> Code {
+pub fn code_of<B>(r: &http::Response<B>) -> Code {
     r.headers()
         .get("grpc-status")
         .and_then(|v| v.to_str().ok())
@@ -57,7 +57,7 @@ fn code_of<B>(r: &http::Response<B>) -> Code {
 }
 
 /// The code of a call that failed below gRPC (no answer at all).
-fn code_of_error(e: &(dyn std::error::Error + 'static)) -> Code {
+pub fn code_of_error(e: &(dyn std::error::Error + 'static)) -> Code {
     let mut source = Some(e);
     while let Some(err) = source {
         if err.is::<tonic::TimeoutExpired>() {

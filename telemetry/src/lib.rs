@@ -15,7 +15,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
-pub use grpc::{GrpcMetrics, GrpcMetricsLayer};
+pub use grpc::{code_of, code_of_error, GrpcMetrics, GrpcMetricsLayer};
 pub use slotted::Slotted;
 
 /// Histogram buckets, seconds: 100 µs … 5 s (base units, as Prometheus expects).

@@ -291,3 +291,137 @@ async fn help_explains_every_setting_and_a_bad_config_exits_64() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("WS_QUEUE"));
 }
+
+/// A task service that accepts connections and never answers (a hung process, a black-holed
+/// address): after `breaker_failures` calls that each waited for the deadline, the gateway stops
+/// waiting and answers 503 with `Retry-After` at once.
+#[tokio::test]
+async fn a_task_service_that_never_answers_trips_the_breaker_and_calls_fail_fast() {
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hole_addr = hole.local_addr().unwrap();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hole.accept().await {
+            held.push(s);
+        }
+    });
+    let mut cfg = gw_config(
+        &hole_addr.to_string(),
+        &testing::unique("tbt"),
+        &testing::nats_url(),
+    );
+    cfg.grpc_timeout_ms = 800;
+    cfg.breaker_failures = 3;
+    cfg.breaker_open_ms = 60_000;
+    let app = spawn_gateway(cfg).await;
+    for _ in 0..3 {
+        let t = std::time::Instant::now();
+        let r = app.http.get(app.url("/api/tasks/1")).send().await.unwrap();
+        assert_eq!(r.status(), 504);
+        assert!(
+            t.elapsed() >= Duration::from_millis(700),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+    assert_eq!(
+        metric(app.metrics_addr, "taskboard_task_service_circuit_open").await,
+        1.0
+    );
+    for path in ["/api/tasks/1", "/api/tasks?board_id=1"] {
+        let t = std::time::Instant::now();
+        let r = app.http.get(app.url(path)).send().await.unwrap();
+        let took = t.elapsed();
+        assert_eq!(r.status(), 503, "{path}");
+        // Far below the 800 ms deadline: nothing waited for the task service.
+        assert!(took < Duration::from_millis(300), "{path}: {took:?}");
+        let retry: u64 = r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((50..=60).contains(&retry), "Retry-After {retry}");
+        let b: Value = r.json().await.unwrap();
+        assert_eq!(
+            b,
+            json!({"error": "Task service unavailable", "code": "unavailable"})
+        );
+    }
+    assert_eq!(
+        metric(
+            app.metrics_addr,
+            "taskboard_task_service_circuit_rejected_total"
+        )
+        .await,
+        2.0
+    );
+    // Readiness still asks the task service itself.
+    let r = app.http.get(app.url("/ready")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    holder.abort();
+}
+
+/// The breaker opens while the task service is cut off and closes by itself once a probe call
+/// gets through again: no restart, no request waiting.
+#[tokio::test]
+async fn the_breaker_closes_by_itself_when_the_task_service_is_back() {
+    let tc = testing::test_config().await;
+    let nats = tc.nats_url.clone();
+    let tasks = testing::spawn_tasks(tc).await;
+    let proxy = testing::TcpProxy::start(tasks.addr).await;
+    let mut cfg = gw_config(&proxy.addr.to_string(), &tasks.subject_prefix, &nats);
+    cfg.breaker_failures = 2;
+    cfg.breaker_open_ms = 300;
+    let app = spawn_gateway(cfg).await;
+    app.wait_ready().await;
+    let first = app.create(7, "before the cut").await;
+
+    proxy.cut();
+    let mut answers = Vec::new();
+    for _ in 0..6 {
+        let r = app
+            .http
+            .get(app.url("/api/tasks?board_id=7"))
+            .send()
+            .await
+            .unwrap();
+        answers.push((r.status().as_u16(), r.headers().contains_key("retry-after")));
+    }
+    assert!(answers.iter().all(|a| *a == (503, true)), "{answers:?}");
+    assert!(
+        metric(
+            app.metrics_addr,
+            "taskboard_task_service_circuit_rejected_total"
+        )
+        .await
+            >= 1.0
+    );
+    assert_eq!(
+        metric(app.metrics_addr, "taskboard_task_service_circuit_open").await,
+        1.0
+    );
+
+    proxy.restore();
+    let back = eventually(WAIT, || async {
+        let r = app
+            .http
+            .get(app.url("/api/tasks?board_id=7"))
+            .send()
+            .await
+            .unwrap();
+        r.status() == 200
+    })
+    .await;
+    assert!(back, "the breaker never closed");
+    assert_eq!(
+        metric(app.metrics_addr, "taskboard_task_service_circuit_open").await,
+        0.0
+    );
+    let r = app
+        .http
+        .get(app.url(&format!("/api/tasks/{}", first["id"])))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
