@@ -224,6 +224,19 @@ impl TasksClient {
         Ok(())
     }
 
+    /// A page of a board's (or a task's) events, read for a user (REST history).
+    pub async fn history(
+        &self,
+        m: v1::ListEventsRequest,
+        who: Option<&Principal>,
+    ) -> Result<v1::ListEventsResponse, tonic::Status> {
+        Ok(self
+            .client()
+            .list_events(self.req(m, who))
+            .await?
+            .into_inner())
+    }
+
     /// A page of a board's events after `after_seq` (at most `limit` events and `max_bytes` of
     /// payload; 0 = the service's maximum), read by the gateway itself (sessions were
     /// authorized when they subscribed).
@@ -242,6 +255,7 @@ impl TasksClient {
                     after_seq,
                     limit,
                     max_bytes,
+                    task_id: 0,
                 },
                 None,
             ))

@@ -15,6 +15,8 @@
     timer: 0,
     generation: 0, // bumps when the board changes, so stale callbacks do nothing
     editing: 0, // id of the task whose title is being edited
+    me: 0, // the signed-in user's id (0: unknown)
+    history: new Set(), // ids of tasks whose history is open
   };
   const els = new Map(); // id -> <li>
 
@@ -55,6 +57,7 @@
     $("token").hidden = !!token;
     try {
       const me = await api("GET", "/api/me");
+      state.me = me.user_id || 0;
       who.textContent = me.auth === "off" ? "authentication off (development)"
         : `signed in as user ${me.user_id}${me.service ? " (service)" : ""}`;
     } catch (e) {
@@ -214,6 +217,7 @@
     }
     addFeed(ev);
     render();
+    if (state.history.has(ev.task_id)) loadHistory(ev.task_id);
     const li = els.get(ev.task_id);
     if (li) { li.classList.remove("flash"); void li.offsetWidth; li.classList.add("flash"); }
   }
@@ -265,6 +269,7 @@
     li.querySelector(".toggle").addEventListener("change", (e) => toggle(id, e.target.checked));
     li.querySelector(".title").addEventListener("click", () => startEdit(id));
     li.querySelector(".delete").addEventListener("click", () => remove(id));
+    li.querySelector(".show-history").addEventListener("click", () => toggleHistory(id));
     return li;
   }
 
@@ -277,6 +282,57 @@
     if (title) title.textContent = t.title;
     li.querySelector(".description").textContent = t.description || "";
     li.querySelector(".delete").setAttribute("aria-label", `Delete: ${t.title}`);
+  }
+
+  // ---- history: who changed what, when ----
+
+  function toggleHistory(id) {
+    const li = els.get(id);
+    if (!li) return;
+    const open = !state.history.has(id);
+    if (open) state.history.add(id); else state.history.delete(id);
+    li.querySelector(".show-history").setAttribute("aria-expanded", String(open));
+    li.querySelector(".history").hidden = !open;
+    if (open) loadHistory(id);
+  }
+
+  async function loadHistory(id) {
+    const gen = state.generation;
+    let r;
+    try {
+      r = await api("GET", `/api/tasks/${id}/events?limit=100`);
+    } catch (e) {
+      showError(e.message);
+      return;
+    }
+    const li = els.get(id);
+    if (gen !== state.generation || !li || !state.history.has(id)) return;
+    const ol = li.querySelector(".history");
+    ol.replaceChildren(...r.events.map((ev, i) => {
+      const item = document.createElement("li");
+      const when = new Date(ev.committed_at).toLocaleString();
+      item.textContent = `${when}: ${actorName(ev.actor)} ${describe(r.events[i - 1], ev)}`;
+      return item;
+    }));
+  }
+
+  function actorName(actor) {
+    if (actor === null || actor === undefined) return "someone";
+    return actor === state.me ? "you" : `user ${actor}`;
+  }
+
+  /// What an event changed, in words (compared with the task's previous event, when on the page).
+  function describe(prev, ev) {
+    if (ev.type === "created") return `created “${ev.task.title}”`;
+    if (ev.type === "deleted") return "deleted it";
+    if (!prev || !prev.task) return "changed it";
+    const a = prev.task;
+    const b = ev.task;
+    const what = [];
+    if (a.title !== b.title) what.push(`renamed “${a.title}” → “${b.title}”`);
+    if (a.description !== b.description) what.push("edited the description");
+    if (a.completed !== b.completed) what.push(b.completed ? "marked it done" : "reopened it");
+    return what.length ? what.join(", ") : "saved it unchanged";
   }
 
   // ---- actions ----

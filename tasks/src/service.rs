@@ -8,7 +8,7 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 
 use crate::access::{Caller, Role};
-use crate::db::{self, boards::BoardRow, EventRow, Pool};
+use crate::db::{self, boards::BoardRow, EventRow, EventsOf, Pool};
 use crate::gate::DbGate;
 use crate::streams::{task_of_event, WatchItem};
 use crate::writer::Writer;
@@ -73,6 +73,7 @@ fn reset_event(board_id: i64, head: i64) -> v1::Event {
         payload: taskboard_proto::nats::reset_payload(board_id, head).into(),
         committed_at: None,
         task_id: 0,
+        actor: 0,
     }
 }
 
@@ -334,13 +335,16 @@ impl TaskService for Service {
         let who = Caller::of(&req);
         self.db_call(async move {
             let r = req.get_ref();
-            let board = validate::board_id(r.board_id)?;
             if r.after_seq < 0 {
                 return Err(Status::invalid_argument("after_seq must not be negative"));
             }
-            let limit = validate::events_limit(r.limit);
+            let limit = i64::from(validate::events_limit(r.limit));
+            if r.task_id != 0 {
+                return self.task_history(r, limit, who).await;
+            }
+            let board = validate::board_id(r.board_id)?;
             let (mut events, head) =
-                db::list_events(&self.pool, board, r.after_seq, i64::from(limit), who)
+                db::list_events(&self.pool, EventsOf::Board(board), r.after_seq, limit, who)
                     .await?
                     .ok_or_else(|| not_a_member(board))?;
             let reset = needs_reset(r.after_seq, head, &events);
@@ -528,6 +532,35 @@ impl Service {
         self.gate.run(f).await
     }
 
+    /// A task's own events (ListEvents with `task_id`): NOT_FOUND when none are kept, when
+    /// `board_id` is given and is not the task's, or when the caller may not read its board (so
+    /// task ids of other boards reveal nothing).
+    async fn task_history(
+        &self,
+        r: &v1::ListEventsRequest,
+        limit: i64,
+        who: Caller,
+    ) -> Result<Response<v1::ListEventsResponse>, Status> {
+        let task = r.task_id;
+        if task < 0 {
+            return Err(Status::invalid_argument("task_id must be positive"));
+        }
+        let board = match db::event_task_board(&self.pool, task).await? {
+            Some(b) if r.board_id == 0 || r.board_id == b => b,
+            _ => return Err(not_found(task)),
+        };
+        let of = EventsOf::Task { board, task };
+        let (mut events, head) = db::list_events(&self.pool, of, r.after_seq, limit, who)
+            .await?
+            .ok_or_else(|| not_found(task))?;
+        events.truncate(within_page_bytes(&events, r.max_bytes));
+        Ok(Response::new(v1::ListEventsResponse {
+            events: events.iter().map(EventRow::to_proto).collect(),
+            head_seq: head,
+            reset: false,
+        }))
+    }
+
     /// The board, when `who` holds at least `least` on it (or sees every board).
     async fn require(&self, board: i64, who: Caller, least: Role) -> Result<BoardRow, Error> {
         let b = db::boards::get(&self.pool, board, who.user)
@@ -658,6 +691,7 @@ pub(crate) mod tests {
             task_id: 1,
             payload: bytes::Bytes::new(),
             committed_at: chrono::Utc::now(),
+            actor: None,
         }
     }
 

@@ -82,19 +82,26 @@ impl Service {
             // Mark the current notification as seen before querying, so one that arrives while
             // the query runs is not missed.
             wake.borrow_and_update();
-            let (events, head) =
-                match db::list_events(&self.pool, board, cursor, WATCH_PAGE, who).await {
-                    Ok(Some(x)) => x,
-                    // Membership ended while the stream was open.
-                    Ok(None) => {
-                        let _ = tx.send(Err(not_a_member(board))).await;
-                        return;
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(Status::from(e))).await;
-                        return;
-                    }
-                };
+            let (events, head) = match db::list_events(
+                &self.pool,
+                db::EventsOf::Board(board),
+                cursor,
+                WATCH_PAGE,
+                who,
+            )
+            .await
+            {
+                Ok(Some(x)) => x,
+                // Membership ended while the stream was open.
+                Ok(None) => {
+                    let _ = tx.send(Err(not_a_member(board))).await;
+                    return;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(Status::from(e))).await;
+                    return;
+                }
+            };
             if needs_reset(cursor, head, &events) {
                 cursor = head;
                 if let Some(i) = item(WatchItem::Reset(head)) {

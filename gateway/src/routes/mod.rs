@@ -2,6 +2,7 @@
 //! path), the per-request metrics, and the small response builders the handlers share.
 mod boards;
 mod body;
+mod history;
 mod ready;
 mod tasks;
 
@@ -30,8 +31,10 @@ enum Route {
     Ws,
     Tasks,
     Task,
+    TaskEvents,
     Boards,
     Board,
+    BoardEvents,
     Members,
     Member,
     Me,
@@ -51,6 +54,11 @@ const ROUTES: &[(&str, Route, &str)] = &[
     ("/api/tasks/{*id}", Route::Task, "/api/tasks/{id}"),
     ("/api/boards", Route::Boards, "/api/boards"),
     ("/api/boards/{id}", Route::Board, "/api/boards/{id}"),
+    (
+        "/api/boards/{id}/events",
+        Route::BoardEvents,
+        "/api/boards/{id}/events",
+    ),
     (
         "/api/boards/{id}/members",
         Route::Members,
@@ -72,6 +80,8 @@ struct Params {
     user: Option<String>,
 }
 
+/// The label of a task's history.
+const TASK_EVENTS_LABEL: &str = "/api/tasks/{id}/events";
 /// The label of the page's files (one series for all of them).
 const PAGE_LABEL: &str = "/ (page)";
 /// The label of everything else (never the raw path, which would make one series per URL).
@@ -99,8 +109,21 @@ fn route_of(path: &str) -> (Option<Route>, &'static str, Params) {
     match table().at(path) {
         Ok(m) => {
             let (route, label) = *m.value;
+            let id = m.params.get("id");
+            // `/api/tasks/{id}/events` under the task route's catch-all (the router cannot hold
+            // both).
+            if let Some(task) = id
+                .filter(|_| route == Route::Task)
+                .and_then(|id| id.strip_suffix("/events"))
+            {
+                let params = Params {
+                    id: Some(task.to_owned()),
+                    user: None,
+                };
+                return (Some(Route::TaskEvents), TASK_EVENTS_LABEL, params);
+            }
             let params = Params {
-                id: m.params.get("id").map(str::to_owned),
+                id: id.map(str::to_owned),
                 user: m.params.get("user").map(str::to_owned),
             };
             (Some(route), label, params)
@@ -177,8 +200,10 @@ async fn dispatch(
         Some(
             api @ (Route::Tasks
             | Route::Task
+            | Route::TaskEvents
             | Route::Boards
             | Route::Board
+            | Route::BoardEvents
             | Route::Members
             | Route::Member
             | Route::Me),
@@ -230,6 +255,8 @@ async fn api_call(
     match route {
         Route::Tasks => tasks::collection(state, req, who).await,
         Route::Task => tasks::item(state, req, id, who).await,
+        Route::TaskEvents => history::task(state, req, id, who).await,
+        Route::BoardEvents => history::board(state, req, id, who).await,
         Route::Boards => boards::collection(state, req, who).await,
         Route::Board => boards::item(state, req, id, who).await,
         Route::Members => boards::members(state, req, id, who).await,
@@ -318,6 +345,13 @@ mod tests {
                 "{p} is routed but not served"
             );
         }
+        let (r, label, p) = route_of("/api/tasks/5/events");
+        assert_eq!(
+            (r, label, p.id.as_deref()),
+            (Some(Route::TaskEvents), "/api/tasks/{id}/events", Some("5"))
+        );
+        let (r, _, p) = route_of("/api/boards/4/events");
+        assert_eq!((r, p.id.as_deref()), (Some(Route::BoardEvents), Some("4")));
         assert_eq!(route_of("/nope").1, OTHER_LABEL);
         assert_eq!(route_of("/api/tasks/1/x").2.id.as_deref(), Some("1/x"));
         assert_eq!(route_of("/api/tasks/").2.id, None);

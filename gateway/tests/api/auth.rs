@@ -616,3 +616,123 @@ async fn floods_get_429_with_retry_after_per_user_and_per_address() {
         assert!(n >= 1.0, "{limit}: {n}");
     }
 }
+
+/// Who changed what, when: a board's log and a task's own history over REST, each entry the event
+/// as the WebSocket sends it plus its actor and commit time; members only.
+#[tokio::test]
+async fn history_says_who_changed_what_and_is_for_members_only() {
+    use reqwest::Method as M;
+    let app = spawn_auth().await;
+    let (owner, bob, eve) = (token(30), token(31), token(32));
+    let b = new_board(&app, &owner).await;
+    let (s, _) = call(
+        &app,
+        M::PUT,
+        &format!("/api/boards/{b}/members/31"),
+        Some(&owner),
+        Some(json!({"role": "editor"})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, t) = call(
+        &app,
+        M::POST,
+        "/api/tasks",
+        Some(&bob),
+        Some(json!({"board_id": b, "title": "draft"})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let id = t["id"].as_i64().unwrap();
+    let path = format!("/api/tasks/{id}");
+    let (s, _) = call(
+        &app,
+        M::PUT,
+        &path,
+        Some(&owner),
+        Some(json!({"title": "final"})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _) = call(&app, M::DELETE, &path, Some(&bob), None).await;
+    assert_eq!(s, 204);
+
+    let (s, h) = call(&app, M::GET, &format!("{path}/events"), Some(&owner), None).await;
+    assert_eq!(s, 200, "{h}");
+    let got: Vec<(i64, &str, i64, &str)> = h["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["seq"].as_i64().unwrap(),
+                e["type"].as_str().unwrap(),
+                e["actor"].as_i64().unwrap(),
+                e["task"]["title"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (1, "created", 31, "draft"),
+            (2, "updated", 30, "final"),
+            (3, "deleted", 31, "final")
+        ]
+    );
+    assert!(h["events"][0]["committed_at"]
+        .as_str()
+        .unwrap()
+        .ends_with('Z'));
+    assert_eq!(h["head_seq"], 3);
+
+    let (s, h) = call(
+        &app,
+        M::GET,
+        &format!("/api/boards/{b}/events?after=1&limit=1"),
+        Some(&bob),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{h}");
+    assert_eq!(h["events"].as_array().unwrap().len(), 1);
+    assert_eq!(h["events"][0]["seq"], 2);
+    assert_eq!(h["events"][0]["actor"], 30);
+
+    // Outsiders: the task is not found, the board forbidden.
+    let (s, e) = call(&app, M::GET, &format!("{path}/events"), Some(&eve), None).await;
+    assert_eq!((s, e["error"].as_str()), (404, Some("Task not found")));
+    let (s, e) = call(
+        &app,
+        M::GET,
+        &format!("/api/boards/{b}/events"),
+        Some(&eve),
+        None,
+    )
+    .await;
+    assert_eq!((s, e["code"].as_str()), (403, Some("permission_denied")));
+    // Bad input says what to send.
+    for q in ["after=-1", "limit=0", "limit=5000", "after=x"] {
+        let (s, e) = call(
+            &app,
+            M::GET,
+            &format!("/api/boards/{b}/events?{q}"),
+            Some(&bob),
+            None,
+        )
+        .await;
+        assert_eq!(s, 400, "{q}: {e}");
+        assert!(e["message"].as_str().unwrap().contains("must be"), "{e}");
+    }
+    let (s, _) = call(&app, M::GET, "/api/tasks/abc/events", Some(&bob), None).await;
+    assert_eq!(s, 400);
+    let (s, _) = call(
+        &app,
+        M::POST,
+        &format!("{path}/events"),
+        Some(&bob),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 405);
+}

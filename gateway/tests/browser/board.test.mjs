@@ -368,3 +368,31 @@ test("a new board is created from the page and opened", async () => {
   await task(a, "first").waitFor({ timeout: 1000 });
   await a.context().close();
 });
+
+test("a task's history says who changed what, and grows live while open", async () => {
+  const board = await newBoard();
+  await rest(gw1.url, "PUT", `/api/boards/${board}/members/2`, { role: "editor" });
+  const other = tokenFor(2);
+  const a = await openBoard(board);
+  const t = await rest(gw1.url, "POST", "/api/tasks", { board_id: board, title: "Plan" });
+  await rest(gw1.url, "PUT", `/api/tasks/${t.id}`, { title: "Plan v2" }, other);
+  await task(a, "Plan v2").waitFor({ timeout: 1000 });
+  await task(a, "Plan v2").locator(".show-history").click();
+  const items = task(a, "Plan v2").locator(".history li");
+  await items.nth(1).waitFor({ timeout: 2000 });
+  const texts = await items.allTextContents();
+  assert.equal(texts.length, 2, texts.join(" | "));
+  assert.match(texts[0], /: you created “Plan”$/);
+  assert.match(texts[1], /: user 2 renamed “Plan” → “Plan v2”$/);
+  // While it is open, a change made elsewhere appears in it.
+  await rest(gw1.url, "PUT", `/api/tasks/${t.id}`, { completed: true }, other);
+  await items.nth(2).waitFor({ timeout: 2000 });
+  assert.match(await items.nth(2).textContent(), /: user 2 marked it done$/);
+  assert.equal(await task(a, "Plan v2").locator(".show-history").getAttribute("aria-expanded"), "true");
+  // Closing hides it.
+  await task(a, "Plan v2").locator(".show-history").click();
+  assert.equal(await task(a, "Plan v2").locator(".history").isHidden(), true);
+  assert.deepEqual(a.pageErrors, []);
+  await a.context().close();
+});
+

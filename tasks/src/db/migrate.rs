@@ -11,6 +11,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (3, include_str!("../../migrations/0003_outbox_cursor.sql")),
     (4, include_str!("../../migrations/0004_idempotency.sql")),
     (5, include_str!("../../migrations/0005_outbox_runs.sql")),
+    (6, include_str!("../../migrations/0006_event_actor.sql")),
 ];
 
 /// Advisory-lock key serialising migrations across replicas ("taskmig" in ASCII).

@@ -202,6 +202,7 @@ impl Mutation {
                 task_id: task.id,
                 payload: Bytes::from(r.get::<_, String>(10)),
                 committed_at: r.get(11),
+                actor: who.user,
             };
             Applied { task, event }
         }))
@@ -386,6 +387,8 @@ pub struct EventRow {
     pub task_id: i64,
     pub payload: Bytes,
     pub committed_at: DateTime<Utc>,
+    /// Who made the change (`None`: no user, or not read).
+    pub actor: Option<i64>,
 }
 
 impl EventRow {
@@ -399,6 +402,7 @@ impl EventRow {
             task_id: row.get(at + 3),
             payload: Bytes::from(row.get::<_, String>(at + 4)),
             committed_at: row.get(at + 5),
+            actor: None,
         }
     }
 
@@ -411,30 +415,60 @@ impl EventRow {
             payload: self.payload.clone(),
             committed_at: Some(timestamp(self.committed_at)),
             task_id: self.task_id,
+            actor: self.actor.unwrap_or(0),
         }
     }
 }
 
-/// A board's events after `after_seq` (at most `limit`), and the board's head seq; `None` when
-/// `who` may not read the board.
+/// Which events [`list_events`] reads.
+#[derive(Debug, Clone, Copy)]
+pub enum EventsOf {
+    Board(i64),
+    /// One task's events, on its board.
+    Task {
+        board: i64,
+        task: i64,
+    },
+}
+
+/// The events of a board (or of one of its tasks) after `after_seq` (at most `limit`), and the
+/// board's head seq; `None` when `who` may not read the board.
 ///
 /// # Errors
 /// Database or pool failure.
 pub async fn list_events(
     pool: &Pool,
-    board_id: i64,
+    of: EventsOf,
     after_seq: i64,
     limit: i64,
     who: Caller,
 ) -> Result<Option<(Vec<EventRow>, i64)>, Error> {
     let c = acquire(pool).await?;
-    let rows = c
-        .client
-        .query(
-            &c.stmts.list_events,
-            &[&board_id, &after_seq, &limit, &who.user, &who.all_boards],
-        )
-        .await?;
+    let rows = match of {
+        EventsOf::Board(board) => {
+            c.client
+                .query(
+                    &c.stmts.list_events,
+                    &[&board, &after_seq, &limit, &who.user, &who.all_boards],
+                )
+                .await?
+        }
+        EventsOf::Task { board, task } => {
+            c.client
+                .query(
+                    &c.stmts.task_events,
+                    &[
+                        &board,
+                        &after_seq,
+                        &limit,
+                        &who.user,
+                        &who.all_boards,
+                        &task,
+                    ],
+                )
+                .await?
+        }
+    };
     if !rows.first().is_some_and(|r| r.get::<_, bool>(7)) {
         return Ok(None);
     }
@@ -442,9 +476,25 @@ pub async fn list_events(
     let events = rows
         .iter()
         .filter(|r| r.get::<_, Option<i64>>(2).is_some())
-        .map(|r| EventRow::from_row(r, 1))
+        .map(|r| EventRow {
+            actor: r.get(8),
+            ..EventRow::from_row(r, 1)
+        })
         .collect();
     Ok(Some((events, head)))
+}
+
+/// The board of a task's kept events (also of a deleted task), if it has any.
+///
+/// # Errors
+/// Database or pool failure.
+pub async fn event_task_board(pool: &Pool, task: i64) -> Result<Option<i64>, Error> {
+    let c = acquire(pool).await?;
+    let row = c
+        .client
+        .query_opt(&c.stmts.event_task_board, &[&task])
+        .await?;
+    Ok(row.map(|r| r.get(0)))
 }
 
 /// The head seq of each of `boards` (0 without events), and whether `who` may read it.

@@ -51,22 +51,22 @@ fn payload_sql(kind: &str) -> String {
     )
 }
 
-/// A mutation's statement: lock/bump the board's seq, change the task, append the event.
-/// `{change}` is a data-modifying CTE named `t` returning the task row (after the change, or the
-/// deleted row).
-fn mutation_sql(change: &str, kind: &str) -> String {
-    mutation_sql_with(change, kind, "")
+/// A mutation's statement: lock/bump the board's seq, change the task, append the event (made by
+/// the user in parameter `$actor`). `{change}` is a data-modifying CTE named `t` returning the
+/// task row (after the change, or the deleted row).
+fn mutation_sql(change: &str, kind: &str, actor: u8) -> String {
+    mutation_sql_with(change, kind, actor, "")
 }
 
 /// [`mutation_sql`] with more data-modifying CTEs (`extra`, starting with a comma) that may use
 /// `t`, `b` and `e`.
-fn mutation_sql_with(change: &str, kind: &str, extra: &str) -> String {
+fn mutation_sql_with(change: &str, kind: &str, actor: u8, extra: &str) -> String {
     format!(
         "WITH t AS ({change}), \
          b AS (INSERT INTO boards AS b (id, last_seq) SELECT board_id, 1 FROM t \
                ON CONFLICT (id) DO UPDATE SET last_seq = b.last_seq + 1 RETURNING last_seq), \
-         e AS (INSERT INTO events (board_id, seq, kind, task_id, payload) \
-               SELECT t.board_id, b.last_seq, '{kind}', t.id, {payload} FROM t, b \
+         e AS (INSERT INTO events (board_id, seq, kind, task_id, payload, actor) \
+               SELECT t.board_id, b.last_seq, '{kind}', t.id, {payload}, ${actor} FROM t, b \
                RETURNING seq, payload, created_at){extra} \
          SELECT {cols}, e.seq, e.payload, e.created_at FROM t, e",
         cols = task_cols_of_t(),
@@ -90,6 +90,10 @@ pub struct Statements {
     pub update: Statement,
     pub delete: Statement,
     pub list_events: Statement,
+    /// `list_events` of one task.
+    pub task_events: Statement,
+    /// The board of a task's kept events (the task may be deleted).
+    pub event_task_board: Statement,
     pub behind: Statement,
     pub advance: Statement,
     /// The usual case of `advance` (a run that continues its board's cursor) in one statement.
@@ -108,12 +112,13 @@ impl Statements {
              SELECT $1, $2, $3, $4 WHERE {ok} RETURNING {TASK_COLS}",
             ok = allowed("$1", WRITE_ROLES, 6, 5)
         );
-        let create = mutation_sql(&insert, "created");
+        let create = mutation_sql(&insert, "created", 5);
         // A second call with the same key fails on the primary key (and the service answers it
         // from the row the first one wrote), so two racing calls never create two tasks.
         let create_keyed = mutation_sql_with(
             &insert,
             "created",
+            5,
             ", k AS (INSERT INTO idempotency_keys (key, seq, id, board_id, title, description, \
                      completed, created_by, task_created_at, updated_at, version) \
                    SELECT $7, e.seq, t.id, t.board_id, t.title, t.description, t.completed, \
@@ -128,6 +133,7 @@ impl Statements {
                 ok = allowed("tasks.board_id", WRITE_ROLES, 6, 5)
             ),
             "updated",
+            5,
         );
         let delete = mutation_sql(
             &format!(
@@ -136,6 +142,7 @@ impl Statements {
                 ok = allowed("tasks.board_id", WRITE_ROLES, 3, 2)
             ),
             "deleted",
+            2,
         );
         // Access, count, head seq and page in one statement, hence one snapshot; always returns at
         // least one row (nothing but `allowed = false` for a caller who may not read the board).
@@ -154,14 +161,22 @@ impl Statements {
             cols = task_cols_of_t(),
             ok = allowed("$1", READ_ROLES, 6, 5)
         );
-        let list_events = format!(
-            "SELECT COALESCE((SELECT last_seq FROM boards WHERE id = $1), 0), \
-                  e.board_id, e.seq, e.kind, e.task_id, e.payload, e.created_at, a.ok \
-             FROM (SELECT {ok} AS ok) a LEFT JOIN LATERAL \
-               (SELECT board_id, seq, kind, task_id, payload, created_at FROM events \
-                WHERE a.ok AND board_id = $1 AND seq > $2 ORDER BY seq LIMIT $3) e ON true",
-            ok = allowed("$1", READ_ROLES, 5, 4)
-        );
+        // Access, head and page in one snapshot; at least one row (`ok` false: may not read).
+        let events_page = |only: &str| {
+            format!(
+                "SELECT COALESCE((SELECT last_seq FROM boards WHERE id = $1), 0), \
+                      e.board_id, e.seq, e.kind, e.task_id, e.payload, e.created_at, a.ok, \
+                      e.actor \
+                 FROM (SELECT {ok} AS ok) a LEFT JOIN LATERAL \
+                   (SELECT board_id, seq, kind, task_id, payload, created_at, actor FROM events \
+                    WHERE a.ok AND board_id = $1 {only} AND seq > $2 ORDER BY seq LIMIT $3) e \
+                 ON true",
+                ok = allowed("$1", READ_ROLES, 5, 4)
+            )
+        };
+        let list_events = events_page("");
+        // A task's history ($6) through the (task_id, seq) index.
+        let task_events = events_page("AND task_id = $6");
         Ok(Statements {
             create: c
                 .prepare_typed(
@@ -254,6 +269,25 @@ impl Statements {
                 .prepare_typed(
                     &list_events,
                     &[Type::INT8, Type::INT8, Type::INT8, Type::INT8, Type::BOOL],
+                )
+                .await?,
+            task_events: c
+                .prepare_typed(
+                    &task_events,
+                    &[
+                        Type::INT8,
+                        Type::INT8,
+                        Type::INT8,
+                        Type::INT8,
+                        Type::BOOL,
+                        Type::INT8,
+                    ],
+                )
+                .await?,
+            event_task_board: c
+                .prepare_typed(
+                    "SELECT board_id FROM events WHERE task_id = $1 LIMIT 1",
+                    &[Type::INT8],
                 )
                 .await?,
             role: c

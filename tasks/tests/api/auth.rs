@@ -365,3 +365,97 @@ async fn a_watch_stream_ends_when_its_reader_leaves_the_board() {
         Code::PermissionDenied
     );
 }
+
+/// Every event names who made the change; a task's history is its own events, readable by the
+/// board's members only.
+#[tokio::test]
+async fn events_carry_their_actor_and_a_task_has_its_own_history() {
+    let t = spawn_auth().await;
+    let mut owner = user(&t, 20);
+    let mut bob = user(&t, 21);
+    let mut eve = user(&t, 22);
+    let b = new_board(&mut owner, "History").await;
+    owner
+        .set_member(v1::SetMemberRequest {
+            board_id: b.id,
+            user_id: 21,
+            role: "editor".into(),
+        })
+        .await
+        .unwrap();
+    let task = |r: tonic::Response<v1::CreateTaskResponse>| r.into_inner().task.unwrap();
+    let a = task(owner.create_task(create_req(b.id)).await.unwrap());
+    let other = task(bob.create_task(create_req(b.id)).await.unwrap());
+    bob.update_task(v1::UpdateTaskRequest {
+        id: a.id,
+        title: Some("renamed by bob".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    owner
+        .delete_task(v1::DeleteTaskRequest {
+            id: a.id,
+            expected_version: None,
+        })
+        .await
+        .unwrap();
+
+    let all = owner
+        .list_events(v1::ListEventsRequest {
+            board_id: b.id,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let got: Vec<(i64, &str, i64, i64)> = all
+        .events
+        .iter()
+        .map(|e| (e.seq, e.kind.as_str(), e.task_id, e.actor))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (1, "created", a.id, 20),
+            (2, "created", other.id, 21),
+            (3, "updated", a.id, 21),
+            (4, "deleted", a.id, 20)
+        ]
+    );
+
+    // The deleted task's history, by task id alone, in pages.
+    let history = |after_seq, limit| v1::ListEventsRequest {
+        board_id: 0,
+        task_id: a.id,
+        after_seq,
+        limit,
+        max_bytes: 0,
+    };
+    let page = bob.list_events(history(0, 2)).await.unwrap().into_inner();
+    let seqs: Vec<i64> = page.events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, vec![1, 3]);
+    assert_eq!(page.head_seq, 4);
+    assert!(!page.reset);
+    let page = bob.list_events(history(3, 2)).await.unwrap().into_inner();
+    let got: Vec<(i64, &str, i64)> = page
+        .events
+        .iter()
+        .map(|e| (e.seq, e.kind.as_str(), e.actor))
+        .collect();
+    assert_eq!(got, vec![(4, "deleted", 20)]);
+
+    // Outsiders learn nothing, not even that the task exists; a board id that is not the task's
+    // finds nothing either.
+    let (c, _) = code(eve.list_events(history(0, 10)).await);
+    assert_eq!(c, Code::NotFound);
+    let mut wrong_board = history(0, 10);
+    wrong_board.board_id = b.id + 1000;
+    let (c, _) = code(owner.list_events(wrong_board).await);
+    assert_eq!(c, Code::NotFound);
+    let mut none = history(0, 10);
+    none.task_id = 987_654;
+    let (c, m) = code(owner.list_events(none).await);
+    assert_eq!(c, Code::NotFound);
+    assert!(m.starts_with("Task "), "{m}");
+}

@@ -145,6 +145,7 @@ async fn a_cursor_never_skips_events_still_unpublished() {
         task_id: seq,
         payload: bytes::Bytes::new(),
         committed_at: chrono::Utc::now(),
+        actor: None,
     };
     let advance = |events: Vec<taskboard_tasks::db::EventRow>| {
         let pool = pool.clone();
@@ -269,7 +270,7 @@ async fn replicas_starting_together_migrate_once() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(n, 5, "each of the five migrations recorded once");
+    assert_eq!(n, 6, "each of the six migrations recorded once");
 }
 
 #[tokio::test]
