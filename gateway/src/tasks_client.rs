@@ -224,6 +224,18 @@ impl TasksClient {
         Ok(())
     }
 
+    pub async fn search(
+        &self,
+        m: v1::SearchTasksRequest,
+        who: Option<&Principal>,
+    ) -> Result<v1::SearchTasksResponse, tonic::Status> {
+        Ok(self
+            .client()
+            .search_tasks(self.req(m, who))
+            .await?
+            .into_inner())
+    }
+
     /// A page of a board's (or a task's) events, read for a user (REST history).
     pub async fn history(
         &self,

@@ -17,6 +17,7 @@
     editing: 0, // id of the task whose title is being edited
     me: 0, // the signed-in user's id (0: unknown)
     history: new Set(), // ids of tasks whose history is open
+    focus: 0, // a task to bring into view once its board is shown (a search hit)
   };
   const els = new Map(); // id -> <li>
 
@@ -251,6 +252,12 @@
     }
     $("open-count").textContent = String(open.length);
     $("done-count").textContent = String(done.length);
+    const hit = state.focus && els.get(state.focus);
+    if (hit) {
+      state.focus = 0;
+      hit.scrollIntoView({ block: "center" });
+      hit.classList.remove("flash"); void hit.offsetWidth; hit.classList.add("flash");
+    }
   }
 
   function sync(ul, tasks) {
@@ -334,6 +341,60 @@
     if (a.completed !== b.completed) what.push(b.completed ? "marked it done" : "reopened it");
     return what.length ? what.join(", ") : "saved it unchanged";
   }
+
+  // ---- search ----
+
+  /// Highlighted text: the pieces that matched in <mark>, all of it as text.
+  function marked(pieces) {
+    return pieces.map((p) => {
+      if (!p.match) return document.createTextNode(p.text);
+      const m = document.createElement("mark");
+      m.textContent = p.text;
+      return m;
+    });
+  }
+
+  $("search-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const q = $("search").value.trim();
+    if (!q) { showError("Type something to search for."); return; }
+    const scope = $("search-scope").value === "board" ? `&board_id=${state.board}` : "";
+    mutate(async () => {
+      const r = await api("GET", `/api/search?q=${encodeURIComponent(q)}${scope}&page_size=50`);
+      $("search-count").textContent = r.total_count > r.hits.length
+        ? `${r.hits.length} of ${r.total_count}` : String(r.total_count);
+      $("search-list").replaceChildren(...r.hits.map((h) => {
+        const li = document.createElement("li");
+        const open = document.createElement("button");
+        open.type = "button";
+        open.className = "hit";
+        open.append(...marked(h.title));
+        open.addEventListener("click", () => {
+          state.focus = h.task.id;
+          if (h.task.board_id === state.board) render();
+          else location.hash = `board=${h.task.board_id}`;
+        });
+        const where = document.createElement("span");
+        where.className = "where";
+        where.textContent = ` board ${h.task.board_id}${h.task.completed ? " · done" : ""}`;
+        li.append(open, where);
+        if (h.snippet.some((p) => p.text.trim())) {
+          const snip = document.createElement("span");
+          snip.className = "snippet";
+          snip.append(...marked(h.snippet));
+          li.append(snip);
+        }
+        return li;
+      }));
+      if (!r.hits.length) {
+        const li = document.createElement("li");
+        li.textContent = "Nothing found.";
+        $("search-list").append(li);
+      }
+      $("search-results").hidden = false;
+    });
+  });
+  $("search-close").addEventListener("click", () => { $("search-results").hidden = true; });
 
   // ---- actions ----
 

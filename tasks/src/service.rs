@@ -362,6 +362,34 @@ impl TaskService for Service {
         .await
     }
 
+    #[tracing::instrument(skip_all, fields(board.id = req.get_ref().board_id))]
+    async fn search_tasks(
+        &self,
+        req: Request<v1::SearchTasksRequest>,
+    ) -> Result<Response<v1::SearchTasksResponse>, Status> {
+        let who = Caller::of(&req);
+        self.db_call(async move {
+            let r = req.get_ref();
+            let query = validate::search_query(&r.query)?;
+            let board = match r.board_id {
+                0 => None,
+                b => Some(validate::board_id(b)?),
+            };
+            let (page, size) = validate::search_paging(r.page_number, r.page_size);
+            let offset = (i64::from(page) - 1) * i64::from(size);
+            let found = db::search(&self.pool, query, board, i64::from(size), offset, who)
+                .await?
+                .ok_or_else(|| not_a_member(board.unwrap_or_default()))?;
+            Ok(Response::new(v1::SearchTasksResponse {
+                hits: found.hits,
+                total_count: i32::try_from(found.total).unwrap_or(i32::MAX),
+                page_number: page,
+                page_size: size,
+            }))
+        })
+        .await
+    }
+
     #[tracing::instrument(skip_all)]
     async fn create_board(
         &self,

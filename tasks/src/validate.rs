@@ -139,7 +139,6 @@ pub fn role(role: &str) -> Result<crate::access::Role, Error> {
     })
 }
 
-/// A user id must be a positive integer.
 /// An `Idempotency-Key`: 1 to 255 visible ASCII characters.
 ///
 /// # Errors
@@ -153,6 +152,10 @@ pub fn idempotency_key(key: &str) -> Result<&str, Error> {
     Ok(key)
 }
 
+/// A user id must be a positive integer.
+///
+/// # Errors
+/// Zero or negative.
 pub fn user_id(id: i64) -> Result<i64, Error> {
     if id <= 0 {
         return Err(invalid("User ID must be a positive integer"));
@@ -170,6 +173,37 @@ pub fn paging(page: i32, page_size: i32) -> (i32, i32) {
     (page.max(1), size)
 }
 
+/// Longest search query, in characters.
+pub const MAX_SEARCH_CHARS: usize = 500;
+
+/// A search query: some text, at most [`MAX_SEARCH_CHARS`] characters, no NUL.
+///
+/// # Errors
+/// Blank, too long, or holding NUL.
+pub fn search_query(q: &str) -> Result<&str, Error> {
+    let q = q.trim();
+    if q.is_empty() {
+        return Err(invalid("Search query is required"));
+    }
+    check_no_nul("Search query", q)?;
+    if q.chars().count() > MAX_SEARCH_CHARS {
+        return Err(invalid(format!(
+            "Search query is too long (at most {MAX_SEARCH_CHARS} characters)"
+        )));
+    }
+    Ok(q)
+}
+
+/// Normalises SearchTasks paging: page size defaults to 20 and is capped at 100, page defaults
+/// to 1. Returns (page, page_size).
+pub fn search_paging(page: i32, page_size: i32) -> (i32, i32) {
+    let size = match page_size {
+        s if s <= 0 => 20,
+        s => s.min(MAX_PAGE_SIZE),
+    };
+    (page.max(1), size)
+}
+
 /// Normalises a ListEvents limit: default and cap 1000.
 pub fn events_limit(limit: i32) -> i32 {
     if limit <= 0 {
@@ -182,6 +216,17 @@ pub fn events_limit(limit: i32) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_search_query_needs_text_and_has_a_limit() {
+        assert_eq!(search_query("  milk ").unwrap(), "milk");
+        assert!(msg(search_query("   ").unwrap_err()).contains("required"));
+        assert!(msg(search_query("a\0b").unwrap_err()).contains("NUL"));
+        assert!(search_query(&"é".repeat(500)).is_ok());
+        assert!(msg(search_query(&"é".repeat(501)).unwrap_err()).contains("too long"));
+        assert_eq!(search_paging(0, 0), (1, 20));
+        assert_eq!(search_paging(3, 1000), (3, 100));
+    }
 
     fn msg(e: Error) -> String {
         e.to_string()

@@ -4,6 +4,7 @@ mod boards;
 mod body;
 mod history;
 mod ready;
+mod search;
 mod tasks;
 
 use std::net::SocketAddr;
@@ -38,6 +39,7 @@ enum Route {
     Members,
     Member,
     Me,
+    Search,
     OpenApi,
     Page,
 }
@@ -70,6 +72,7 @@ const ROUTES: &[(&str, Route, &str)] = &[
         "/api/boards/{id}/members/{user}",
     ),
     ("/api/me", Route::Me, "/api/me"),
+    ("/api/search", Route::Search, "/api/search"),
     ("/openapi.json", Route::OpenApi, "/openapi.json"),
 ];
 
@@ -206,6 +209,7 @@ async fn dispatch(
             | Route::BoardEvents
             | Route::Members
             | Route::Member
+            | Route::Search
             | Route::Me),
         ) => {
             let origin = req.headers().get(header::ORIGIN).cloned();
@@ -257,6 +261,7 @@ async fn api_call(
         Route::Task => tasks::item(state, req, id, who).await,
         Route::TaskEvents => history::task(state, req, id, who).await,
         Route::BoardEvents => history::board(state, req, id, who).await,
+        Route::Search => search::search(state, req, who).await,
         Route::Boards => boards::collection(state, req, who).await,
         Route::Board => boards::item(state, req, id, who).await,
         Route::Members => boards::members(state, req, id, who).await,

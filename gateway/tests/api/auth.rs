@@ -736,3 +736,86 @@ async fn history_says_who_changed_what_and_is_for_members_only() {
     .await;
     assert_eq!(s, 405);
 }
+
+/// Search over REST: hits with the task and its marked words, paging, and clear errors.
+#[tokio::test]
+async fn search_answers_marked_hits_from_my_boards() {
+    use reqwest::Method as M;
+    let app = spawn_auth().await;
+    let (me, other) = (token(50), token(51));
+    let b = new_board(&app, &me).await;
+    let theirs = new_board(&app, &other).await;
+    for (board, who, title, description) in [
+        (b, &me, "Release notes", "write the release notes for 2.0"),
+        (b, &me, "Deploy", "after the release"),
+        (theirs, &other, "Release party", ""),
+    ] {
+        let (s, _) = call(
+            &app,
+            M::POST,
+            "/api/tasks",
+            Some(who),
+            Some(json!({"board_id": board, "title": title, "description": description})),
+        )
+        .await;
+        assert_eq!(s, 201);
+    }
+    let (s, r) = call(&app, M::GET, "/api/search?q=releases", Some(&me), None).await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["total_count"], 2);
+    assert_eq!(
+        (r["page"].as_i64(), r["page_size"].as_i64()),
+        (Some(1), Some(20))
+    );
+    let hit = &r["hits"][0];
+    assert_eq!(hit["task"]["title"], "Release notes");
+    assert_eq!(hit["task"]["board_id"], b);
+    assert_eq!(
+        hit["title"],
+        json!([{"text": "Release", "match": true}, {"text": " notes", "match": false}])
+    );
+    assert!(hit["snippet"]
+        .as_array()
+        .unwrap()
+        .contains(&json!({"text": "release", "match": true})));
+    assert!(hit["rank"].as_f64().unwrap() > r["hits"][1]["rank"].as_f64().unwrap());
+    assert_eq!(r["hits"][1]["task"]["title"], "Deploy");
+
+    let (s, r) = call(
+        &app,
+        M::GET,
+        &format!("/api/search?q=release&board_id={b}&page=2&page_size=1"),
+        Some(&me),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(r["hits"].as_array().unwrap().len(), 1);
+    assert_eq!(r["hits"][0]["task"]["title"], "Deploy");
+
+    let (s, e) = call(
+        &app,
+        M::GET,
+        &format!("/api/search?q=release&board_id={theirs}"),
+        Some(&me),
+        None,
+    )
+    .await;
+    assert_eq!((s, e["code"].as_str()), (403, Some("permission_denied")));
+    let (s, e) = call(&app, M::GET, "/api/search", Some(&me), None).await;
+    assert_eq!(s, 400);
+    assert!(e["message"].as_str().unwrap().contains("q="), "{e}");
+    let long = "a".repeat(501);
+    let (s, e) = call(
+        &app,
+        M::GET,
+        &format!("/api/search?q={long}"),
+        Some(&me),
+        None,
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert!(e["error"].as_str().unwrap().contains("too long"), "{e}");
+    let (s, _) = call(&app, M::GET, "/api/search?q=release", None, None).await;
+    assert_eq!(s, 401);
+}

@@ -396,3 +396,41 @@ test("a task's history says who changed what, and grows live while open", async 
   await a.context().close();
 });
 
+
+test("search finds tasks on all my boards, marks the words, and a hit opens its board", async () => {
+  const home = await newBoard("Home");
+  const work = await newBoard("Work");
+  await rest(gw1.url, "POST", "/api/tasks", { board_id: home, title: "Feed the quokka", description: "the <b>barista</b> one" });
+  await rest(gw1.url, "POST", "/api/tasks", { board_id: work, title: "Quokka release", description: "ship it" });
+  await rest(gw1.url, "POST", "/api/tasks", { board_id: work, title: "Unrelated" });
+  const a = await openBoard(home);
+  await a.fill("#search", "quokkas");
+  await a.selectOption("#search-scope", "all");
+  await a.click("#search-form button[type=submit]");
+  const hits = a.locator("#search-list li");
+  await hits.nth(1).waitFor({ timeout: 2000 });
+  assert.equal(await hits.count(), 2);
+  assert.equal(await a.locator("#search-count").textContent(), "2");
+  assert.equal(await a.locator("#search-list mark").count(), 2);
+  for (const m of await a.locator("#search-list mark").allTextContents()) assert.match(m, /^quokka$/i);
+  // The other board's hit opens that board.
+  await a.locator("#search-list .hit", { hasText: "release" }).click();
+  await a.waitForFunction((b) => location.hash === `#board=${b}`, work);
+  await task(a, "Quokka release").waitFor({ timeout: 2000 });
+  assert.equal(await a.locator("#board-id").inputValue(), String(work));
+  // This board only (now Work): the barista is on Home; markup in user text stays text.
+  await a.fill("#search", "barista");
+  await a.selectOption("#search-scope", "board");
+  await a.click("#search-form button[type=submit]");
+  await a.locator("#search-list li", { hasText: "Nothing found." }).waitFor({ timeout: 2000 });
+  await a.selectOption("#search-scope", "all");
+  await a.click("#search-form button[type=submit]");
+  await a.locator("#search-list .snippet", { hasText: "<b>" }).waitFor({ timeout: 2000 });
+  assert.equal(await a.locator("#search-list b").count(), 0);
+  // Empty search: said in words.
+  await a.fill("#search", " ");
+  await a.click("#search-form button[type=submit]");
+  assert.match(await a.locator("#error").textContent(), /search for/);
+  assert.deepEqual(a.pageErrors, []);
+  await a.context().close();
+});

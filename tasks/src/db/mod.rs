@@ -3,6 +3,7 @@
 pub mod boards;
 mod migrate;
 mod pool;
+mod search;
 mod statements;
 
 use std::time::Duration;
@@ -14,6 +15,7 @@ use tokio_postgres::{GenericClient, Row};
 
 pub use migrate::migrate;
 pub use pool::{connect, pool, Manager, PgConn, Pool};
+pub use search::{search, SearchPage};
 pub use statements::Statements;
 
 use crate::access::{Caller, Role};

@@ -16,6 +16,9 @@ fn task_cols_of_t() -> String {
         .join(", ")
 }
 
+/// Descriptions up to this many characters are a search hit's snippet whole.
+const SNIPPET_WHOLE: usize = 200;
+
 /// Roles that may read a board's tasks and events.
 pub const READ_ROLES: &str = "'owner', 'editor', 'viewer'";
 /// Roles that may change a board's tasks.
@@ -90,6 +93,8 @@ pub struct Statements {
     pub update: Statement,
     pub delete: Statement,
     pub list_events: Statement,
+    /// Full-text search (db::search).
+    pub search: Statement,
     /// `list_events` of one task.
     pub task_events: Statement,
     /// The board of a task's kept events (the task may be deleted).
@@ -177,7 +182,59 @@ impl Statements {
         let list_events = events_page("");
         // A task's history ($6) through the (task_id, seq) index.
         let task_events = events_page("AND task_id = $6");
+        // Matches (board $2, or every board of user $5 unless $6 sees all), best first; the count
+        // and access in every row, at least one row; highlights computed for the page only, with
+        // matches between U+0002 and U+0003 (removed from the text first). ts_headline drops what
+        // its parser takes for HTML tags and entities, so `<` and `&` stand aside as U+E000 and
+        // U+E001 while it runs: the user's text comes back as written.
+        let headline = |col: &str, opts: &str| {
+            format!(
+                "translate(ts_headline('english', \
+                   translate(t.{col}, '<&' || chr(2) || chr(3), chr(57344) || chr(57345)), q.q, \
+                   'StartSel=' || chr(2) || ', StopSel=' || chr(3) || ', {opts}'), \
+                 chr(57344) || chr(57345), '<&')"
+            )
+        };
+        // A short description whole; a long one as passages around its matches.
+        let snippet = format!(
+            "CASE WHEN length(t.description) <= {SNIPPET_WHOLE} THEN {all} ELSE {parts} END",
+            all = headline("description", "HighlightAll=true"),
+            parts = headline(
+                "description",
+                "MaxFragments=2, MaxWords=20, MinWords=8, FragmentDelimiter=\" … \""
+            ),
+        );
+        let search = format!(
+            "WITH q AS (SELECT websearch_to_tsquery('english', $1) AS q), \
+             a AS (SELECT ($2::int8 IS NULL OR {ok}) AS ok), \
+             m AS MATERIALIZED ( \
+               SELECT t.id, ts_rank_cd(t.search, q.q) AS rank FROM tasks t, q, a \
+               WHERE a.ok AND t.search @@ q.q AND ($2::int8 IS NULL OR t.board_id = $2) \
+                 AND ($6 OR $2::int8 IS NOT NULL OR t.board_id IN \
+                      (SELECT board_id FROM board_members WHERE user_id = $5))), \
+             p AS (SELECT id, rank FROM m ORDER BY rank DESC, id DESC LIMIT $3 OFFSET $4) \
+             SELECT (SELECT count(*) FROM m), a.ok, p.rank, {cols}, {title}, {snippet} \
+             FROM a CROSS JOIN q LEFT JOIN (p JOIN tasks t ON t.id = p.id) ON true \
+             ORDER BY p.rank DESC, t.id DESC",
+            ok = allowed("$2", READ_ROLES, 6, 5),
+            cols = task_cols_of_t(),
+            title = headline("title", "HighlightAll=true"),
+            snippet = snippet,
+        );
         Ok(Statements {
+            search: c
+                .prepare_typed(
+                    &search,
+                    &[
+                        Type::TEXT,
+                        Type::INT8,
+                        Type::INT8,
+                        Type::INT8,
+                        Type::INT8,
+                        Type::BOOL,
+                    ],
+                )
+                .await?,
             create: c
                 .prepare_typed(
                     &create,

@@ -459,3 +459,187 @@ async fn events_carry_their_actor_and_a_task_has_its_own_history() {
     assert_eq!(c, Code::NotFound);
     assert!(m.starts_with("Task "), "{m}");
 }
+
+/// Full-text search: stemmed, ranked (title above description), highlighted, paged, on one board
+/// or across the caller's boards, never on boards the caller may not read.
+#[tokio::test]
+async fn search_finds_ranked_highlighted_tasks_on_my_boards_only() {
+    let t = spawn_auth().await;
+    let mut me = user(&t, 40);
+    let mut other = user(&t, 41);
+    let mine = new_board(&mut me, "Home").await.id;
+    let also_mine = new_board(&mut me, "Work").await.id;
+    let theirs = new_board(&mut other, "Farm").await.id;
+    let add = |board_id: i64, title: &str, description: &str| v1::CreateTaskRequest {
+        board_id,
+        title: title.into(),
+        description: description.into(),
+        created_by: 0,
+        idempotency_key: None,
+    };
+    let a = add(
+        mine,
+        "Buy milk and bread",
+        "from the corner shop: semi-skimmed milk",
+    );
+    let b = add(mine, "Groceries", "eggs, cheese, milk");
+    let c = add(
+        also_mine,
+        "Plan the sprint",
+        "a planning session with the team",
+    );
+    let d = add(theirs, "Milk the cows", "");
+    let mut ids = Vec::new();
+    for r in [a, b, c] {
+        ids.push(
+            me.create_task(r)
+                .await
+                .unwrap()
+                .into_inner()
+                .task
+                .unwrap()
+                .id,
+        );
+    }
+    other.create_task(d).await.unwrap();
+    let search =
+        |query: &str, board_id: i64, page_size: i32, page_number: i32| v1::SearchTasksRequest {
+            query: query.into(),
+            board_id,
+            page_size,
+            page_number,
+        };
+    let titles = |r: &v1::SearchTasksResponse| -> Vec<String> {
+        r.hits
+            .iter()
+            .map(|h| h.task.as_ref().unwrap().title.clone())
+            .collect()
+    };
+
+    // Across my boards: the farm's cows are not mine; the title match ranks first.
+    let r = me
+        .search_tasks(search("milk", 0, 0, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(titles(&r), vec!["Buy milk and bread", "Groceries"]);
+    assert_eq!((r.total_count, r.page_number, r.page_size), (2, 1, 20));
+    assert!(r.hits[0].rank > r.hits[1].rank);
+    let pieces = |f: &[v1::Fragment]| -> Vec<(String, bool)> {
+        f.iter().map(|f| (f.text.clone(), f.r#match)).collect()
+    };
+    assert_eq!(
+        pieces(&r.hits[0].title),
+        vec![
+            ("Buy ".to_owned(), false),
+            ("milk".to_owned(), true),
+            (" and bread".to_owned(), false)
+        ]
+    );
+    assert!(r.hits[0]
+        .snippet
+        .iter()
+        .any(|f| f.r#match && f.text == "milk"));
+    assert!(
+        r.hits[1].title.iter().all(|f| !f.r#match),
+        "matched in the description only"
+    );
+
+    // English stemming; web-search syntax; one board; pages.
+    let r = me
+        .search_tasks(search("plans", 0, 0, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(titles(&r), vec!["Plan the sprint"]);
+    let r = me
+        .search_tasks(search("milk -bread", 0, 0, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(titles(&r), vec!["Groceries"]);
+    let r = me
+        .search_tasks(search("milk", also_mine, 0, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.hits.is_empty() && r.total_count == 0);
+    let r = me
+        .search_tasks(search("milk", mine, 1, 2))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (titles(&r), r.total_count),
+        (vec!["Groceries".to_owned()], 2)
+    );
+
+    // Changes are searchable at once; deleted tasks are gone.
+    me.update_task(v1::UpdateTaskRequest {
+        id: ids[2],
+        title: Some("Retrospective".into()),
+        description: Some(String::new()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let r = me
+        .search_tasks(search("retrospectives", 0, 0, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(titles(&r), vec!["Retrospective"]);
+    me.delete_task(v1::DeleteTaskRequest {
+        id: ids[1],
+        expected_version: None,
+    })
+    .await
+    .unwrap();
+    let r = me
+        .search_tasks(search("cheese", 0, 0, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.hits.is_empty());
+
+    // Someone else's board, and bad input.
+    let (c, _) = code(me.search_tasks(search("milk", theirs, 0, 0)).await);
+    assert_eq!(c, Code::PermissionDenied);
+    let (c, m) = code(me.search_tasks(search("  ", 0, 0, 0)).await);
+    assert_eq!((c, m.contains("required")), (Code::InvalidArgument, true));
+    let (c, _) = code(me.search_tasks(search(&"x".repeat(501), 0, 0, 0)).await);
+    assert_eq!(c, Code::InvalidArgument);
+    // Text that looks like markup comes back as written.
+    let markup = v1::CreateTaskRequest {
+        board_id: mine,
+        title: "<b>Fix</b> the a<b & c &amp; parser".into(),
+        description: "x <script>fix</script> y".into(),
+        created_by: 0,
+        idempotency_key: None,
+    };
+    me.create_task(markup).await.unwrap();
+    let r = me
+        .search_tasks(search("fix", 0, 0, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    let joined = |f: &[v1::Fragment]| f.iter().map(|f| f.text.as_str()).collect::<String>();
+    assert_eq!(
+        joined(&r.hits[0].title),
+        "<b>Fix</b> the a<b & c &amp; parser"
+    );
+    assert_eq!(joined(&r.hits[0].snippet), "x <script>fix</script> y");
+    // Stop words only, or punctuation: no matches, no error.
+    let r = me
+        .search_tasks(search("the", 0, 0, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.hits.is_empty());
+    let r = me
+        .search_tasks(search("\"'&|!():*", 0, 0, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.hits.is_empty());
+}

@@ -270,7 +270,7 @@ async fn replicas_starting_together_migrate_once() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(n, 6, "each of the six migrations recorded once");
+    assert_eq!(n, 7, "each of the seven migrations recorded once");
 }
 
 #[tokio::test]
