@@ -156,14 +156,37 @@ impl TasksClient {
 
     pub async fn create_board(
         &self,
-        name: String,
+        m: v1::CreateBoardRequest,
         who: Option<&Principal>,
     ) -> Result<v1::Board, tonic::Status> {
-        let r = self
-            .client()
-            .create_board(self.req(v1::CreateBoardRequest { name }, who))
-            .await?;
+        let r = self.client().create_board(self.req(m, who)).await?;
         r.into_inner().board.ok_or_else(missing)
+    }
+
+    pub async fn update_board(
+        &self,
+        m: v1::UpdateBoardRequest,
+        who: Option<&Principal>,
+    ) -> Result<v1::UpdateBoardResponse, tonic::Status> {
+        Ok(self
+            .client()
+            .update_board(self.req(m, who))
+            .await?
+            .into_inner())
+    }
+
+    /// Deletes a board; the seq of its final event.
+    pub async fn delete_board(
+        &self,
+        id: i64,
+        who: Option<&Principal>,
+    ) -> Result<i64, tonic::Status> {
+        Ok(self
+            .client()
+            .delete_board(self.req(v1::DeleteBoardRequest { id }, who))
+            .await?
+            .into_inner()
+            .seq)
     }
 
     pub async fn get_board(
@@ -178,13 +201,18 @@ impl TasksClient {
         r.into_inner().board.ok_or_else(missing)
     }
 
+    /// My boards (also the archived ones with `archived`).
     pub async fn list_boards(
         &self,
+        archived: bool,
         who: Option<&Principal>,
     ) -> Result<Vec<v1::Board>, tonic::Status> {
+        let m = v1::ListBoardsRequest {
+            include_archived: archived,
+        };
         Ok(self
             .client()
-            .list_boards(self.req(v1::ListBoardsRequest {}, who))
+            .list_boards(self.req(m, who))
             .await?
             .into_inner()
             .boards)

@@ -18,6 +18,8 @@
     me: 0, // the signed-in user's id (0: unknown)
     history: new Set(), // ids of tasks whose history is open
     focus: 0, // a task to bring into view once its board is shown (a search hit)
+    info: null, // the board itself: {name, description, archived, role}; null when unknown
+    gone: false, // the board was deleted
   };
   const els = new Map(); // id -> <li>
 
@@ -122,6 +124,7 @@
     stopSocket();
     state.board = board;
     $("board-id").value = String(board);
+    state.info = null;
     document.title = `Board ${board} · Taskboard`;
     try {
       const tasks = [];
@@ -133,6 +136,11 @@
         tasks.push(...r.tasks);
         if (page * PAGE >= r.total_count || r.tasks.length === 0) break;
       }
+      let info = null;
+      try { info = await api("GET", `/api/boards/${board}`); } catch { /* a board without a row yet */ }
+      if (gen !== state.generation) return;
+      state.info = info;
+      state.gone = false;
       state.tasks.clear();
       for (const t of tasks) if (!state.tasks.has(t.id)) state.tasks.set(t.id, t);
       state.lastSeq = head || 0;
@@ -211,6 +219,23 @@
       if (ev.seq <= state.lastSeq) return; // already applied
       state.lastSeq = ev.seq;
     }
+    if (ev.type === "board_updated") {
+      state.info = { ...(state.info || {}), ...ev.board };
+      addFeed(ev);
+      render();
+      return;
+    }
+    if (ev.type === "board_deleted") {
+      // The final event: nothing more will come.
+      state.generation++;
+      stopSocket();
+      state.gone = true;
+      state.tasks.clear();
+      setConn("offline");
+      addFeed(ev);
+      render();
+      return;
+    }
     if (ev.type === "deleted") {
       state.tasks.delete(ev.task_id);
     } else if (ev.task) {
@@ -232,7 +257,10 @@
   function addFeed(ev) {
     const li = document.createElement("li");
     const when = new Date((ev.timestamp || Date.now() / 1000) * 1000).toLocaleTimeString();
-    li.textContent = `${when} ${ev.type} “${ev.title}” (#${ev.task_id}, seq ${ev.seq})`;
+    li.textContent = ev.type === "board_updated"
+      ? `${when} board changed: “${ev.board.name}”${ev.board.archived ? " (archived)" : ""} (seq ${ev.seq})`
+      : ev.type === "board_deleted" ? `${when} board deleted (seq ${ev.seq})`
+        : `${when} ${ev.type} “${ev.title}” (#${ev.task_id}, seq ${ev.seq})`;
     const feed = $("feed");
     feed.prepend(li);
     while (feed.children.length > MAX_FEED) feed.lastElementChild.remove();
@@ -252,6 +280,7 @@
     }
     $("open-count").textContent = String(open.length);
     $("done-count").textContent = String(done.length);
+    renderBoard();
     const hit = state.focus && els.get(state.focus);
     if (hit) {
       state.focus = 0;
@@ -290,6 +319,84 @@
     li.querySelector(".description").textContent = t.description || "";
     li.querySelector(".delete").setAttribute("aria-label", `Delete: ${t.title}`);
   }
+
+  // ---- the board itself: name, archived, deleted ----
+
+  function renderBoard() {
+    const info = state.info;
+    const name = info && info.name ? info.name : `Board ${state.board}`;
+    const title = $("board-title");
+    if (!title.hidden) title.textContent = name;
+    document.title = `${name} · Taskboard`;
+    const archived = !!(info && info.archived);
+    const readOnly = archived || state.gone;
+    for (const el of $("create-form").elements) el.disabled = readOnly;
+    for (const el of document.querySelectorAll(".task .toggle, .task .delete, .task .title")) el.disabled = readOnly;
+    $("board-archive").textContent = archived ? "Unarchive" : "Archive";
+    for (const id of ["board-rename", "board-archive", "board-delete"]) {
+      $(id).hidden = !info || state.gone;
+    }
+    $("board-rename").disabled = archived;
+    const note = $("board-note");
+    note.hidden = !readOnly;
+    note.textContent = state.gone ? "This board was deleted, with all its tasks."
+      : archived ? "This board is archived: read-only until it is unarchived." : "";
+  }
+
+  function changeBoard(body) {
+    return mutate(async () => {
+      const b = await api("PUT", `/api/boards/${state.board}`, body);
+      state.info = b;
+      renderBoard();
+    });
+  }
+
+  $("board-rename").addEventListener("click", () => {
+    const title = $("board-title");
+    if (title.hidden || !state.info) return;
+    const input = document.createElement("input");
+    input.value = state.info.name || "";
+    input.maxLength = 200;
+    input.setAttribute("aria-label", "Board name");
+    title.hidden = true;
+    title.after(input);
+    input.focus();
+    input.select();
+    let done = false;
+    const finish = async (save) => {
+      if (done) return;
+      done = true;
+      const name = input.value.trim();
+      if (save && name && name !== state.info.name) await changeBoard({ name });
+      input.remove();
+      title.hidden = false;
+      renderBoard();
+    };
+    input.addEventListener("keydown", (e) => {
+      if (e.key === "Enter") { e.preventDefault(); finish(true); }
+      if (e.key === "Escape") { e.preventDefault(); finish(false); }
+    });
+    input.addEventListener("blur", () => finish(true));
+  });
+
+  $("board-archive").addEventListener("click", () => {
+    changeBoard({ archived: !(state.info && state.info.archived) });
+  });
+
+  // Deleting takes two clicks: the first arms the button for a few seconds.
+  let armed = 0;
+  $("board-delete").addEventListener("click", () => {
+    const btn = $("board-delete");
+    if (!armed) {
+      btn.textContent = "Really delete board and all its tasks?";
+      armed = setTimeout(() => { armed = 0; btn.textContent = "Delete board"; }, 5000);
+      return;
+    }
+    clearTimeout(armed);
+    armed = 0;
+    btn.textContent = "Delete board";
+    mutate(async () => { await api("DELETE", `/api/boards/${state.board}`); });
+  });
 
   // ---- history: who changed what, when ----
 

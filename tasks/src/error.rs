@@ -83,6 +83,16 @@ impl From<Error> for Status {
                 );
                 Status::with_metadata(tonic::Code::FailedPrecondition, e.to_string(), meta)
             }
+            // A task change on an archived or deleted board (our own message, migration 0008).
+            Error::Db(ref inner)
+                if inner.code()
+                    == Some(&tokio_postgres::error::SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE) =>
+            {
+                let m = inner
+                    .as_db_error()
+                    .map_or("the board is read-only", |d| d.message());
+                Status::failed_precondition(m)
+            }
             // Internal details go to the log, never to the caller.
             Error::Pool(ref inner) => {
                 tracing::warn!(error = %inner, "database pool unavailable");

@@ -100,8 +100,12 @@ pub async fn run_with_metrics(
 
     let (wake_tx, wake_rx) = watch::channel(0u64);
     let (committed_tx, committed_rx) = tokio::sync::mpsc::channel(COMMITTED_QUEUE);
-    let writer =
-        writer::Writer::spawn(pool.clone(), committed_tx, config.write_batch_max, &tracker);
+    let writer = writer::Writer::spawn(
+        pool.clone(),
+        committed_tx.clone(),
+        config.write_batch_max,
+        &tracker,
+    );
     let poll = Duration::from_millis(config.relay_poll_interval_ms.max(10));
 
     tracker.spawn(
@@ -123,6 +127,7 @@ pub async fn run_with_metrics(
     let svc = service::Service {
         pool: pool.clone(),
         writer,
+        committed: committed_tx,
         wake: wake_rx,
         shutdown: token.clone(),
         tracker: tracker.clone(),

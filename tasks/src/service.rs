@@ -26,6 +26,8 @@ pub struct Service {
     pub pool: Pool,
     /// Task mutations go through the group committer.
     pub writer: Writer,
+    /// Board events go straight to the relay once committed (the relay's scan is the safety net).
+    pub committed: mpsc::Sender<Vec<EventRow>>,
     /// Changes whenever an event commits (fed by the relay's LISTEN session).
     pub wake: watch::Receiver<u64>,
     pub shutdown: CancellationToken,
@@ -397,8 +399,10 @@ impl TaskService for Service {
     ) -> Result<Response<v1::CreateBoardResponse>, Status> {
         let who = Caller::of(&req);
         self.db_call(async move {
-            let name = validate::board_name(&req.get_ref().name)?;
-            let b = db::boards::create(&self.pool, name, who.user).await?;
+            let r = req.get_ref();
+            let name = validate::board_name(&r.name)?;
+            let description = validate::board_description(&r.description)?;
+            let b = db::boards::create(&self.pool, name, description, who.user).await?;
             tracing::info!(board.id = b.id, user = ?who.user, "board created");
             Ok(Response::new(v1::CreateBoardResponse {
                 board: Some(b.to_proto()),
@@ -430,10 +434,66 @@ impl TaskService for Service {
     ) -> Result<Response<v1::ListBoardsResponse>, Status> {
         let who = Caller::of(&req);
         self.db_call(async move {
-            let boards = db::boards::list(&self.pool, who).await?;
+            let archived = req.get_ref().include_archived;
+            let boards = db::boards::list(&self.pool, who, archived).await?;
             Ok(Response::new(v1::ListBoardsResponse {
                 boards: boards.iter().map(db::boards::BoardRow::to_proto).collect(),
             }))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, fields(board.id = req.get_ref().id))]
+    async fn update_board(
+        &self,
+        req: Request<v1::UpdateBoardRequest>,
+    ) -> Result<Response<v1::UpdateBoardResponse>, Status> {
+        let who = Caller::of(&req);
+        self.db_call(async move {
+            let r = req.get_ref();
+            let id = validate::board_id(r.id)?;
+            let change = db::boards::BoardChange {
+                name: r.name.as_deref().map(validate::board_name).transpose()?,
+                description: r
+                    .description
+                    .as_deref()
+                    .map(validate::board_description)
+                    .transpose()?,
+                archived: r.archived,
+            };
+            // Archiving is the owner's; the rest any editor's.
+            let least = if change.archived.is_some() {
+                Role::Owner
+            } else {
+                Role::Editor
+            };
+            self.require(id, who, least).await?;
+            let (board, event) = db::boards::update(&self.pool, id, &change, who).await?;
+            tracing::info!(board.id = id, seq = event.seq, user = ?who.user, "board updated");
+            let seq = event.seq;
+            self.publish_now(event);
+            Ok(Response::new(v1::UpdateBoardResponse {
+                board: Some(board.to_proto()),
+                seq,
+            }))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, fields(board.id = req.get_ref().id))]
+    async fn delete_board(
+        &self,
+        req: Request<v1::DeleteBoardRequest>,
+    ) -> Result<Response<v1::DeleteBoardResponse>, Status> {
+        let who = Caller::of(&req);
+        self.db_call(async move {
+            let id = validate::board_id(req.get_ref().id)?;
+            self.require(id, who, Role::Owner).await?;
+            let event = db::boards::delete(&self.pool, id, who).await?;
+            tracing::info!(board.id = id, seq = event.seq, user = ?who.user, "board deleted with its tasks and events");
+            let seq = event.seq;
+            self.publish_now(event);
+            Ok(Response::new(v1::DeleteBoardResponse { seq }))
         })
         .await
     }
@@ -553,6 +613,14 @@ impl Service {
 
     /// Runs a call that needs the database: at once UNAVAILABLE while it is known to be down, and
     /// a connection failure closes the gate for the calls that follow.
+    /// Hands a committed board event to the relay; when its queue is full the relay's scan
+    /// publishes it instead.
+    fn publish_now(&self, event: EventRow) {
+        if self.committed.try_send(vec![event]).is_err() {
+            tracing::debug!("relay queue full: the scan publishes the board event");
+        }
+    }
+
     async fn db_call<T>(
         &self,
         f: impl std::future::Future<Output = Result<T, Status>>,

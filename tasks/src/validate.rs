@@ -130,6 +130,20 @@ pub fn board_name(name: &str) -> Result<&str, Error> {
     Ok(name)
 }
 
+/// A board description: at most as long as a task's, no NUL.
+///
+/// # Errors
+/// Too long, or holding NUL.
+pub fn board_description(d: &str) -> Result<&str, Error> {
+    check_no_nul("Board description", d)?;
+    if d.chars().count() > MAX_DESCRIPTION_CHARS {
+        return Err(invalid(format!(
+            "Board description is too long (at most {MAX_DESCRIPTION_CHARS} characters)"
+        )));
+    }
+    Ok(d)
+}
+
 /// A member's role: `owner`, `editor` or `viewer`.
 pub fn role(role: &str) -> Result<crate::access::Role, Error> {
     crate::access::Role::parse(role).ok_or_else(|| {

@@ -24,6 +24,16 @@ struct BoardJson {
     /// The caller's role; absent for a caller who sees every board without being a member.
     #[serde(skip_serializing_if = "Option::is_none")]
     role: Option<String>,
+    description: String,
+    /// Read-only while archived.
+    archived: bool,
+    archived_at: Option<String>,
+}
+
+fn rfc3339(t: taskboard_proto::prost_types::Timestamp) -> String {
+    DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
 impl From<v1::Board> for BoardJson {
@@ -32,15 +42,12 @@ impl From<v1::Board> for BoardJson {
             id: b.id,
             name: b.name,
             created_by: b.created_by,
-            created_at: b
-                .created_at
-                .and_then(|t| {
-                    DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
-                })
-                .unwrap_or_default()
-                .to_rfc3339_opts(SecondsFormat::Micros, true),
+            created_at: b.created_at.map(rfc3339).unwrap_or_default(),
             head_seq: b.head_seq,
             role: Some(b.role).filter(|r| !r.is_empty()),
+            description: b.description,
+            archived: b.archived_at.is_some(),
+            archived_at: b.archived_at.map(rfc3339),
         }
     }
 }
@@ -64,6 +71,18 @@ impl From<v1::Member> for MemberJson {
 struct CreateBody {
     #[serde(default)]
     name: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct UpdateBody {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    archived: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -84,9 +103,11 @@ pub(super) async fn collection(
 ) -> Result<Resp, ApiError> {
     match *req.method() {
         Method::GET => {
+            let archived = form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+                .any(|(k, v)| k == "archived" && v == "true");
             let boards = state
                 .tasks
-                .list_boards(who)
+                .list_boards(archived, who)
                 .await
                 .map_err(status("list boards"))?;
             let boards: Vec<BoardJson> = boards.into_iter().map(BoardJson::from).collect();
@@ -99,7 +120,13 @@ pub(super) async fn collection(
             let b: CreateBody = read_json(req, state.body_timeout()).await?;
             let board = state
                 .tasks
-                .create_board(b.name.unwrap_or_default(), who)
+                .create_board(
+                    v1::CreateBoardRequest {
+                        name: b.name.unwrap_or_default(),
+                        description: b.description.unwrap_or_default(),
+                    },
+                    who,
+                )
                 .await
                 .map_err(status("create board"))?;
             Ok(json(StatusCode::CREATED, &BoardJson::from(board)))
@@ -108,23 +135,63 @@ pub(super) async fn collection(
     }
 }
 
-/// `GET /api/boards/{id}`.
+/// `GET /api/boards/{id}`; `PUT` renames, describes, archives or unarchives it; `DELETE` deletes
+/// it with its tasks and events (owners).
 pub(super) async fn item(
     state: &AppState,
     req: Request<Incoming>,
     id: &str,
     who: Option<&Principal>,
 ) -> Result<Resp, ApiError> {
-    if req.method() != Method::GET {
-        return Ok(not_allowed("GET, OPTIONS"));
+    if !matches!(*req.method(), Method::GET | Method::PUT | Method::DELETE) {
+        return Ok(not_allowed("GET, PUT, DELETE, OPTIONS"));
     }
     let id = positive_id(id, "board ID")?;
-    let board = state
-        .tasks
-        .get_board(id, who)
-        .await
-        .map_err(status("get board"))?;
-    Ok(json(StatusCode::OK, &BoardJson::from(board)))
+    match *req.method() {
+        Method::GET => {
+            let board = state
+                .tasks
+                .get_board(id, who)
+                .await
+                .map_err(status("get board"))?;
+            Ok(json(StatusCode::OK, &BoardJson::from(board)))
+        }
+        Method::PUT => {
+            let b: UpdateBody = read_json(req, state.body_timeout()).await?;
+            if b.name.is_none() && b.description.is_none() && b.archived.is_none() {
+                return Err(ApiError::bad_request("Nothing to change")
+                    .with_message("send name, description or archived"));
+            }
+            let r = state
+                .tasks
+                .update_board(
+                    v1::UpdateBoardRequest {
+                        id,
+                        name: b.name,
+                        description: b.description,
+                        archived: b.archived,
+                    },
+                    who,
+                )
+                .await
+                .map_err(status("update board"))?;
+            let board = r.board.ok_or_else(|| {
+                ApiError::from_status(&tonic::Status::internal("no board"), "update board")
+            })?;
+            Ok(super::with_seq(
+                json(StatusCode::OK, &BoardJson::from(board)),
+                r.seq,
+            ))
+        }
+        _ => {
+            let seq = state
+                .tasks
+                .delete_board(id, who)
+                .await
+                .map_err(status("delete board"))?;
+            Ok(super::with_seq(empty(StatusCode::NO_CONTENT), seq))
+        }
+    }
 }
 
 /// `GET /api/boards/{id}/members`.

@@ -306,6 +306,15 @@ pub(crate) fn json<T: Serialize>(status: StatusCode, v: &T) -> Resp {
     }
 }
 
+/// Adds the seq of the event a mutation committed, so a client can match its own change.
+pub(crate) fn with_seq(mut r: Resp, seq: i64) -> Resp {
+    if seq > 0 {
+        r.headers_mut()
+            .insert("Taskboard-Seq", HeaderValue::from(seq));
+    }
+    r
+}
+
 pub(crate) fn empty(status: StatusCode) -> Resp {
     let mut r = Response::new(Full::new(Bytes::new()));
     *r.status_mut() = status;

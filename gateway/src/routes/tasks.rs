@@ -86,15 +86,6 @@ struct UpdateBody {
     completed: Option<bool>,
 }
 
-/// Adds the seq of the event a mutation committed, so a client can match its own change.
-fn with_seq(mut r: Resp, seq: i64) -> Resp {
-    if seq > 0 {
-        r.headers_mut()
-            .insert("Taskboard-Seq", HeaderValue::from(seq));
-    }
-    r
-}
-
 /// A task's answer: its JSON with the version as `ETag` (what `If-Match` sends back).
 fn task_answer(status: StatusCode, task: v1::Task) -> Resp {
     let tag = etag(task.version);
@@ -188,7 +179,7 @@ pub(super) async fn collection(
                 .await
                 .map_err(|s| ApiError::from_status(&s, "create"))?;
             let task = r.task.ok_or_else(missing_task)?;
-            let mut answer = with_seq(task_answer(StatusCode::CREATED, task), r.seq);
+            let mut answer = super::with_seq(task_answer(StatusCode::CREATED, task), r.seq);
             if replayed {
                 answer
                     .headers_mut()
@@ -238,7 +229,7 @@ pub(super) async fn item(
                 .await
                 .map_err(|s| ApiError::from_status(&s, "update"))?;
             let task = r.task.ok_or_else(missing_task)?;
-            Ok(with_seq(task_answer(StatusCode::OK, task), r.seq))
+            Ok(super::with_seq(task_answer(StatusCode::OK, task), r.seq))
         }
         _ => {
             let expected_version = if_match(&req)?;
@@ -253,7 +244,7 @@ pub(super) async fn item(
                 )
                 .await
                 .map_err(|s| ApiError::from_status(&s, "delete"))?;
-            Ok(with_seq(empty(StatusCode::NO_CONTENT), r.seq))
+            Ok(super::with_seq(empty(StatusCode::NO_CONTENT), r.seq))
         }
     }
 }

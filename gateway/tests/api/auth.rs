@@ -819,3 +819,141 @@ async fn search_answers_marked_hits_from_my_boards() {
     let (s, _) = call(&app, M::GET, "/api/search?q=release", None, None).await;
     assert_eq!(s, 401);
 }
+
+/// Boards over REST: rename, archive (hidden, read-only), unarchive, delete; WebSocket subscribers
+/// see each as an event on the board's seq, the deletion as the final one.
+#[tokio::test]
+async fn boards_are_renamed_archived_and_deleted_over_rest_and_subscribers_see_it() {
+    use reqwest::Method as M;
+    let app = spawn_auth().await;
+    let (owner, editor) = (token(70), token(71));
+    let b = new_board(&app, &owner).await;
+    let path = format!("/api/boards/{b}");
+    call(
+        &app,
+        M::PUT,
+        &format!("{path}/members/71"),
+        Some(&owner),
+        Some(json!({"role": "editor"})),
+    )
+    .await;
+    let auth = format!("Bearer {editor}");
+    let (mut ws, _) = ws_connect_with(
+        app.addr,
+        &format!("board_id={b}"),
+        &[("Authorization", &auth)],
+    )
+    .await
+    .unwrap();
+
+    let r = app
+        .http
+        .put(app.url(&path))
+        .bearer_auth(&editor)
+        .json(&json!({"name": "Renamed", "description": "what we do"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["taskboard-seq"], "1");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        (
+            body["name"].as_str(),
+            body["description"].as_str(),
+            body["archived"].as_bool()
+        ),
+        (Some("Renamed"), Some("what we do"), Some(false))
+    );
+    let ev = ws.event().await.unwrap();
+    assert_eq!(
+        (ev["type"].as_str(), ev["seq"].as_i64()),
+        (Some("board_updated"), Some(1))
+    );
+    assert_eq!(ev["board"]["name"], "Renamed");
+
+    let (s, e) = call(
+        &app,
+        M::PUT,
+        &path,
+        Some(&editor),
+        Some(json!({"archived": true})),
+    )
+    .await;
+    assert_eq!((s, e["code"].as_str()), (403, Some("permission_denied")));
+    let (s, e) = call(&app, M::PUT, &path, Some(&owner), Some(json!({}))).await;
+    assert_eq!(s, 400, "{e}");
+    let (s, body) = call(
+        &app,
+        M::PUT,
+        &path,
+        Some(&owner),
+        Some(json!({"archived": true})),
+    )
+    .await;
+    assert_eq!((s, body["archived"].as_bool()), (200, Some(true)));
+    assert!(body["archived_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(ws.event().await.unwrap()["board"]["archived"], true);
+    let (_, list) = call(&app, M::GET, "/api/boards", Some(&owner), None).await;
+    assert_eq!(list["boards"], json!([]));
+    let (_, list) = call(
+        &app,
+        M::GET,
+        "/api/boards?archived=true",
+        Some(&owner),
+        None,
+    )
+    .await;
+    assert_eq!(list["boards"][0]["id"], b);
+    let (s, e) = call(
+        &app,
+        M::POST,
+        "/api/tasks",
+        Some(&editor),
+        Some(json!({"board_id": b, "title": "t"})),
+    )
+    .await;
+    assert_eq!((s, e["code"].as_str()), (409, Some("conflict")), "{e}");
+    assert!(e["error"].as_str().unwrap().contains("archived"), "{e}");
+    let (s, _) = call(
+        &app,
+        M::PUT,
+        &path,
+        Some(&owner),
+        Some(json!({"archived": false})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _) = call(
+        &app,
+        M::POST,
+        "/api/tasks",
+        Some(&editor),
+        Some(json!({"board_id": b, "title": "t"})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let seqs: Vec<i64> = ws.events(2).await.unwrap().iter().map(seq).collect();
+    assert_eq!(seqs, vec![3, 4]);
+
+    let (s, _) = call(&app, M::DELETE, &path, Some(&editor), None).await;
+    assert_eq!(s, 403);
+    let r = app
+        .http
+        .delete(app.url(&path))
+        .bearer_auth(&owner)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(r.headers()["taskboard-seq"], "5");
+    let last = ws.event().await.unwrap();
+    assert_eq!(
+        (last["type"].as_str(), last["seq"].as_i64()),
+        (Some("board_deleted"), Some(5))
+    );
+    let (s, _) = call(&app, M::GET, &path, Some(&owner), None).await;
+    assert_eq!(s, 404);
+    let (s, _) = call(&app, M::DELETE, &path, Some(&owner), None).await;
+    assert_eq!(s, 404);
+}

@@ -434,3 +434,43 @@ test("search finds tasks on all my boards, marks the words, and a hit opens its 
   assert.deepEqual(a.pageErrors, []);
   await a.context().close();
 });
+
+test("a board renamed, archived and deleted in one page changes live in the other", async () => {
+  const board = await newBoard("Launch");
+  const a = await openBoard(board);
+  const b = await openBoard(board);
+  await rest(gw1.url, "POST", "/api/tasks", { board_id: board, title: "Press kit" });
+  await task(b, "Press kit").waitFor({ timeout: 1000 });
+  assert.equal(await b.locator("#board-title").textContent(), "Launch");
+
+  // Rename inline in A.
+  await a.click("#board-rename");
+  await a.fill(".board-bar input", "Launch day");
+  await a.keyboard.press("Enter");
+  await b.locator("#board-title", { hasText: "Launch day" }).waitFor({ timeout: 1000 });
+  assert.equal(await b.title(), "Launch day · Taskboard");
+
+  // Archive: B becomes read-only; unarchive: writable again.
+  await a.click("#board-archive");
+  await b.locator("#board-note", { hasText: "archived" }).waitFor({ timeout: 1000 });
+  assert.equal(await b.locator("#create-form button[type=submit]").isDisabled(), true);
+  assert.equal(await task(b, "Press kit").locator(".toggle").isDisabled(), true);
+  assert.equal(await a.locator("#board-archive").textContent(), "Unarchive");
+  await a.click("#board-archive");
+  await b.locator("#board-note").waitFor({ state: "hidden", timeout: 1000 });
+  assert.equal(await b.locator("#create-form button[type=submit]").isDisabled(), false);
+
+  // Delete takes two clicks; B is told, and its tasks are gone.
+  await a.click("#board-delete");
+  assert.match(await a.locator("#board-delete").textContent(), /Really/);
+  await a.click("#board-delete");
+  await b.locator("#board-note", { hasText: "deleted" }).waitFor({ timeout: 1000 });
+  assert.equal(await b.locator(".task").count(), 0);
+  assert.equal(await b.locator("#create-form button[type=submit]").isDisabled(), true);
+  const r = await fetch(`${gw1.url}/api/boards/${board}`, { headers: { Authorization: `Bearer ${OWNER}` } });
+  assert.equal(r.status, 404);
+  assert.deepEqual(a.pageErrors, []);
+  assert.deepEqual(b.pageErrors, []);
+  await a.context().close();
+  await b.context().close();
+});

@@ -13,6 +13,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (5, include_str!("../../migrations/0005_outbox_runs.sql")),
     (6, include_str!("../../migrations/0006_event_actor.sql")),
     (7, include_str!("../../migrations/0007_search.sql")),
+    (8, include_str!("../../migrations/0008_board_lifecycle.sql")),
 ];
 
 /// Advisory-lock key serialising migrations across replicas ("taskmig" in ASCII).

@@ -56,7 +56,9 @@ fn payload_sql(kind: &str) -> String {
 
 /// A mutation's statement: lock/bump the board's seq, change the task, append the event (made by
 /// the user in parameter `$actor`). `{change}` is a data-modifying CTE named `t` returning the
-/// task row (after the change, or the deleted row).
+/// task row (after the change, or the deleted row). On an archived or deleted board the seq is not
+/// bumped and the statement fails (so the change is rolled back) with SQLSTATE 55000; the board
+/// row's lock makes that check exact even against an archive committing at the same moment.
 fn mutation_sql(change: &str, kind: &str, actor: u8) -> String {
     mutation_sql_with(change, kind, actor, "")
 }
@@ -67,11 +69,13 @@ fn mutation_sql_with(change: &str, kind: &str, actor: u8, extra: &str) -> String
     format!(
         "WITH t AS ({change}), \
          b AS (INSERT INTO boards AS b (id, last_seq) SELECT board_id, 1 FROM t \
-               ON CONFLICT (id) DO UPDATE SET last_seq = b.last_seq + 1 RETURNING last_seq), \
+               ON CONFLICT (id) DO UPDATE SET last_seq = b.last_seq + 1 \
+               WHERE b.archived_at IS NULL AND b.deleted_at IS NULL RETURNING last_seq), \
          e AS (INSERT INTO events (board_id, seq, kind, task_id, payload, actor) \
                SELECT t.board_id, b.last_seq, '{kind}', t.id, {payload}, ${actor} FROM t, b \
                RETURNING seq, payload, created_at){extra} \
-         SELECT {cols}, e.seq, e.payload, e.created_at FROM t, e",
+         SELECT {cols}, COALESCE(e.seq, taskboard_board_closed(t.board_id)), e.payload, \
+                e.created_at FROM t LEFT JOIN e ON true",
         cols = task_cols_of_t(),
         payload = payload_sql(kind)
     )

@@ -47,12 +47,15 @@ fn user(t: &TestTasks, id: i64) -> Client {
 }
 
 async fn new_board(c: &mut Client, name: &str) -> v1::Board {
-    c.create_board(v1::CreateBoardRequest { name: name.into() })
-        .await
-        .expect("create board")
-        .into_inner()
-        .board
-        .expect("board")
+    c.create_board(v1::CreateBoardRequest {
+        name: name.into(),
+        ..Default::default()
+    })
+    .await
+    .expect("create board")
+    .into_inner()
+    .board
+    .expect("board")
 }
 
 fn create_req(board: i64) -> v1::CreateTaskRequest {
@@ -77,7 +80,7 @@ async fn without_the_service_token_only_health_answers() {
         let mut c = client(&t, token, None, false);
         let (c1, m) = code(c.create_task(create_req(1)).await);
         assert_eq!(c1, Code::Unauthenticated, "{token:?}: {m}");
-        let (c2, _) = code(c.list_boards(v1::ListBoardsRequest {}).await);
+        let (c2, _) = code(c.list_boards(v1::ListBoardsRequest::default()).await);
         assert_eq!(c2, Code::Unauthenticated);
     }
     // Reflection is closed too.
@@ -200,7 +203,7 @@ async fn a_non_member_can_neither_read_nor_change_a_board() {
         assert_eq!(r.0, Code::NotFound, "{}", r.1);
     }
     let boards = mallory
-        .list_boards(v1::ListBoardsRequest {})
+        .list_boards(v1::ListBoardsRequest::default())
         .await
         .unwrap()
         .into_inner()
@@ -642,4 +645,251 @@ async fn search_finds_ranked_highlighted_tasks_on_my_boards_only() {
         .unwrap()
         .into_inner();
     assert!(r.hits.is_empty());
+}
+
+/// Rename, archive (read-only, hidden by default), unarchive and delete, each an event on the
+/// board's own seq; deleting takes the tasks, events and members along and publishes a final
+/// event at once.
+#[tokio::test]
+async fn boards_are_renamed_archived_and_deleted_with_events_on_their_seq() {
+    let t = spawn_auth().await;
+    let nats = async_nats::connect(taskboard_tasks::testing::nats_url())
+        .await
+        .unwrap();
+    let mut sub = nats
+        .subscribe(format!("{}.>", t.handle.subject_prefix))
+        .await
+        .unwrap();
+    nats.flush().await.unwrap();
+    let (mut owner, mut editor, mut viewer) = (user(&t, 60), user(&t, 61), user(&t, 62));
+    let mut gateway = client(&t, Some(TOKEN), None, false);
+    let b = owner
+        .create_board(v1::CreateBoardRequest {
+            name: "Q3".into(),
+            description: "the quarter".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .board
+        .unwrap();
+    assert_eq!(
+        (b.description.as_str(), b.archived_at),
+        ("the quarter", None)
+    );
+    for (u, role) in [(61, "editor"), (62, "viewer")] {
+        owner
+            .set_member(v1::SetMemberRequest {
+                board_id: b.id,
+                user_id: u,
+                role: role.into(),
+            })
+            .await
+            .unwrap();
+    }
+    let change = |name: Option<&str>, archived: Option<bool>| v1::UpdateBoardRequest {
+        id: b.id,
+        name: name.map(str::to_owned),
+        description: None,
+        archived,
+    };
+
+    // An editor renames; the event says so on the board's seq.
+    let r = editor
+        .update_board(change(Some("Q3 plan"), None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (r.board.as_ref().unwrap().name.as_str(), r.seq),
+        ("Q3 plan", 1)
+    );
+    let (subject, body) = next_event(&mut sub).await;
+    assert!(subject.ends_with(".board_updated"), "{subject}");
+    assert_eq!(body["seq"], 1);
+    assert_eq!(body["board"]["name"], "Q3 plan");
+    assert_eq!(body["board"]["description"], "the quarter");
+    assert_eq!(body["board"]["archived"], false);
+    let (c, _) = code(viewer.update_board(change(Some("x"), None)).await);
+    assert_eq!(c, Code::PermissionDenied);
+    let (c, m) = code(editor.update_board(change(None, Some(true))).await);
+    assert_eq!(c, Code::PermissionDenied, "archiving is the owner's: {m}");
+    let (c, _) = code(owner.update_board(change(Some(""), None)).await);
+    assert_eq!(c, Code::InvalidArgument);
+
+    let task = editor
+        .create_task(create_req(b.id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(task.seq, 2);
+    let task = task.task.unwrap();
+    next_event(&mut sub).await;
+
+    // Archived: read-only and hidden unless asked for.
+    let r = owner
+        .update_board(change(None, Some(true)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.board.unwrap().archived_at.is_some());
+    assert_eq!(next_event(&mut sub).await.1["board"]["archived"], true);
+    let listed = |archived: bool| v1::ListBoardsRequest {
+        include_archived: archived,
+    };
+    let ids = |r: v1::ListBoardsResponse| r.boards.iter().map(|b| b.id).collect::<Vec<_>>();
+    assert!(ids(owner.list_boards(listed(false)).await.unwrap().into_inner()).is_empty());
+    assert_eq!(
+        ids(owner.list_boards(listed(true)).await.unwrap().into_inner()),
+        vec![b.id]
+    );
+    let (c, m) = code(editor.create_task(create_req(b.id)).await);
+    assert_eq!(c, Code::FailedPrecondition);
+    assert!(m.contains("archived"), "{m}");
+    let (c, _) = code(
+        editor
+            .update_task(v1::UpdateTaskRequest {
+                id: task.id,
+                completed: Some(true),
+                ..Default::default()
+            })
+            .await,
+    );
+    assert_eq!(c, Code::FailedPrecondition);
+    let (c, m) = code(owner.update_board(change(Some("renamed"), None)).await);
+    assert_eq!(c, Code::FailedPrecondition, "{m}");
+    // Concurrent creates share commits: those on the archived board fail alone.
+    let open = new_board(&mut owner, "Open").await;
+    let mut calls = Vec::new();
+    for i in 0..12 {
+        let mut c = user(&t, 60);
+        let board = if i % 2 == 0 { b.id } else { open.id };
+        calls.push(tokio::spawn(async move {
+            (
+                board,
+                c.create_task(create_req(board))
+                    .await
+                    .map(|r| r.into_inner().seq),
+            )
+        }));
+    }
+    let mut open_seqs = Vec::new();
+    for call in calls {
+        match call.await.unwrap() {
+            (board, Err(s)) => assert_eq!((board, s.code()), (b.id, Code::FailedPrecondition)),
+            (board, Ok(seq)) => {
+                assert_eq!(board, open.id);
+                open_seqs.push(seq);
+            }
+        }
+    }
+    open_seqs.sort_unstable();
+    assert_eq!(
+        open_seqs,
+        (1..=6).collect::<Vec<i64>>(),
+        "gap-free on the open board"
+    );
+    let head = |h: v1::BoardHeadsResponse| h.heads[&b.id];
+    let heads = gateway
+        .board_heads(v1::BoardHeadsRequest {
+            board_ids: vec![b.id],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(head(heads), 3, "nothing committed on the archived board");
+
+    owner.update_board(change(None, Some(false))).await.unwrap();
+    editor
+        .create_task(create_req(b.id))
+        .await
+        .expect("writable again");
+
+    // Deleted: owners only; everything goes; the final event is published.
+    let (c, _) = code(
+        editor
+            .delete_board(v1::DeleteBoardRequest { id: b.id })
+            .await,
+    );
+    assert_eq!(c, Code::PermissionDenied);
+    let seq = owner
+        .delete_board(v1::DeleteBoardRequest { id: b.id })
+        .await
+        .unwrap()
+        .into_inner()
+        .seq;
+    assert_eq!(seq, 6);
+    let last = loop {
+        let (subject, body) = next_event(&mut sub).await;
+        if body["board_id"] == b.id && subject.ends_with(".board_deleted") {
+            break body;
+        }
+    };
+    assert_eq!(
+        (last["seq"].as_i64(), last["type"].as_str()),
+        (Some(6), Some("board_deleted"))
+    );
+    let (c, _) = code(owner.get_board(v1::GetBoardRequest { id: b.id }).await);
+    assert_eq!(c, Code::NotFound);
+    let (c, _) = code(owner.get_task(v1::GetTaskRequest { id: task.id }).await);
+    assert_eq!(c, Code::NotFound);
+    let events = gateway
+        .list_events(v1::ListEventsRequest {
+            board_id: b.id,
+            after_seq: 5,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let kinds: Vec<(i64, &str, i64)> = events
+        .events
+        .iter()
+        .map(|e| (e.seq, e.kind.as_str(), e.actor))
+        .collect();
+    assert_eq!(kinds, vec![(6, "board_deleted", 60)]);
+    let db = t.db().await;
+    for table in ["tasks", "events WHERE seq < 6 AND", "board_members"] {
+        let sql = if table.ends_with("AND") {
+            format!("SELECT count(*) FROM {table} board_id = $1")
+        } else {
+            format!("SELECT count(*) FROM {table} WHERE board_id = $1")
+        };
+        let n: i64 = db.query_one(&sql, &[&b.id]).await.unwrap().get(0);
+        assert_eq!(n, 0, "{table}");
+    }
+    // Nothing left to publish; the id is not reused and takes no task.
+    assert!(
+        taskboard_tasks::testing::eventually(WAIT, || async {
+            db.query_one(
+                "SELECT published_seq FROM outbox_cursor WHERE board_id = $1",
+                &[&b.id],
+            )
+            .await
+            .map(|r| r.get::<_, i64>(0) == 6)
+            .unwrap_or(false)
+        })
+        .await
+    );
+    let (c, _) = code(gateway.create_task(create_req(b.id)).await);
+    assert_eq!(c, Code::FailedPrecondition);
+    let (c, _) = code(
+        owner
+            .delete_board(v1::DeleteBoardRequest { id: b.id })
+            .await,
+    );
+    assert_eq!(c, Code::NotFound);
+    let fresh = new_board(&mut owner, "After").await;
+    assert!(fresh.id > open.id);
+}
+
+/// The next message on `sub`: its subject and JSON body.
+async fn next_event(sub: &mut async_nats::Subscriber) -> (String, serde_json::Value) {
+    use futures_util::StreamExt;
+    let m = tokio::time::timeout(WAIT, sub.next())
+        .await
+        .expect("published in time")
+        .unwrap();
+    let body = serde_json::from_slice(&m.payload).unwrap();
+    (m.subject.to_string(), body)
 }

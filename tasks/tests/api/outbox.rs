@@ -119,7 +119,11 @@ async fn events_a_replica_committed_but_never_published_are_published_by_the_sca
             .await
             .expect("published by the scan")
             .unwrap();
-        seqs.push(m.headers.unwrap().get("Taskboard-Seq").unwrap().to_string());
+        let h = m.headers.unwrap();
+        // Only board 9's: the create above has an event of its own on board 1.
+        if h.get("Taskboard-Board").unwrap().as_str() == "9" {
+            seqs.push(h.get("Taskboard-Seq").unwrap().to_string());
+        }
     }
     assert_eq!(seqs, ["1", "2"]);
     assert!(
@@ -270,7 +274,7 @@ async fn replicas_starting_together_migrate_once() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(n, 7, "each of the seven migrations recorded once");
+    assert_eq!(n, 8, "each of the eight migrations recorded once");
 }
 
 #[tokio::test]
