@@ -20,6 +20,7 @@
     focus: 0, // a task to bring into view once its board is shown (a search hit)
     info: null, // the board itself: {name, description, archived, role}; null when unknown
     gone: false, // the board was deleted
+    view: { assignee: "", dueBefore: "", sort: "created" }, // what the columns show, and in which order
   };
   const els = new Map(); // id -> <li>
 
@@ -268,15 +269,40 @@
 
   // ---- rendering (keyed: elements are updated in place, so an edit in progress survives) ----
 
+  /// The order of the chosen sort: newest first, the manual order, or soonest due first.
+  function compare(a, b) {
+    if (state.view.sort === "position") return a.position - b.position || a.id - b.id;
+    if (state.view.sort === "due") {
+      if (a.due_at !== b.due_at) {
+        if (!a.due_at) return 1;
+        if (!b.due_at) return -1;
+        return a.due_at < b.due_at ? -1 : 1;
+      }
+      return a.id - b.id;
+    }
+    return b.created_at > a.created_at ? 1 : b.created_at < a.created_at ? -1 : b.id - a.id;
+  }
+
+  function shown(t) {
+    const v = state.view;
+    if (v.assignee === "me" && t.assignee !== state.me) return false;
+    if (v.assignee === "none" && t.assignee) return false;
+    if (v.dueBefore && !(t.due_at && new Date(t.due_at) < new Date(`${v.dueBefore}T00:00:00`))) return false;
+    return true;
+  }
+
+  /// A column's tasks as shown.
+  function column(completed) {
+    return [...state.tasks.values()].filter((t) => !!t.completed === completed && shown(t)).sort(compare);
+  }
+
   function render() {
-    const all = [...state.tasks.values()].sort(
-      (a, b) => (b.created_at > a.created_at ? 1 : b.created_at < a.created_at ? -1 : b.id - a.id));
-    const open = all.filter((t) => !t.completed);
-    const done = all.filter((t) => t.completed);
+    const open = column(false);
+    const done = column(true);
     sync($("open-list"), open);
     sync($("done-list"), done);
-    for (const id of [...els.keys()]) {
-      if (!state.tasks.has(id)) { els.get(id).remove(); els.delete(id); }
+    for (const [id, li] of [...els.entries()]) {
+      if (!state.tasks.has(id)) { li.remove(); els.delete(id); } else if (!shown(state.tasks.get(id))) li.remove();
     }
     $("open-count").textContent = String(open.length);
     $("done-count").textContent = String(done.length);
@@ -306,6 +332,41 @@
     li.querySelector(".title").addEventListener("click", () => startEdit(id));
     li.querySelector(".delete").addEventListener("click", () => remove(id));
     li.querySelector(".show-history").addEventListener("click", () => toggleHistory(id));
+    li.querySelector(".assign").addEventListener("click", () => {
+      const t = state.tasks.get(id);
+      const mine = t && state.me && t.assignee === state.me;
+      update(id, { assignee: mine ? null : state.me });
+    });
+    const due = li.querySelector(".due");
+    due.id = `due-${id}`;
+    li.querySelector(".due-text").htmlFor = due.id;
+    due.addEventListener("change", () => {
+      // A date is due at the end of that day, here.
+      update(id, { due_at: due.value ? new Date(`${due.value}T23:59:59`).toISOString() : null });
+    });
+    // Manual order: drag a task onto another (above or below its middle), or Alt+↑/↓ on the
+    // focused task (focusable for that).
+    li.tabIndex = 0;
+    li.addEventListener("dragstart", (e) => { e.dataTransfer.setData("text/plain", String(id)); });
+    li.addEventListener("dragover", (e) => { if (li.draggable) { e.preventDefault(); li.classList.add("drop-target"); } });
+    li.addEventListener("dragleave", () => li.classList.remove("drop-target"));
+    li.addEventListener("drop", (e) => {
+      e.preventDefault();
+      li.classList.remove("drop-target");
+      const moved = Number(e.dataTransfer.getData("text/plain"));
+      const box = li.getBoundingClientRect();
+      if (moved && moved !== id) moveNextTo(moved, id, e.clientY > box.top + box.height / 2);
+    });
+    li.addEventListener("keydown", (e) => {
+      if (!e.altKey || state.view.sort !== "position" || !["ArrowUp", "ArrowDown"].includes(e.key)) return;
+      const t = state.tasks.get(id);
+      if (!t) return;
+      e.preventDefault();
+      const col = column(!!t.completed);
+      const i = col.findIndex((x) => x.id === id);
+      const other = col[e.key === "ArrowUp" ? i - 1 : i + 1];
+      if (other) moveNextTo(id, other.id, e.key === "ArrowDown");
+    });
     return li;
   }
 
@@ -318,6 +379,19 @@
     if (title) title.textContent = t.title;
     li.querySelector(".description").textContent = t.description || "";
     li.querySelector(".delete").setAttribute("aria-label", `Delete: ${t.title}`);
+    li.querySelector(".who-on").textContent = t.assignee ? `@${t.assignee === state.me ? "you" : `user ${t.assignee}`}` : "";
+    const mine = state.me && t.assignee === state.me;
+    const assign = li.querySelector(".assign");
+    assign.textContent = mine ? "Unassign" : "Assign to me";
+    assign.setAttribute("aria-label", `${mine ? "Unassign" : "Assign to me"}: ${t.title}`);
+    assign.hidden = !state.me;
+    const label = li.querySelector(".due-label");
+    const due = t.due_at ? new Date(t.due_at) : null;
+    label.textContent = due ? `due ${due.toLocaleDateString()}` : "";
+    label.classList.toggle("overdue", !!due && !t.completed && due < new Date());
+    const input = li.querySelector(".due");
+    if (document.activeElement !== input) input.value = due ? localDate(due) : "";
+    li.draggable = state.view.sort === "position";
   }
 
   // ---- the board itself: name, archived, deleted ----
@@ -331,7 +405,7 @@
     const archived = !!(info && info.archived);
     const readOnly = archived || state.gone;
     for (const el of $("create-form").elements) el.disabled = readOnly;
-    for (const el of document.querySelectorAll(".task .toggle, .task .delete, .task .title")) el.disabled = readOnly;
+    for (const el of document.querySelectorAll(".task .toggle, .task .delete, .task .title, .task .assign, .task .due")) el.disabled = readOnly;
     $("board-archive").textContent = archived ? "Unarchive" : "Archive";
     for (const id of ["board-rename", "board-archive", "board-delete"]) {
       $(id).hidden = !info || state.gone;
@@ -503,6 +577,15 @@
   });
   $("search-close").addEventListener("click", () => { $("search-results").hidden = true; });
 
+  function localDate(d) {
+    const pad = (n) => String(n).padStart(2, "0");
+    return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}`;
+  }
+
+  $("filter-assignee").addEventListener("change", (e) => { state.view.assignee = e.target.value; render(); });
+  $("filter-due").addEventListener("change", (e) => { state.view.dueBefore = e.target.value; render(); });
+  $("sort").addEventListener("change", (e) => { state.view.sort = e.target.value; render(); });
+
   // ---- actions ----
 
   async function mutate(fn) {
@@ -538,6 +621,32 @@
   function versionOf(id) {
     const t = state.tasks.get(id);
     return t ? t.version : undefined;
+  }
+
+  /// A change of some fields of task `id`, made only if it is still at the version shown.
+  function update(id, body) {
+    mutate(async () => applyTask(await change(id, "PUT", body, versionOf(id)))).then(render);
+  }
+
+  /// Moves task `id` just before (or after) task `target` in the manual order: one change, its
+  /// position halfway between its new neighbours.
+  function moveNextTo(id, target, after) {
+    const t = state.tasks.get(target);
+    if (!t) return;
+    const col = column(!!t.completed).filter((x) => x.id !== id);
+    const at = col.findIndex((x) => x.id === target) + (after ? 1 : 0);
+    const prev = col[at - 1];
+    const next = col[at];
+    let position;
+    if (prev && next) position = (prev.position + next.position) / 2;
+    else if (next) position = next.position - 1;
+    else if (prev) position = prev.position + 1;
+    else return;
+    if (prev && next && (position === prev.position || position === next.position)) {
+      showError("No room left between these two tasks: move one of them elsewhere first.");
+      return;
+    }
+    update(id, { position });
   }
 
   function toggle(id, completed) {

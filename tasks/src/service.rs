@@ -90,6 +90,12 @@ impl TaskService for Service {
         self.db_call(async move {
             let r = req.get_ref();
             let mut new = validate::new_task(r.board_id, &r.title, &r.description, r.created_by)?;
+            new.assignee = Some(validate::assignee(r.assignee)?).filter(|a| *a > 0);
+            new.due_at = r.due_at.as_ref().map(validate::due_at).transpose()?;
+            new.position = r.position.map(validate::position).transpose()?;
+            if let Some(a) = new.assignee {
+                self.check_assignee(new.board_id, a).await?;
+            }
             // The author is the user the call is made for, never what the body claims.
             if let Some(user) = who.user {
                 new.created_by = user;
@@ -159,7 +165,13 @@ impl TaskService for Service {
             let board = validate::board_id(r.board_id)?;
             let (page, size) = validate::paging(r.page_number, r.page_size);
             let offset = (i64::from(page) - 1) * i64::from(size);
-            let p = db::list(&self.pool, board, r.completed, i64::from(size), offset, who)
+            let filter = db::TaskFilter {
+                completed: r.completed,
+                assignee: r.assignee.map(validate::assignee).transpose()?,
+                due_before: r.due_before.as_ref().map(validate::due_at).transpose()?,
+                sort: validate::sort(&r.sort)?,
+            };
+            let p = db::list(&self.pool, board, filter, i64::from(size), offset, who)
                 .await?
                 .ok_or_else(|| not_a_member(board))?;
             Ok(Response::new(v1::ListTasksResponse {
@@ -181,14 +193,31 @@ impl TaskService for Service {
         let who = Caller::of(&req);
         self.db_call(async move {
             let r = req.get_ref();
-            let ch = validate::change(
+            let mut ch = validate::change(
                 r.id,
                 r.title.as_deref(),
                 r.description.as_deref(),
                 r.completed,
             )?;
+            ch.assignee = r.assignee.map(validate::assignee).transpose()?;
+            ch.due_at = match (&r.due_at, r.clear_due_at) {
+                (Some(_), true) => {
+                    return Err(Status::invalid_argument(
+                        "Send due_at or clear_due_at, not both",
+                    ))
+                }
+                (Some(t), false) => db::Due::Set(validate::due_at(t)?),
+                (None, true) => db::Due::Clear,
+                (None, false) => db::Due::Keep,
+            };
+            ch.position = r.position.map(validate::position).transpose()?;
+            if let Some(a) = ch.assignee.filter(|a| *a > 0) {
+                if let Some(board) = db::task_board(&self.pool, ch.id).await? {
+                    self.check_assignee(board, a).await?;
+                }
+            }
             let expected = r.expected_version;
-            if ch.title.is_none() && ch.description.is_none() && ch.completed.is_none() {
+            if ch.is_empty() {
                 // Nothing to change: answer with the task as it is, and emit no event.
                 return match db::get(&self.pool, ch.id, who).await? {
                     Some(task) if expected.is_some_and(|v| v != task.version) => {
@@ -613,6 +642,18 @@ impl Service {
 
     /// Runs a call that needs the database: at once UNAVAILABLE while it is known to be down, and
     /// a connection failure closes the gate for the calls that follow.
+    /// An assignee must be a member of the board (any user, on a board without members).
+    async fn check_assignee(&self, board: i64, user: i64) -> Result<(), Status> {
+        if db::role(&self.pool, board, user).await?.is_some()
+            || !db::boards::has_members(&self.pool, board).await?
+        {
+            return Ok(());
+        }
+        Err(Status::invalid_argument(format!(
+            "Assignee {user} is not a member of board {board}"
+        )))
+    }
+
     /// Hands a committed board event to the relay; when its queue is full the relay's scan
     /// publishes it instead.
     fn publish_now(&self, event: EventRow) {

@@ -38,6 +38,16 @@ pub(crate) fn task_of_event(e: &EventRow) -> Option<v1::Task> {
         created_at: String,
         updated_at: String,
         version: i64,
+        #[serde(default)]
+        assignee: Option<i64>,
+        #[serde(default)]
+        due_at: Option<String>,
+        #[serde(default)]
+        position: f64,
+    }
+    // The board's own events carry no task.
+    if e.kind.starts_with("board_") {
+        return None;
     }
     let ts = |t: &str| {
         chrono::DateTime::parse_from_rfc3339(t)
@@ -58,6 +68,9 @@ pub(crate) fn task_of_event(e: &EventRow) -> Option<v1::Task> {
             created_at: ts(&t.created_at),
             updated_at: ts(&t.updated_at),
             version: t.version,
+            assignee: t.assignee.unwrap_or(0),
+            due_at: t.due_at.as_deref().and_then(ts),
+            position: t.position,
         }),
         Err(err) => {
             tracing::error!(board = e.board_id, seq = e.seq, error = %err, "event payload without a task");

@@ -88,6 +88,9 @@ pub fn new_task<'a>(
         title,
         description,
         created_by,
+        assignee: None,
+        due_at: None,
+        position: None,
     })
 }
 
@@ -110,7 +113,61 @@ pub fn change<'a>(
         title,
         description,
         completed,
+        assignee: None,
+        due_at: crate::db::Due::Keep,
+        position: None,
     })
+}
+
+/// An assignee: a user id, or 0 for nobody.
+///
+/// # Errors
+/// Negative.
+pub fn assignee(a: i64) -> Result<i64, Error> {
+    if a < 0 {
+        return Err(invalid(
+            "Assignee must be a user ID (a positive integer), or 0 for nobody",
+        ));
+    }
+    Ok(a)
+}
+
+/// A due date: a valid timestamp in the years 1 to 9999.
+///
+/// # Errors
+/// Out of range.
+pub fn due_at(t: &prost_types::Timestamp) -> Result<chrono::DateTime<chrono::Utc>, Error> {
+    u32::try_from(t.nanos)
+        .ok()
+        .and_then(|n| chrono::DateTime::from_timestamp(t.seconds, n))
+        .filter(|d| (1..=9999).contains(&chrono::Datelike::year(d)))
+        .ok_or_else(|| invalid("Due date must be a valid time in the years 1 to 9999"))
+}
+
+/// A position in the manual order: a finite number.
+///
+/// # Errors
+/// NaN or infinite.
+pub fn position(p: f64) -> Result<f64, Error> {
+    if !p.is_finite() {
+        return Err(invalid("Position must be a finite number"));
+    }
+    Ok(p)
+}
+
+/// The order of a task list: `created` (or empty), `position` or `due`.
+///
+/// # Errors
+/// Anything else.
+pub fn sort(s: &str) -> Result<crate::db::Sort, Error> {
+    match s {
+        "" | "created" => Ok(crate::db::Sort::Created),
+        "position" => Ok(crate::db::Sort::Position),
+        "due" => Ok(crate::db::Sort::Due),
+        other => Err(invalid(format!(
+            "Sort must be created, position or due, got {other:?}"
+        ))),
+    }
 }
 
 /// Longest board name accepted, in characters.

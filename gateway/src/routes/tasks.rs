@@ -27,6 +27,23 @@ pub struct TaskJson {
     pub created_at: String,
     pub updated_at: String,
     pub version: i64,
+    /// The member working on it; null: nobody.
+    pub assignee: Option<i64>,
+    pub due_at: Option<String>,
+    /// Manual order, ascending.
+    #[serde(serialize_with = "number_as_postgres_writes_it")]
+    pub position: f64,
+}
+
+/// A float as PostgreSQL's JSON has it in the event payloads: a whole number without `.0`, so
+/// REST answers and events carry the same text.
+fn number_as_postgres_writes_it<S: serde::Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53: every whole number below is exact
+    if v.fract() == 0.0 && v.abs() < EXACT {
+        #[allow(clippy::cast_possible_truncation)]
+        return s.serialize_i64(*v as i64);
+    }
+    s.serialize_f64(*v)
 }
 
 /// RFC 3339 UTC with microseconds: the same text the event payloads carry.
@@ -48,6 +65,9 @@ impl From<v1::Task> for TaskJson {
             created_at: rfc3339(t.created_at),
             updated_at: rfc3339(t.updated_at),
             version: t.version,
+            assignee: Some(t.assignee).filter(|a| *a != 0),
+            due_at: t.due_at.map(|d| rfc3339(Some(d))),
+            position: t.position,
         }
     }
 }
@@ -73,9 +93,16 @@ struct CreateBody {
     description: Option<String>,
     #[serde(default)]
     created_by: Option<i64>,
+    #[serde(default)]
+    assignee: Option<i64>,
+    #[serde(default)]
+    due_at: Option<String>,
+    #[serde(default)]
+    position: Option<f64>,
 }
 
-/// PUT /api/tasks/{id} body; absent or null = unchanged.
+/// PUT /api/tasks/{id} body; absent = unchanged; null = unchanged, except for `assignee` and
+/// `due_at`, where null removes them.
 #[derive(Deserialize)]
 struct UpdateBody {
     #[serde(default)]
@@ -84,6 +111,36 @@ struct UpdateBody {
     description: Option<String>,
     #[serde(default)]
     completed: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
+    assignee: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "present")]
+    due_at: Option<Option<String>>,
+    #[serde(default)]
+    position: Option<f64>,
+}
+
+/// A field that is present: `Some(None)` when it is null (absent fields stay `None` through
+/// `#[serde(default)]`).
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// An RFC 3339 time of a body or query field.
+fn time_field(v: &str, what: &str) -> Result<Timestamp, ApiError> {
+    DateTime::parse_from_rfc3339(v)
+        .map(|t| Timestamp {
+            seconds: t.timestamp(),
+            nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+        })
+        .map_err(|_| {
+            ApiError::bad_request(format!("Invalid {what}")).with_message(format!(
+                "{what} must be an RFC 3339 time such as 2026-12-01T17:00:00Z, got {v:?}"
+            ))
+        })
 }
 
 /// A task's answer: its JSON with the version as `ETag` (what `If-Match` sends back).
@@ -173,6 +230,13 @@ pub(super) async fn collection(
                         description: b.description.unwrap_or_default(),
                         created_by: b.created_by.unwrap_or(0),
                         idempotency_key,
+                        assignee: b.assignee.unwrap_or(0),
+                        due_at: b
+                            .due_at
+                            .as_deref()
+                            .map(|d| time_field(d, "due_at"))
+                            .transpose()?,
+                        position: b.position,
                     },
                     who,
                 )
@@ -223,6 +287,14 @@ pub(super) async fn item(
                         description: b.description,
                         completed: b.completed,
                         expected_version,
+                        // null unassigns (0 over gRPC).
+                        assignee: b.assignee.map(|a| a.unwrap_or(0)),
+                        due_at: match &b.due_at {
+                            Some(Some(d)) => Some(time_field(d, "due_at")?),
+                            _ => None,
+                        },
+                        clear_due_at: matches!(b.due_at, Some(None)),
+                        position: b.position,
                     },
                     who,
                 )
@@ -289,6 +361,7 @@ async fn list(
     let mut page = 0i32;
     let mut size = 0i32;
     let mut completed = None;
+    let mut filter = v1::ListTasksRequest::default();
     for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         let bad = |what: &str| {
             ApiError::bad_request(format!("Invalid {what}"))
@@ -306,6 +379,19 @@ async fn list(
                         .with_message(format!("completed must be true or false, got {v:?}"))
                 })?)
             }
+            // `none`: unassigned tasks.
+            "assignee" if v == "none" => filter.assignee = Some(0),
+            "assignee" if !v.is_empty() => {
+                filter.assignee =
+                    Some(v.parse::<i64>().ok().filter(|a| *a > 0).ok_or_else(|| {
+                        ApiError::bad_request("Invalid assignee")
+                            .with_message(format!("assignee must be a user ID or none, got {v:?}"))
+                    })?);
+            }
+            "due_before" if !v.is_empty() => {
+                filter.due_before = Some(time_field(&v, "due_before")?);
+            }
+            "sort" if !v.is_empty() => filter.sort = v.into_owned(),
             _ => {}
         }
     }
@@ -319,6 +405,7 @@ async fn list(
                 // default for 0 is the original gRPC default of 50.
                 page_size: if size <= 0 { REST_PAGE_SIZE } else { size },
                 page_number: page,
+                ..filter
             },
             who,
         )

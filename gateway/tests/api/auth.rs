@@ -957,3 +957,125 @@ async fn boards_are_renamed_archived_and_deleted_over_rest_and_subscribers_see_i
     let (s, _) = call(&app, M::DELETE, &path, Some(&owner), None).await;
     assert_eq!(s, 404);
 }
+
+/// Assignee, due date and position over REST; null removes the first two; filters and orders.
+#[tokio::test]
+async fn tasks_take_an_assignee_a_due_date_and_a_position_over_rest() {
+    use reqwest::Method as M;
+    let app = spawn_auth().await;
+    let owner = token(90);
+    let b = new_board(&app, &owner).await;
+    call(
+        &app,
+        M::PUT,
+        &format!("/api/boards/{b}/members/91"),
+        Some(&owner),
+        Some(json!({"role": "editor"})),
+    )
+    .await;
+    let (s, a) = call(
+        &app,
+        M::POST,
+        "/api/tasks",
+        Some(&owner),
+        Some(json!({"board_id": b, "title": "a", "assignee": 91, "due_at": "2027-01-02T03:04:05+01:00"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{a}");
+    assert_eq!(a["assignee"], 91);
+    assert_eq!(a["due_at"], "2027-01-02T02:04:05.000000Z");
+    let (_, c) = call(
+        &app,
+        M::POST,
+        "/api/tasks",
+        Some(&owner),
+        Some(json!({"board_id": b, "title": "c"})),
+    )
+    .await;
+    assert_eq!(
+        (c["assignee"].clone(), c["due_at"].clone()),
+        (Value::Null, Value::Null)
+    );
+    assert!(c["position"].as_f64().unwrap() < a["position"].as_f64().unwrap());
+
+    let list = |q: &str| format!("/api/tasks?board_id={b}&{q}");
+    let titles = |v: &Value| -> Vec<String> {
+        v["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["title"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (_, r) = call(&app, M::GET, &list("assignee=91"), Some(&owner), None).await;
+    assert_eq!(titles(&r), ["a"]);
+    let (_, r) = call(&app, M::GET, &list("assignee=none"), Some(&owner), None).await;
+    assert_eq!(titles(&r), ["c"]);
+    let (_, r) = call(
+        &app,
+        M::GET,
+        &list("due_before=2027-02-01T00:00:00Z&sort=due"),
+        Some(&owner),
+        None,
+    )
+    .await;
+    assert_eq!(titles(&r), ["a"]);
+
+    // Move a above c, unassign it and clear its due date: one change.
+    let pos = c["position"].as_f64().unwrap() - 1.0;
+    let (s, moved) = call(
+        &app,
+        M::PUT,
+        &format!("/api/tasks/{}", a["id"]),
+        Some(&owner),
+        Some(json!({"position": pos, "assignee": null, "due_at": null})),
+    )
+    .await;
+    assert_eq!(s, 200, "{moved}");
+    assert_eq!(
+        (
+            moved["assignee"].clone(),
+            moved["due_at"].clone(),
+            moved["version"].clone()
+        ),
+        (Value::Null, Value::Null, json!(2))
+    );
+    let (_, r) = call(&app, M::GET, &list("sort=position"), Some(&owner), None).await;
+    assert_eq!(titles(&r), ["a", "c"]);
+    // Absent fields stay as they are.
+    let (_, same) = call(
+        &app,
+        M::PUT,
+        &format!("/api/tasks/{}", c["id"]),
+        Some(&owner),
+        Some(json!({"title": "c2"})),
+    )
+    .await;
+    assert_eq!(same["position"], c["position"]);
+
+    for (method, path, body) in [
+        (
+            M::POST,
+            "/api/tasks".to_owned(),
+            json!({"board_id": b, "title": "x", "due_at": "tomorrow"}),
+        ),
+        (
+            M::POST,
+            "/api/tasks".to_owned(),
+            json!({"board_id": b, "title": "x", "assignee": 12345}),
+        ),
+        (
+            M::PUT,
+            format!("/api/tasks/{}", a["id"]),
+            json!({"assignee": -1}),
+        ),
+        (M::GET, list("sort=random"), Value::Null),
+        (M::GET, list("assignee=me"), Value::Null),
+        (M::GET, list("due_before=soon"), Value::Null),
+    ] {
+        let body = (!body.is_null()).then_some(body);
+        let (s, e) = call(&app, method, &path, Some(&owner), body).await;
+        assert_eq!(s, 400, "{path}: {e}");
+        assert!(e["error"].is_string(), "{e}");
+    }
+}

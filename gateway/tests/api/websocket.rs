@@ -385,7 +385,9 @@ async fn event_payloads_and_rest_answers_agree_on_every_field_of_every_kind() {
     let r = app
         .update(
             created["id"].as_i64().unwrap(),
-            serde_json::json!({"completed": true, "description": "line\nbreak\ttab"}),
+            serde_json::json!({"completed": true, "description": "line\nbreak\ttab",
+                               "assignee": 7, "due_at": "2027-03-04T05:06:07.000008Z",
+                               "position": 2.5}),
         )
         .await;
     assert_eq!(r.status(), 200);
@@ -410,5 +412,17 @@ async fn event_payloads_and_rest_answers_agree_on_every_field_of_every_kind() {
         assert_eq!(e[k], e["task"][t], "{k}");
     }
     let keys: Vec<&String> = updated.as_object().unwrap().keys().collect();
-    assert_eq!(keys.len(), 9, "{keys:?}");
+    assert_eq!(keys.len(), 12, "{keys:?}");
+    assert_eq!(
+        (
+            &updated["assignee"],
+            &updated["due_at"],
+            &updated["position"]
+        ),
+        (
+            &json!(7),
+            &json!("2027-03-04T05:06:07.000008Z"),
+            &json!(2.5)
+        )
+    );
 }

@@ -474,3 +474,60 @@ test("a board renamed, archived and deleted in one page changes live in the othe
   await a.context().close();
   await b.context().close();
 });
+
+test("tasks are assigned, given due dates, filtered, and dragged into a manual order", async () => {
+  const board = await newBoard("Kanban");
+  const a = await openBoard(board);
+  const b = await openBoard(board);
+  for (const title of ["First", "Second", "Third"]) {
+    await rest(gw1.url, "POST", "/api/tasks", { board_id: board, title });
+  }
+  await task(b, "First").waitFor({ timeout: 1000 });
+  for (const p of [a, b]) await p.selectOption("#sort", "position");
+  const order = (p) => p.locator("#open-list .task .title").allTextContents();
+  assert.deepEqual(await order(b), ["Third", "Second", "First"]);
+
+  // Drag First above Third in A: both pages show the new order.
+  await a.locator(".task", { hasText: "First" }).dragTo(a.locator(".task", { hasText: "Third" }), { sourcePosition: { x: 3, y: 3 }, targetPosition: { x: 3, y: 3 } });
+  await b.waitForFunction(() => [...document.querySelectorAll("#open-list .task .title")].map((e) => e.textContent).join() === "First,Third,Second");
+  // Alt+↓ in B moves Third below Second.
+  await task(b, "Third").focus();
+  await b.keyboard.press("Alt+ArrowDown");
+  await a.waitForFunction(() => [...document.querySelectorAll("#open-list .task .title")].map((e) => e.textContent).join() === "First,Second,Third");
+
+  // Assign Second to me in A; B shows it and its filter finds it.
+  await task(a, "Second").locator(".assign").click();
+  await task(b, "Second").locator(".who-on", { hasText: "@you" }).waitFor({ timeout: 1000 });
+  assert.equal(await task(b, "Second").locator(".assign").textContent(), "Unassign");
+  await b.selectOption("#filter-assignee", "me");
+  assert.deepEqual(await order(b), ["Second"]);
+  await b.selectOption("#filter-assignee", "none");
+  assert.deepEqual(await order(b), ["First", "Third"]);
+  await b.selectOption("#filter-assignee", "");
+
+  // A due date set in A shows in B, and sorting by due date puts it first.
+  await task(a, "Third").locator(".due").fill("2030-05-06");
+  await task(b, "Third").locator(".due-label", { hasText: "due" }).waitFor({ timeout: 1000 });
+  assert.equal(await task(b, "Third").locator(".due").inputValue(), "2030-05-06");
+  await b.selectOption("#sort", "due");
+  assert.deepEqual(await order(b), ["Third", "First", "Second"]);
+  await b.fill("#filter-due", "2030-01-01");
+  await b.locator("#filter-due").dispatchEvent("change");
+  assert.deepEqual(await order(b), []);
+  // Cleared in B: gone in A.
+  await b.fill("#filter-due", "");
+  await b.locator("#filter-due").dispatchEvent("change");
+  await task(b, "Third").locator(".due").fill("");
+  await a.waitForFunction(() => {
+    const li = [...document.querySelectorAll(".task")].find((e) => e.querySelector(".title").textContent === "Third");
+    return li && li.querySelector(".due-label").textContent === "";
+  });
+  const r = await rest(gw1.url, "GET", `/api/tasks?board_id=${board}&sort=position`);
+  assert.deepEqual(r.tasks.map((t) => t.title), ["First", "Second", "Third"]);
+  assert.equal(r.tasks[1].assignee, 1);
+  assert.equal(r.tasks[2].due_at, null);
+  assert.deepEqual(a.pageErrors, []);
+  assert.deepEqual(b.pageErrors, []);
+  await a.context().close();
+  await b.context().close();
+});

@@ -364,3 +364,19 @@ pub async fn delete(pool: &Pool, board: i64, who: Caller) -> Result<EventRow, Er
         actor: who.user,
     })
 }
+
+/// Whether `board` has members (a board made by a first task, without CreateBoard, has none).
+///
+/// # Errors
+/// Database or pool failure.
+pub async fn has_members(pool: &Pool, board: i64) -> Result<bool, Error> {
+    let c = acquire(pool).await?;
+    let row = c
+        .client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM board_members WHERE board_id = $1)",
+            &[&board],
+        )
+        .await?;
+    Ok(row.get(0))
+}

@@ -14,6 +14,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (6, include_str!("../../migrations/0006_event_actor.sql")),
     (7, include_str!("../../migrations/0007_search.sql")),
     (8, include_str!("../../migrations/0008_board_lifecycle.sql")),
+    (9, include_str!("../../migrations/0009_task_fields.sql")),
 ];
 
 /// Advisory-lock key serialising migrations across replicas ("taskmig" in ASCII).

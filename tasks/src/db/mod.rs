@@ -41,8 +41,14 @@ fn task_from_row(row: &Row, at: usize) -> v1::Task {
         created_at: Some(timestamp(row.get(at + 6))),
         updated_at: Some(timestamp(row.get(at + 7))),
         version: row.get(at + 8),
+        assignee: row.get::<_, Option<i64>>(at + 9).unwrap_or(0),
+        due_at: row.get::<_, Option<DateTime<Utc>>>(at + 10).map(timestamp),
+        position: row.get(at + 11),
     }
 }
+
+/// Columns `task_from_row` reads.
+const TASK_COLUMNS: usize = 12;
 
 /// A validated new task.
 pub struct NewTask<'a> {
@@ -50,6 +56,10 @@ pub struct NewTask<'a> {
     pub title: &'a str,
     pub description: &'a str,
     pub created_by: i64,
+    pub assignee: Option<i64>,
+    pub due_at: Option<DateTime<Utc>>,
+    /// `None`: on top of the manual order.
+    pub position: Option<f64>,
 }
 
 /// A validated change; `None` leaves a field as it is.
@@ -58,6 +68,31 @@ pub struct Change<'a> {
     pub title: Option<&'a str>,
     pub description: Option<&'a str>,
     pub completed: Option<bool>,
+    /// `Some(0)` unassigns.
+    pub assignee: Option<i64>,
+    pub due_at: Due,
+    pub position: Option<f64>,
+}
+
+/// What an update does to the due date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Due {
+    #[default]
+    Keep,
+    Set(DateTime<Utc>),
+    Clear,
+}
+
+impl Change<'_> {
+    /// Whether it changes nothing at all.
+    pub fn is_empty(&self) -> bool {
+        self.title.is_none()
+            && self.description.is_none()
+            && self.completed.is_none()
+            && self.assignee.is_none()
+            && self.due_at == Due::Keep
+            && self.position.is_none()
+    }
 }
 
 /// Event kinds of the mutations (as the SQL writes them).
@@ -73,6 +108,9 @@ pub enum Mutation {
         title: String,
         description: String,
         created_by: i64,
+        assignee: Option<i64>,
+        due_at: Option<DateTime<Utc>>,
+        position: Option<f64>,
         /// Records the answer under this key (`<caller>:<client key>`).
         idempotency_key: Option<String>,
     },
@@ -81,6 +119,9 @@ pub enum Mutation {
         title: Option<String>,
         description: Option<String>,
         completed: Option<bool>,
+        assignee: Option<i64>,
+        due_at: Due,
+        position: Option<f64>,
         /// Only while the task is at this version.
         expected_version: Option<i64>,
     },
@@ -99,6 +140,9 @@ impl Mutation {
             title: t.title.to_owned(),
             description: t.description.to_owned(),
             created_by: t.created_by,
+            assignee: t.assignee,
+            due_at: t.due_at,
+            position: t.position,
             idempotency_key,
         }
     }
@@ -112,6 +156,9 @@ impl Mutation {
             title: c.title.map(str::to_owned),
             description: c.description.map(str::to_owned),
             completed: c.completed,
+            assignee: c.assignee,
+            due_at: c.due_at,
+            position: c.position,
             expected_version,
         }
     }
@@ -142,20 +189,26 @@ impl Mutation {
                 title,
                 description,
                 created_by,
+                assignee,
+                due_at,
+                position,
                 idempotency_key,
             } => {
-                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 10] = [
                     board_id,
                     title,
                     description,
                     created_by,
                     &who.user,
                     &who.all_boards,
+                    assignee,
+                    due_at,
+                    position,
                     idempotency_key,
                 ];
                 let row = match idempotency_key {
                     Some(_) => client.query_opt(&s.create_keyed, &params).await?,
-                    None => client.query_opt(&s.create, &params[..6]).await?,
+                    None => client.query_opt(&s.create, &params[..9]).await?,
                 };
                 (row, KIND_CREATED)
             }
@@ -164,24 +217,38 @@ impl Mutation {
                 title,
                 description,
                 completed,
+                assignee,
+                due_at,
+                position,
                 expected_version,
-            } => (
-                client
-                    .query_opt(
-                        &s.update,
-                        &[
-                            id,
-                            title,
-                            description,
-                            completed,
-                            &who.user,
-                            &who.all_boards,
-                            expected_version,
-                        ],
-                    )
-                    .await?,
-                KIND_UPDATED,
-            ),
+            } => {
+                let (due, clear) = match due_at {
+                    Due::Keep => (None, false),
+                    Due::Set(t) => (Some(*t), false),
+                    Due::Clear => (None, true),
+                };
+                (
+                    client
+                        .query_opt(
+                            &s.update,
+                            &[
+                                id,
+                                title,
+                                description,
+                                completed,
+                                &who.user,
+                                &who.all_boards,
+                                expected_version,
+                                assignee,
+                                &due,
+                                &clear,
+                                position,
+                            ],
+                        )
+                        .await?,
+                    KIND_UPDATED,
+                )
+            }
             Mutation::Delete {
                 id,
                 expected_version,
@@ -199,11 +266,11 @@ impl Mutation {
             let task = task_from_row(&r, 0);
             let event = EventRow {
                 board_id: task.board_id,
-                seq: r.get(9),
+                seq: r.get(TASK_COLUMNS),
                 kind: kind.to_owned(),
                 task_id: task.id,
-                payload: Bytes::from(r.get::<_, String>(10)),
-                committed_at: r.get(11),
+                payload: Bytes::from(r.get::<_, String>(TASK_COLUMNS + 1)),
+                committed_at: r.get(TASK_COLUMNS + 2),
                 actor: who.user,
             };
             Applied { task, event }
@@ -279,11 +346,11 @@ pub async fn idempotent(pool: &Pool, key: &str) -> Result<Option<(v1::Task, i64)
     let Some(row) = c.client.query_opt(&c.stmts.idempotent, &[&key]).await? else {
         return Ok(None);
     };
-    if !row.get::<_, bool>(10) {
+    if !row.get::<_, bool>(TASK_COLUMNS + 1) {
         c.client.execute(&c.stmts.expire_key, &[&key]).await?;
         return Ok(None);
     }
-    Ok(Some((task_from_row(&row, 0), row.get(9))))
+    Ok(Some((task_from_row(&row, 0), row.get(TASK_COLUMNS))))
 }
 
 /// Forgets idempotency keys past 24 h.
@@ -336,6 +403,28 @@ pub struct TaskPage {
     pub head_seq: i64,
 }
 
+/// The order of a [`list`] page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Sort {
+    /// Newest first.
+    #[default]
+    Created,
+    /// The manual order.
+    Position,
+    /// Soonest due first; tasks without a due date last.
+    Due,
+}
+
+/// What a [`list`] page holds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TaskFilter {
+    pub completed: Option<bool>,
+    /// `Some(0)`: unassigned tasks only.
+    pub assignee: Option<i64>,
+    pub due_before: Option<DateTime<Utc>>,
+    pub sort: Sort,
+}
+
 /// Reads a [`TaskPage`]; `None` when `who` may not read the board.
 ///
 /// # Errors
@@ -343,23 +432,30 @@ pub struct TaskPage {
 pub async fn list(
     pool: &Pool,
     board_id: i64,
-    completed: Option<bool>,
+    filter: TaskFilter,
     limit: i64,
     offset: i64,
     who: Caller,
 ) -> Result<Option<TaskPage>, Error> {
     let c = acquire(pool).await?;
+    let statement = match filter.sort {
+        Sort::Created => &c.stmts.list,
+        Sort::Position => &c.stmts.list_by_position,
+        Sort::Due => &c.stmts.list_by_due,
+    };
     let rows = c
         .client
         .query(
-            &c.stmts.list,
+            statement,
             &[
                 &board_id,
-                &completed,
+                &filter.completed,
                 &limit,
                 &offset,
                 &who.user,
                 &who.all_boards,
+                &filter.assignee,
+                &filter.due_before,
             ],
         )
         .await?;

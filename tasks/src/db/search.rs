@@ -47,8 +47,8 @@ pub async fn search(
         .map(|r| v1::SearchHit {
             task: Some(task_from_row(r, 3)),
             rank: r.get(2),
-            title: fragments(r.get(12)),
-            snippet: fragments(r.get(13)),
+            title: fragments(r.get(3 + super::TASK_COLUMNS)),
+            snippet: fragments(r.get(4 + super::TASK_COLUMNS)),
         })
         .collect();
     Ok(Some(SearchPage { hits, total }))

@@ -4,8 +4,8 @@
 use tokio_postgres::{types::Type, Client, Statement};
 
 /// Columns of a task, in the order `task_from_row` reads them.
-const TASK_COLS: &str =
-    "id, board_id, title, description, completed, created_by, created_at, updated_at, version";
+const TASK_COLS: &str = "id, board_id, title, description, completed, created_by, created_at, \
+     updated_at, version, assignee, due_at, position";
 
 /// `TASK_COLS` qualified with the alias `t`.
 fn task_cols_of_t() -> String {
@@ -48,9 +48,11 @@ fn payload_sql(kind: &str) -> String {
            'timestamp', floor(extract(epoch FROM now()))::bigint, 'seq', b.last_seq, \
            'task', json_build_object('id', t.id, 'board_id', t.board_id, 'title', t.title, \
              'description', t.description, 'completed', t.completed, 'created_by', t.created_by, \
-             'created_at', {created}, 'updated_at', {updated}, 'version', t.version))::text",
+             'created_at', {created}, 'updated_at', {updated}, 'version', t.version, \
+             'assignee', t.assignee, 'due_at', {due}, 'position', t.position))::text",
         created = rfc3339("created_at"),
         updated = rfc3339("updated_at"),
+        due = rfc3339("due_at"),
     )
 }
 
@@ -81,6 +83,39 @@ fn mutation_sql_with(change: &str, kind: &str, actor: u8, extra: &str) -> String
     )
 }
 
+/// Parameters of `create` (the first nine) and `create_keyed`: board, title, description,
+/// created_by, user, all boards, assignee, due_at, position, idempotency key.
+const CREATE_TYPES: [Type; 10] = [
+    Type::INT8,
+    Type::TEXT,
+    Type::TEXT,
+    Type::INT8,
+    Type::INT8,
+    Type::BOOL,
+    Type::INT8,
+    Type::TIMESTAMPTZ,
+    Type::FLOAT8,
+    Type::TEXT,
+];
+
+/// Prepares one of the `list` statements.
+async fn prepare_list(c: &Client, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+    c.prepare_typed(
+        sql,
+        &[
+            Type::INT8,
+            Type::BOOL,
+            Type::INT8,
+            Type::INT8,
+            Type::INT8,
+            Type::BOOL,
+            Type::INT8,
+            Type::TIMESTAMPTZ,
+        ],
+    )
+    .await
+}
+
 /// Every statement the service runs, prepared once when a pooled connection is opened.
 pub struct Statements {
     pub create: Statement,
@@ -93,7 +128,11 @@ pub struct Statements {
     /// Forgets every idempotency key past 24 h.
     pub prune_keys: Statement,
     pub get: Statement,
+    /// A page of tasks, newest first; `list_by_position`: the manual order; `list_by_due`:
+    /// soonest due first.
     pub list: Statement,
+    pub list_by_position: Statement,
+    pub list_by_due: Statement,
     pub update: Statement,
     pub delete: Statement,
     pub list_events: Statement,
@@ -116,9 +155,12 @@ pub struct Statements {
 
 impl Statements {
     pub(super) async fn prepare(c: &Client) -> Result<Self, tokio_postgres::Error> {
+        // New tasks go on top of the manual order unless placed ($9).
         let insert = format!(
-            "INSERT INTO tasks (board_id, title, description, created_by) \
-             SELECT $1, $2, $3, $4 WHERE {ok} RETURNING {TASK_COLS}",
+            "INSERT INTO tasks (board_id, title, description, created_by, assignee, due_at, \
+                                position) \
+             SELECT $1, $2, $3, $4, $7, $8, COALESCE($9, -nextval('tasks_position_seq')) \
+             WHERE {ok} RETURNING {TASK_COLS}",
             ok = allowed("$1", WRITE_ROLES, 6, 5)
         );
         let create = mutation_sql(&insert, "created", 5);
@@ -129,14 +171,20 @@ impl Statements {
             "created",
             5,
             ", k AS (INSERT INTO idempotency_keys (key, seq, id, board_id, title, description, \
-                     completed, created_by, task_created_at, updated_at, version) \
-                   SELECT $7, e.seq, t.id, t.board_id, t.title, t.description, t.completed, \
-                          t.created_by, t.created_at, t.updated_at, t.version FROM t, e)",
+                     completed, created_by, task_created_at, updated_at, version, assignee, \
+                     due_at, position) \
+                   SELECT $10, e.seq, t.id, t.board_id, t.title, t.description, t.completed, \
+                          t.created_by, t.created_at, t.updated_at, t.version, t.assignee, \
+                          t.due_at, t.position FROM t, e)",
         );
         let update = mutation_sql(
             &format!(
                 "UPDATE tasks SET title = COALESCE($2, title), \
                  description = COALESCE($3, description), completed = COALESCE($4, completed), \
+                 assignee = CASE WHEN $8::int8 IS NULL THEN assignee WHEN $8 = 0 THEN NULL \
+                                 ELSE $8 END, \
+                 due_at = CASE WHEN $10 THEN NULL ELSE COALESCE($9, due_at) END, \
+                 position = COALESCE($11, position), \
                  updated_at = now(), version = version + 1 \
                  WHERE id = $1 AND ($7::int8 IS NULL OR version = $7) AND {ok} RETURNING {TASK_COLS}",
                 ok = allowed("tasks.board_id", WRITE_ROLES, 6, 5)
@@ -155,21 +203,26 @@ impl Statements {
         );
         // Access, count, head seq and page in one statement, hence one snapshot; always returns at
         // least one row (nothing but `allowed = false` for a caller who may not read the board).
-        let list = format!(
-            "SELECT c.total, c.head, c.ok, {cols} FROM \
-               (SELECT count(tasks.id) AS total, \
-                       COALESCE((SELECT last_seq FROM boards WHERE id = $1), 0) AS head, \
-                       a.ok \
-                FROM (SELECT {ok} AS ok) a LEFT JOIN tasks ON a.ok AND board_id = $1 \
-                     AND ($2::bool IS NULL OR completed = $2) \
-                GROUP BY a.ok) c \
-             LEFT JOIN LATERAL \
-               (SELECT {TASK_COLS} FROM tasks WHERE c.ok AND board_id = $1 \
-                AND ($2::bool IS NULL OR completed = $2) \
-                ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4) t ON true",
-            cols = task_cols_of_t(),
-            ok = allowed("$1", READ_ROLES, 6, 5)
-        );
+        // Filters: $2 completed, $7 assignee (0: unassigned), $8 due before. One statement per
+        // order, so each pages through its index instead of sorting the board.
+        let filter = "board_id = $1 AND ($2::bool IS NULL OR completed = $2) \
+             AND ($7::int8 IS NULL OR ($7 = 0 AND assignee IS NULL) OR assignee = $7) \
+             AND ($8::timestamptz IS NULL OR due_at < $8)";
+        let list = |order: &str| {
+            format!(
+                "SELECT c.total, c.head, c.ok, {cols} FROM \
+                   (SELECT count(tasks.id) AS total, \
+                           COALESCE((SELECT last_seq FROM boards WHERE id = $1), 0) AS head, \
+                           a.ok \
+                    FROM (SELECT {ok} AS ok) a LEFT JOIN tasks ON a.ok AND {filter} \
+                    GROUP BY a.ok) c \
+                 LEFT JOIN LATERAL \
+                   (SELECT {TASK_COLS} FROM tasks WHERE c.ok AND {filter} \
+                    ORDER BY {order} LIMIT $3 OFFSET $4) t ON true",
+                cols = task_cols_of_t(),
+                ok = allowed("$1", READ_ROLES, 6, 5)
+            )
+        };
         // Access, head and page in one snapshot; at least one row (`ok` false: may not read).
         let events_page = |only: &str| {
             format!(
@@ -239,37 +292,12 @@ impl Statements {
                     ],
                 )
                 .await?,
-            create: c
-                .prepare_typed(
-                    &create,
-                    &[
-                        Type::INT8,
-                        Type::TEXT,
-                        Type::TEXT,
-                        Type::INT8,
-                        Type::INT8,
-                        Type::BOOL,
-                    ],
-                )
-                .await?,
-            create_keyed: c
-                .prepare_typed(
-                    &create_keyed,
-                    &[
-                        Type::INT8,
-                        Type::TEXT,
-                        Type::TEXT,
-                        Type::INT8,
-                        Type::INT8,
-                        Type::BOOL,
-                        Type::TEXT,
-                    ],
-                )
-                .await?,
+            create: c.prepare_typed(&create, &CREATE_TYPES[..9]).await?,
+            create_keyed: c.prepare_typed(&create_keyed, &CREATE_TYPES).await?,
             idempotent: c
                 .prepare_typed(
                     "SELECT id, board_id, title, description, completed, created_by, \
-                            task_created_at, updated_at, version, seq, \
+                            task_created_at, updated_at, version, assignee, due_at, position, seq, \
                             created_at > now() - interval '24 hours' \
                      FROM idempotency_keys WHERE key = $1",
                     &[Type::TEXT],
@@ -296,19 +324,9 @@ impl Statements {
                     &[Type::INT8, Type::INT8, Type::BOOL],
                 )
                 .await?,
-            list: c
-                .prepare_typed(
-                    &list,
-                    &[
-                        Type::INT8,
-                        Type::BOOL,
-                        Type::INT8,
-                        Type::INT8,
-                        Type::INT8,
-                        Type::BOOL,
-                    ],
-                )
-                .await?,
+            list: prepare_list(c, &list("created_at DESC, id DESC")).await?,
+            list_by_position: prepare_list(c, &list("position, id")).await?,
+            list_by_due: prepare_list(c, &list("due_at NULLS LAST, id")).await?,
             update: c
                 .prepare_typed(
                     &update,
@@ -320,6 +338,10 @@ impl Statements {
                         Type::INT8,
                         Type::BOOL,
                         Type::INT8,
+                        Type::INT8,
+                        Type::TIMESTAMPTZ,
+                        Type::BOOL,
+                        Type::FLOAT8,
                     ],
                 )
                 .await?,

@@ -65,6 +65,7 @@ fn create_req(board: i64) -> v1::CreateTaskRequest {
         description: String::new(),
         created_by: 999,
         idempotency_key: None,
+        ..Default::default()
     }
 }
 
@@ -479,6 +480,7 @@ async fn search_finds_ranked_highlighted_tasks_on_my_boards_only() {
         description: description.into(),
         created_by: 0,
         idempotency_key: None,
+        ..Default::default()
     };
     let a = add(
         mine,
@@ -619,6 +621,7 @@ async fn search_finds_ranked_highlighted_tasks_on_my_boards_only() {
         description: "x <script>fix</script> y".into(),
         created_by: 0,
         idempotency_key: None,
+        ..Default::default()
     };
     me.create_task(markup).await.unwrap();
     let r = me
@@ -892,4 +895,162 @@ async fn next_event(sub: &mut async_nats::Subscriber) -> (String, serde_json::Va
         .unwrap();
     let body = serde_json::from_slice(&m.payload).unwrap();
     (m.subject.to_string(), body)
+}
+
+/// Assignee (a member), due date and manual position: set on create, changed by one update (one
+/// event each), filtered and sorted on; bad values are refused with a reason.
+#[tokio::test]
+async fn tasks_have_an_assignee_a_due_date_and_a_manual_order() {
+    use prost_types::Timestamp;
+    let t = spawn_auth().await;
+    let mut owner = user(&t, 80);
+    let b = new_board(&mut owner, "Sprint").await.id;
+    owner
+        .set_member(v1::SetMemberRequest {
+            board_id: b,
+            user_id: 81,
+            role: "editor".into(),
+        })
+        .await
+        .unwrap();
+    let day = |d: i64| Timestamp {
+        seconds: 1_800_000_000 + d * 86_400,
+        nanos: 0,
+    };
+    let create = |title: &str, assignee: i64, due: Option<Timestamp>| v1::CreateTaskRequest {
+        board_id: b,
+        title: title.into(),
+        assignee,
+        due_at: due,
+        ..Default::default()
+    };
+    let mut made = Vec::new();
+    for (title, assignee, due) in [
+        ("a", 81, Some(day(3))),
+        ("b", 0, Some(day(1))),
+        ("c", 80, None),
+    ] {
+        let r = owner
+            .create_task(create(title, assignee, due))
+            .await
+            .unwrap()
+            .into_inner();
+        made.push(r.task.unwrap());
+    }
+    assert_eq!((made[0].assignee, made[1].assignee), (81, 0));
+    assert_eq!(made[0].due_at, Some(day(3)));
+    assert!(
+        made[2].position < made[1].position && made[1].position < made[0].position,
+        "new tasks go on top: {:?}",
+        made.iter().map(|t| t.position).collect::<Vec<_>>()
+    );
+    let (c, m) = code(owner.create_task(create("x", 99, None)).await);
+    assert_eq!(c, Code::InvalidArgument);
+    assert!(m.contains("not a member"), "{m}");
+
+    let list =
+        |sort: &str, assignee: Option<i64>, due_before: Option<Timestamp>| v1::ListTasksRequest {
+            board_id: b,
+            sort: sort.into(),
+            assignee,
+            due_before,
+            ..Default::default()
+        };
+    let titles = |r: v1::ListTasksResponse| -> Vec<String> {
+        r.tasks.into_iter().map(|t| t.title).collect()
+    };
+    let ask = |req| {
+        let mut c = user(&t, 80);
+        async move { titles(c.list_tasks(req).await.unwrap().into_inner()) }
+    };
+    assert_eq!(ask(list("position", None, None)).await, ["c", "b", "a"]);
+    assert_eq!(ask(list("due", None, None)).await, ["b", "a", "c"]);
+    assert_eq!(ask(list("", Some(81), None)).await, ["a"]);
+    assert_eq!(ask(list("", Some(0), None)).await, ["b"]);
+    assert_eq!(ask(list("due", None, Some(day(2)))).await, ["b"]);
+
+    // A move is one update and one event; so is unassigning and clearing the due date.
+    let (first, second) = (made[2].position, made[1].position);
+    let moved = owner
+        .update_task(v1::UpdateTaskRequest {
+            id: made[0].id,
+            position: Some((first + second) / 2.0),
+            assignee: Some(0),
+            clear_due_at: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let task = moved.task.unwrap();
+    assert_eq!((task.assignee, task.due_at, task.version), (0, None, 2));
+    assert_eq!(ask(list("position", None, None)).await, ["c", "a", "b"]);
+    let events = owner
+        .list_events(v1::ListEventsRequest {
+            board_id: b,
+            after_seq: moved.seq - 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(events.len(), 1);
+    let body: serde_json::Value = serde_json::from_slice(&events[0].payload).unwrap();
+    assert_eq!(body["task"]["assignee"], serde_json::Value::Null);
+    assert_eq!(body["task"]["due_at"], serde_json::Value::Null);
+    assert_eq!(body["task"]["position"], (first + second) / 2.0);
+    let set_due = owner
+        .update_task(v1::UpdateTaskRequest {
+            id: made[2].id,
+            due_at: Some(day(5)),
+            assignee: Some(81),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    assert_eq!((set_due.due_at, set_due.assignee), (Some(day(5)), 81));
+
+    // Bad input.
+    let bad = [
+        v1::UpdateTaskRequest {
+            id: made[0].id,
+            due_at: Some(day(1)),
+            clear_due_at: true,
+            ..Default::default()
+        },
+        v1::UpdateTaskRequest {
+            id: made[0].id,
+            position: Some(f64::NAN),
+            ..Default::default()
+        },
+        v1::UpdateTaskRequest {
+            id: made[0].id,
+            assignee: Some(-3),
+            ..Default::default()
+        },
+        v1::UpdateTaskRequest {
+            id: made[0].id,
+            assignee: Some(99),
+            ..Default::default()
+        },
+        v1::UpdateTaskRequest {
+            id: made[0].id,
+            due_at: Some(Timestamp {
+                seconds: -70_000_000_000,
+                nanos: 0,
+            }),
+            ..Default::default()
+        },
+    ];
+    for req in bad {
+        let what = format!("{req:?}");
+        let (c, _) = code(owner.update_task(req).await);
+        assert_eq!(c, Code::InvalidArgument, "{what}");
+    }
+    let (c, m) = code(owner.list_tasks(list("priority", None, None)).await);
+    assert_eq!(c, Code::InvalidArgument, "{m}");
 }

@@ -28,6 +28,7 @@ fn create(board: i64, title: String) -> v1::CreateTaskRequest {
         description: String::new(),
         created_by: 1,
         idempotency_key: None,
+        ..Default::default()
     }
 }
 
@@ -104,6 +105,7 @@ async fn one_change_failing_in_a_batch_fails_only_itself() {
             description: None,
             completed: None,
             expected_version: None,
+            ..Default::default()
         })
         .await
     });

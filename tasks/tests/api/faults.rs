@@ -121,6 +121,7 @@ async fn while_the_database_is_gone_calls_fail_fast_and_recover_by_themselves() 
                 description: String::new(),
                 created_by: 1,
                 idempotency_key: None,
+                ..Default::default()
             });
             req.set_timeout(Duration::from_secs(5));
             let started = tokio::time::Instant::now();

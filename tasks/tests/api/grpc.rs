@@ -170,6 +170,7 @@ async fn listing_is_stable_across_pages_even_with_equal_timestamps() {
                 page_size: 5,
                 page_number: page,
                 completed: None,
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -513,6 +514,7 @@ async fn a_stale_expected_version_fails_with_the_current_one_and_changes_nothing
         description: None,
         completed: None,
         expected_version: expected,
+        ..Default::default()
     };
     let r = t
         .client
@@ -602,6 +604,7 @@ async fn a_retried_create_with_its_idempotency_key_answers_the_first_result_and_
         description: "d".into(),
         created_by: 1,
         idempotency_key: Some(key.into()),
+        ..Default::default()
     };
     // Six calls with one key at once (a client retrying while its first call is in flight):
     // one creates, the others answer the same task and seq, marked replayed.

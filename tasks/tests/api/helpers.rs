@@ -47,6 +47,7 @@ impl TestTasks {
                 description: String::new(),
                 created_by: 1,
                 idempotency_key: None,
+                ..Default::default()
             })
             .await
             .expect("create")

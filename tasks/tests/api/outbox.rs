@@ -201,6 +201,7 @@ async fn two_replicas_on_one_database_publish_every_event_and_the_cursor_follows
         description: String::new(),
         created_by: 1,
         idempotency_key: None,
+        ..Default::default()
     };
     // Both replicas connected to NATS first (each publishes its own warm-up event).
     ca.create_task(req(100, "warm a".into())).await.unwrap();
@@ -274,7 +275,7 @@ async fn replicas_starting_together_migrate_once() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(n, 8, "each of the eight migrations recorded once");
+    assert_eq!(n, 9, "each of the nine migrations recorded once");
 }
 
 #[tokio::test]
@@ -401,6 +402,7 @@ async fn the_binary_serves_and_exits_zero_on_sigterm() {
             description: String::new(),
             created_by: 1,
             idempotency_key: None,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -472,6 +474,7 @@ async fn event_payloads_are_the_text_the_previous_release_wrote() {
             description: Some("line\nbreak".into()),
             completed: Some(true),
             expected_version: None,
+            ..Default::default()
         })
         .await
         .unwrap();
