@@ -128,6 +128,12 @@ pub struct Config {
     #[arg(long, env = "WS_WRITE_TIMEOUT_MS", default_value_t = 10_000)]
     pub ws_write_timeout_ms: u64,
 
+    /// Presence (who is viewing a board, over the WebSocket): how long a gateway's announcement of
+    /// its viewers holds; each gateway repeats its own every third of this, so the viewers of a
+    /// gateway that died vanish within it. 0 turns presence off.
+    #[arg(long, env = "PRESENCE_TTL_MS", default_value_t = 15_000)]
+    pub presence_ttl_ms: u64,
+
     /// How often the heads of watched boards are checked against what arrived over NATS: an
     /// event lost on the way (a NATS hiccup nobody noticed) reaches subscribers within two of
     /// these.
@@ -222,6 +228,7 @@ impl Config {
             ws_write_timeout_ms: 10_000,
             ws_send_buffer: None,
             event_check_interval_ms: 2000,
+            presence_ttl_ms: 15_000,
             body_timeout_ms: 15_000,
             max_connections: 0,
             max_websockets: 0,

@@ -11,6 +11,7 @@ pub mod hub;
 pub mod limits;
 pub mod metrics;
 mod page;
+pub mod presence;
 pub mod ratelimit;
 pub mod replay;
 pub mod routes;
@@ -53,6 +54,8 @@ pub struct AppState {
     pub rate: ratelimit::RateLimits,
     /// Replay page reads: shared between resumers, at most MAX_REPLAYS in flight.
     pub replays: Arc<replay::ReplayReads>,
+    /// Who is viewing each board; `None` with PRESENCE_TTL_MS=0.
+    pub presence: Option<Arc<presence::Presence>>,
 }
 
 impl AppState {
@@ -147,6 +150,17 @@ pub async fn run_with_metrics(
         token.clone(),
     ));
 
+    let presence = (config.presence_ttl_ms > 0).then(|| {
+        presence::Presence::new(
+            &config.nats_subject_prefix,
+            Duration::from_millis(config.presence_ttl_ms.max(300)),
+            hub.clone(),
+        )
+    });
+    if let Some(p) = &presence {
+        tracker.spawn(p.clone().run(nats.clone(), token.clone()));
+    }
+
     let rate_limits = config.rate_limits();
     let replays = Arc::new(replay::ReplayReads::new(tasks.clone(), config.max_replays));
     let grace = Duration::from_secs(config.shutdown_grace_secs);
@@ -173,6 +187,7 @@ pub async fn run_with_metrics(
         auth: verifier,
         rate: rate_limits,
         replays,
+        presence,
     });
     // Idle buckets are forgotten, so the limiters' memory follows the clients of the last minute.
     tracker.spawn({

@@ -62,6 +62,7 @@
     try {
       const me = await api("GET", "/api/me");
       state.me = me.user_id || 0;
+      showViewers(state.viewers || []);
       who.textContent = me.auth === "off" ? "authentication off (development)"
         : `signed in as user ${me.user_id}${me.service ? " (service)" : ""}`;
     } catch (e) {
@@ -126,6 +127,7 @@
     state.board = board;
     $("board-id").value = String(board);
     state.info = null;
+    showViewers([]);
     document.title = `Board ${board} · Taskboard`;
     try {
       const tasks = [];
@@ -216,6 +218,10 @@
       return;
     }
     if (ev.board_id !== state.board) return;
+    if (ev.type === "presence") {
+      showViewers(ev.users || []);
+      return;
+    }
     if (typeof ev.seq === "number") {
       if (ev.seq <= state.lastSeq) return; // already applied
       state.lastSeq = ev.seq;
@@ -394,7 +400,23 @@
     li.draggable = state.view.sort === "position";
   }
 
-  // ---- the board itself: name, archived, deleted ----
+  // ---- the board itself: name, archived, deleted; who is viewing it ----
+
+  /// The people viewing this board now (from the gateway's presence frames), me first.
+  function showViewers(users) {
+    state.viewers = users;
+    const ul = $("viewers");
+    const sorted = [...users].sort((a, b) => (b === state.me) - (a === state.me) || a - b);
+    ul.replaceChildren(...sorted.map((u) => {
+      const li = document.createElement("li");
+      const me = u === state.me;
+      li.className = me ? "me" : "";
+      li.textContent = me ? "you" : `U${u}`;
+      li.title = me ? "you" : `user ${u}`;
+      return li;
+    }));
+    ul.setAttribute("aria-label", `Viewing now: ${sorted.map((u) => (u === state.me ? "you" : `user ${u}`)).join(", ")}`);
+  }
 
   function renderBoard() {
     const info = state.info;

@@ -80,6 +80,14 @@ pub async fn upgrade(state: &Arc<AppState>, mut req: Request<Incoming>, peer: So
                 .into_response()
         }
     };
+    // A member's session counts as viewing its boards (the service role's do not: they are
+    // services, and a load test of them would send every join to every subscriber).
+    let viewing = match (&state.presence, &who) {
+        (Some(p), Some(w)) if !w.service && !sub.boards.is_empty() => {
+            Some((p.clone(), sub.boards.clone(), w.user))
+        }
+        _ => None,
+    };
     let session = super::Session::subscribe(
         state.hub.clone(),
         state.tasks.clone(),
@@ -94,8 +102,10 @@ pub async fn upgrade(state: &Arc<AppState>, mut req: Request<Incoming>, peer: So
     )
     .await;
     state.tracker.spawn(async move {
-        // The WebSocket slot is held for the session's life.
+        // The WebSocket slot is held for the session's life, and so is its presence (joined
+        // once the session has subscribed, so it gets the board's current viewers).
         let _slot = slot;
+        let _viewing = viewing.map(|(p, boards, user)| p.join(&boards, user));
         match upgrade.await {
             Ok(ws) => session.run(ws).await,
             Err(e) => tracing::debug!(peer.addr = %peer, error = %e, "upgrade did not complete"),

@@ -1079,3 +1079,89 @@ async fn tasks_take_an_assignee_a_due_date_and_a_position_over_rest() {
         assert!(e["error"].is_string(), "{e}");
     }
 }
+
+/// Who is viewing a board, across two gateways: the list on subscribe, joins and leaves live,
+/// and the viewers of a gateway that stops announcing (cut off from NATS here) gone within the
+/// TTL. The service role is never shown.
+#[tokio::test]
+async fn presence_shows_who_views_a_board_across_gateways_and_forgets_a_silent_one() {
+    use reqwest::Method as M;
+    use taskboard_tasks::testing;
+    const TTL_MS: u64 = 900;
+    let app = spawn_app_with(
+        |t| {
+            t.auth = "on".into();
+            t.service_token = Some(SERVICE_TOKEN.into());
+        },
+        |g| {
+            g.auth = "on".into();
+            g.jwt_secret = Some(SECRET.into());
+            g.service_token = Some(SERVICE_TOKEN.into());
+            g.presence_ttl_ms = TTL_MS;
+        },
+    )
+    .await;
+    let tasks = app.tasks.as_ref().unwrap();
+    let proxy = testing::TcpProxy::start(testing::socket_addr_of(&testing::nats_url())).await;
+    let mut cfg = gw_config(
+        &tasks.grpc_addr(),
+        &tasks.subject_prefix,
+        &format!("nats://{}", proxy.addr),
+    );
+    cfg.auth = "on".into();
+    cfg.jwt_secret = Some(SECRET.into());
+    cfg.service_token = Some(SERVICE_TOKEN.into());
+    cfg.presence_ttl_ms = TTL_MS;
+    let other = spawn_gateway(cfg).await;
+    other.wait_ready().await;
+
+    let owner = token(100);
+    let b = new_board(&app, &owner).await;
+    for u in [101, 102] {
+        call(
+            &app,
+            M::PUT,
+            &format!("/api/boards/{b}/members/{u}"),
+            Some(&owner),
+            Some(json!({"role": "viewer"})),
+        )
+        .await;
+    }
+    let ws = |gw: &TestApp, user: i64| {
+        let (addr, auth) = (gw.addr, format!("Bearer {}", token(user)));
+        async move {
+            ws_connect_with(addr, &format!("board_id={b}"), &[("Authorization", &auth)])
+                .await
+                .unwrap()
+                .0
+        }
+    };
+    let mut mine = ws(&app, 100).await;
+    mine.presence(&[100]).await.unwrap();
+    let mut theirs = ws(&other, 101).await;
+    theirs.presence(&[100, 101]).await.unwrap();
+    mine.presence(&[100, 101]).await.unwrap();
+    // The service role watching the board is not a viewer.
+    let svc = format!("Bearer {}", token_for(9, &["service"], 3600));
+    let (_svc_ws, _) = ws_connect_with(
+        app.addr,
+        &format!("board_id={b}"),
+        &[("Authorization", &svc)],
+    )
+    .await
+    .unwrap();
+    theirs.close().await;
+    mine.presence(&[100]).await.unwrap();
+    let _third = ws(&other, 102).await;
+    mine.presence(&[100, 102]).await.unwrap();
+
+    // The other gateway goes silent (cut off from NATS, as if it died): its viewer expires.
+    proxy.cut();
+    let t = std::time::Instant::now();
+    mine.presence(&[100]).await.unwrap();
+    assert!(
+        t.elapsed() < std::time::Duration::from_millis(TTL_MS * 3),
+        "{:?}",
+        t.elapsed()
+    );
+}

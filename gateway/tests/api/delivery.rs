@@ -252,6 +252,7 @@ async fn a_client_whose_socket_stays_full_gets_1013_with_a_usable_hint_and_is_co
     let stream = sock.connect(app.addr).await.unwrap();
     let stuck = ws_handshake(stream, app.addr, "board_id=9").await.unwrap();
     let mut stuck = Ws {
+        presence: Default::default(),
         ws: fastwebsockets::FragmentCollector::new(stuck),
     };
     let desc = "y".repeat(3000);

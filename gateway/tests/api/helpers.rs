@@ -159,6 +159,15 @@ impl TestApp {
 
 pub struct Ws {
     pub ws: FragmentCollector<TokioIo<Upgraded>>,
+    /// `presence` frames read while waiting for events (see [`Ws::presence`]).
+    pub presence: std::collections::VecDeque<Value>,
+}
+
+/// Whether a text frame is a `presence` frame (who is viewing), which is not an event.
+fn is_presence(payload: &[u8]) -> Option<Value> {
+    serde_json::from_slice::<Value>(payload)
+        .ok()
+        .filter(|v| v["type"] == "presence")
 }
 
 struct SpawnExecutor;
@@ -220,6 +229,7 @@ pub async fn ws_connect_with(
     Ok((
         Ws {
             ws: FragmentCollector::new(ws),
+            presence: Default::default(),
         },
         h,
     ))
@@ -229,6 +239,7 @@ pub async fn ws_connect(addr: SocketAddr, query: &str) -> Result<Ws> {
     let stream = TcpStream::connect(addr).await?;
     let ws = ws_handshake(stream, addr, query).await?;
     Ok(Ws {
+        presence: Default::default(),
         ws: FragmentCollector::new(ws),
     })
 }
@@ -249,7 +260,13 @@ impl Ws {
                 .context("no frame in time")?
                 .map_err(|e| anyhow!("read: {e}"))?;
             match frame.opcode {
-                OpCode::Text => return Ok(Next::Event(serde_json::from_slice(&frame.payload)?)),
+                OpCode::Text => {
+                    if let Some(p) = is_presence(&frame.payload) {
+                        self.presence.push_back(p);
+                        continue;
+                    }
+                    return Ok(Next::Event(serde_json::from_slice(&frame.payload)?));
+                }
                 OpCode::Close => {
                     let p = &frame.payload;
                     let code = if p.len() >= 2 {
@@ -262,6 +279,29 @@ impl Ws {
                     return Ok(Next::Close(code, reason));
                 }
                 _ => continue,
+            }
+        }
+    }
+
+    /// Waits (up to [`WAIT`]) for a `presence` frame listing exactly `users`; events read
+    /// meanwhile are dropped.
+    pub async fn presence(&mut self, users: &[i64]) -> Result<()> {
+        let want = serde_json::json!(users);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            while let Some(p) = self.presence.pop_front() {
+                if p["users"] == want {
+                    return Ok(());
+                }
+            }
+            let frame = tokio::time::timeout_at(deadline, self.ws.read_frame())
+                .await
+                .with_context(|| format!("no presence {users:?} in time"))?
+                .map_err(|e| anyhow!("read: {e}"))?;
+            if frame.opcode == OpCode::Text {
+                if let Some(p) = is_presence(&frame.payload) {
+                    self.presence.push_back(p);
+                }
             }
         }
     }
@@ -290,6 +330,7 @@ impl Ws {
         while let Ok(r) = tokio::time::timeout_at(deadline, self.ws.read_frame()).await {
             match r {
                 Ok(f) if matches!(f.opcode, OpCode::Ping | OpCode::Pong) => continue,
+                Ok(f) if f.opcode == OpCode::Text && is_presence(&f.payload).is_some() => continue,
                 Ok(f) => panic!(
                     "expected silence, got {:?}: {}",
                     f.opcode,

@@ -196,6 +196,7 @@ async fn a_slow_subscriber_is_closed_with_1013_while_a_fast_one_gets_everything(
     let stream = sock.connect(app.addr).await.unwrap();
     let slow = ws_handshake(stream, app.addr, "board_id=6").await.unwrap();
     let mut slow = Ws {
+        presence: Default::default(),
         ws: fastwebsockets::FragmentCollector::new(slow),
     };
 

@@ -531,3 +531,20 @@ test("tasks are assigned, given due dates, filtered, and dragged into a manual o
   await a.context().close();
   await b.context().close();
 });
+
+test("the people viewing a board are shown, and leave when they close it", async () => {
+  const board = await newBoard("Together");
+  await rest(gw1.url, "PUT", `/api/boards/${board}/members/2`, { role: "viewer" });
+  const a = await openBoard(board);
+  await a.locator("#viewers li", { hasText: "you" }).waitFor({ timeout: 2000 });
+  // Someone else opens it through the other gateway replica.
+  const b = await openBoard(board, undefined, gw2, tokenFor(2));
+  await a.locator("#viewers li", { hasText: "U2" }).waitFor({ timeout: 3000 });
+  assert.deepEqual(await b.locator("#viewers li").allTextContents(), ["you", "U1"]);
+  assert.match(await a.locator("#viewers").getAttribute("aria-label"), /you, user 2/);
+  await b.context().close();
+  await a.locator("#viewers li", { hasText: "U2" }).waitFor({ state: "detached", timeout: 3000 });
+  assert.deepEqual(await a.locator("#viewers li").allTextContents(), ["you"]);
+  assert.deepEqual(a.pageErrors, []);
+  await a.context().close();
+});
