@@ -158,15 +158,44 @@ impl Intake {
                 }
             };
         };
-        let n = self
-            .accept(r.board_id, r.seq, m.payload, committed_us)
-            .await;
-        if let Some(n) = n {
-            tracing::info!(
-                "📨 Received NATS event on {}, broadcasting to {} clients",
-                m.subject,
-                n
+        // With tracing on, the fan-out (and its log line) continues the trace of the request
+        // that committed the event.
+        let span = taskboard_telemetry::otel::enabled().then(|| {
+            let span = tracing::info_span!(
+                "fanout",
+                board = r.board_id,
+                seq = r.seq,
+                trace_id = tracing::field::Empty
             );
+            if let Some(tp) = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(taskboard_telemetry::otel::TRACEPARENT))
+            {
+                taskboard_telemetry::otel::continue_from_traceparent(&span, tp.as_str());
+                if let Some(id) = taskboard_telemetry::otel::trace_id(&span) {
+                    span.record("trace_id", id);
+                }
+            }
+            span
+        });
+        let accepted = self.accept(r.board_id, r.seq, m.payload, committed_us);
+        let n = match &span {
+            Some(s) => tracing::Instrument::instrument(accepted, s.clone()).await,
+            None => accepted.await,
+        };
+        if let Some(n) = n {
+            let log = || {
+                tracing::info!(
+                    "📨 Received NATS event on {}, broadcasting to {} clients",
+                    m.subject,
+                    n
+                );
+            };
+            match &span {
+                Some(s) => s.in_scope(log),
+                None => log(),
+            }
         }
     }
 

@@ -83,6 +83,7 @@ impl TasksClient {
         if let Some(t) = &self.token {
             md.insert("authorization", t.clone());
         }
+        taskboard_telemetry::otel::inject(md);
         if let Some(p) = who {
             md.insert(USER_HEADER, Metadata::from(p.user));
             if p.service {

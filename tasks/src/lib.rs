@@ -179,6 +179,22 @@ pub async fn run_with_metrics(
     let keepalive =
         (config.grpc_keepalive_secs > 0).then(|| Duration::from_secs(config.grpc_keepalive_secs));
     let serve = tonic::transport::Server::builder()
+        // With tracing on, each call is a span continuing the caller's trace (`traceparent`).
+        .trace_fn(|req| {
+            if !taskboard_telemetry::otel::enabled() {
+                return tracing::Span::none();
+            }
+            let span = tracing::info_span!(
+                "grpc",
+                rpc = %req.uri().path(),
+                trace_id = tracing::field::Empty
+            );
+            taskboard_telemetry::otel::continue_from(&span, req.headers());
+            if let Some(id) = taskboard_telemetry::otel::trace_id(&span) {
+                span.record("trace_id", id);
+            }
+            span
+        })
         .http2_keepalive_interval(keepalive)
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .max_concurrent_streams(config.max_streams_per_connection.max(1))

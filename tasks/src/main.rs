@@ -4,7 +4,14 @@ use taskboard_tasks::{run_with_metrics, Config};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    taskboard_telemetry::init_logging();
+    let otel = taskboard_telemetry::init_logging("taskboard-tasks");
+    let code = serve().await;
+    // Flushes the last spans (a blocking join of the exporter's thread).
+    let _ = tokio::task::spawn_blocking(move || otel.shutdown()).await;
+    code
+}
+
+async fn serve() -> std::process::ExitCode {
     let config = Config::parse();
     // Take every descriptor the hard limit allows (the connection cap is computed from it).
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {

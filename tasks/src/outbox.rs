@@ -226,7 +226,10 @@ impl Relay {
         for ev in events {
             let lag = (now - ev.committed_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
             metrics::histogram!("taskboard_outbox_publish_lag_seconds").record(lag.max(0.0));
+            // `00-<trace id>-<span id>-<flags>`: the trace id of the request that made it.
+            let trace_id = ev.trace.as_deref().and_then(|t| t.get(3..35));
             tracing::info!(
+                trace_id,
                 "📤 Published event: {} (task_id={}, board_id={}, seq={})",
                 self.subject(ev),
                 ev.task_id,
@@ -269,5 +272,8 @@ fn headers(ev: &EventRow) -> async_nats::HeaderMap {
         HEADER_MSG_ID,
         format!("{}-{}", ev.board_id, ev.seq).as_str(),
     );
+    if let Some(t) = &ev.trace {
+        h.insert(taskboard_telemetry::otel::TRACEPARENT, t.as_str());
+    }
     h
 }

@@ -829,6 +829,7 @@ pub(crate) mod tests {
             payload: bytes::Bytes::new(),
             committed_at: chrono::Utc::now(),
             actor: None,
+            trace: None,
         }
     }
 

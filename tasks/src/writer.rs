@@ -23,6 +23,8 @@ struct Item {
     mutation: Mutation,
     who: Caller,
     reply: Reply,
+    /// The caller's span (tracing on): the commit links to it, the event carries its context.
+    span: tracing::Span,
 }
 
 /// The handle callers use (cheap to clone); the writer task stops when every handle is gone.
@@ -57,6 +59,11 @@ impl Writer {
                 mutation,
                 who,
                 reply,
+                span: if taskboard_telemetry::otel::enabled() {
+                    tracing::Span::current()
+                } else {
+                    tracing::Span::none()
+                },
             })
             .await
             .map_err(|_| Error::ShuttingDown)?;
@@ -73,7 +80,17 @@ async fn run(
     let mut batch = Vec::with_capacity(max_batch);
     while rx.recv_many(&mut batch, max_batch).await > 0 {
         metrics::histogram!("taskboard_write_batch_size").record(batch.len() as f64);
-        let events = commit(&pool, std::mem::take(&mut batch)).await;
+        let items = std::mem::take(&mut batch);
+        let events = if taskboard_telemetry::otel::enabled() {
+            // One span per commit, linked to every request it serves.
+            let span = tracing::info_span!("db.commit", changes = items.len());
+            for item in &items {
+                taskboard_telemetry::otel::link(&span, &item.span);
+            }
+            tracing::Instrument::instrument(commit(&pool, items), span).await
+        } else {
+            commit(&pool, items).await
+        };
         if !events.is_empty() {
             if let Err(e) = committed.try_send(events) {
                 // The events are committed; the relay's scan publishes them shortly.
@@ -95,7 +112,7 @@ async fn commit(pool: &Pool, items: Vec<Item>) -> Vec<EventRow> {
             let mut events = Vec::with_capacity(results.len());
             for (item, r) in items.into_iter().zip(results) {
                 if let Some(a) = &r {
-                    events.push(a.event.clone());
+                    events.push(traced(a, &item));
                 }
                 let _ = item.reply.send(Ok(r));
             }
@@ -116,6 +133,14 @@ async fn commit(pool: &Pool, items: Vec<Item>) -> Vec<EventRow> {
     }
 }
 
+/// The committed event, carrying the trace context of the request that made it.
+fn traced(a: &Applied, item: &Item) -> EventRow {
+    EventRow {
+        trace: taskboard_telemetry::otel::traceparent(&item.span),
+        ..a.event.clone()
+    }
+}
+
 /// Each mutation in its own transaction, concurrently (as without batching), each with its own
 /// answer.
 async fn one_by_one(pool: &Pool, items: Vec<Item>) -> Vec<EventRow> {
@@ -125,7 +150,7 @@ async fn one_by_one(pool: &Pool, items: Vec<Item>) -> Vec<EventRow> {
     let mut events = Vec::new();
     for (item, r) in items.into_iter().zip(results) {
         if let Ok(Some(a)) = &r {
-            events.push(a.event.clone());
+            events.push(traced(a, &item));
         }
         let _ = item.reply.send(r);
     }

@@ -2,6 +2,7 @@
 //! listener that serves `/metrics` (never the public port), and the stop signal of the binaries.
 
 mod grpc;
+pub mod otel;
 mod slotted;
 
 use std::future::Future;
@@ -24,17 +25,60 @@ pub const BUCKETS: &[f64] = &[
 ];
 
 /// Installs the global log subscriber: `RUST_LOG` filters (default `info`), `LOG_FORMAT=json` for
-/// structured logs. Call once, from `main`.
-pub fn init_logging() {
+/// structured logs, and OpenTelemetry spans exported over OTLP/gRPC when
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set (log lines then carry the request's `trace_id`). Call
+/// once, from `main`; shut the returned exporter down on exit.
+pub fn init_logging(service: &'static str) -> otel::Otel {
+    let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .ok()
+        .filter(|e| !e.trim().is_empty());
+    let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json");
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(true);
-    if std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json") {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    init_subscriber(service, endpoint.as_deref(), filter, json, false)
+}
+
+/// [`init_logging`] for tests: logs to the test harness's capture, spans to `otlp_endpoint`.
+pub fn init_test_logging_to(
+    service: &'static str,
+    otlp_endpoint: &str,
+    filter: &str,
+) -> otel::Otel {
+    init_subscriber(
+        service,
+        Some(otlp_endpoint),
+        EnvFilter::new(filter),
+        false,
+        true,
+    )
+}
+
+fn init_subscriber(
+    service: &'static str,
+    otlp_endpoint: Option<&str>,
+    filter: EnvFilter,
+    json: bool,
+    test_writer: bool,
+) -> otel::Otel {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let fmt: Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync> = match (json, test_writer)
+    {
+        (true, _) => tracing_subscriber::fmt::layer().json().boxed(),
+        (false, true) => tracing_subscriber::fmt::layer().with_test_writer().boxed(),
+        (false, false) => tracing_subscriber::fmt::layer().with_target(true).boxed(),
+    };
+    let registry = tracing_subscriber::registry().with(fmt).with(filter);
+    let (layer, exporter) = match otlp_endpoint.map(|e| otel::layer(service, e)) {
+        Some(Ok((layer, exporter))) => (Some(layer), exporter),
+        Some(Err(e)) => {
+            eprintln!("{service}: tracing off: {e}");
+            (None, otel::off())
+        }
+        None => (None, otel::off()),
+    };
+    let _ = registry.with(layer).try_init();
+    exporter
 }
 
 /// Buckets of `taskboard_write_batch_size` (changes per commit, up to the task service's

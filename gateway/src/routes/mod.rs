@@ -153,7 +153,22 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAd
     let start = std::time::Instant::now();
     let (route, label, params) = route_of(req.uri().path());
     let method = method_label(req.method());
-    let mut r = dispatch(state, req, peer, route, params).await;
+    let mut r = if taskboard_telemetry::otel::enabled() {
+        // A span per request, continuing the caller's trace; its id goes into every log line.
+        let span = tracing::info_span!(
+            "http",
+            method,
+            route = label,
+            trace_id = tracing::field::Empty
+        );
+        taskboard_telemetry::otel::continue_from(&span, req.headers());
+        if let Some(id) = taskboard_telemetry::otel::trace_id(&span) {
+            span.record("trace_id", id);
+        }
+        tracing::Instrument::instrument(dispatch(state, req, peer, route, params), span).await
+    } else {
+        dispatch(state, req, peer, route, params).await
+    };
     security_headers(r.headers_mut());
     crate::metrics::http(
         label,

@@ -7,4 +7,5 @@ mod hardening;
 mod helpers;
 mod resilience;
 mod rest;
+mod tracing_otel;
 mod websocket;

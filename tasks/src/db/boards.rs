@@ -301,6 +301,7 @@ pub async fn update(
         payload: bytes::Bytes::from(row.get::<_, String>(8)),
         committed_at: row.get(9),
         actor: who.user,
+        trace: None,
     };
     Ok((b, event))
 }
@@ -362,6 +363,7 @@ pub async fn delete(pool: &Pool, board: i64, who: Caller) -> Result<EventRow, Er
         payload: bytes::Bytes::from(row.get::<_, String>(1)),
         committed_at: row.get(2),
         actor: who.user,
+        trace: None,
     })
 }
 

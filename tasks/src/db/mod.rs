@@ -272,6 +272,7 @@ impl Mutation {
                 payload: Bytes::from(r.get::<_, String>(TASK_COLUMNS + 1)),
                 committed_at: r.get(TASK_COLUMNS + 2),
                 actor: who.user,
+                trace: None,
             };
             Applied { task, event }
         }))
@@ -487,6 +488,8 @@ pub struct EventRow {
     pub committed_at: DateTime<Utc>,
     /// Who made the change (`None`: no user, or not read).
     pub actor: Option<i64>,
+    /// The W3C `traceparent` of the request that committed it (tracing on; not stored).
+    pub trace: Option<String>,
 }
 
 impl EventRow {
@@ -501,6 +504,7 @@ impl EventRow {
             payload: Bytes::from(row.get::<_, String>(at + 4)),
             committed_at: row.get(at + 5),
             actor: None,
+            trace: None,
         }
     }
 

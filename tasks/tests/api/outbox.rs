@@ -150,6 +150,7 @@ async fn a_cursor_never_skips_events_still_unpublished() {
         payload: bytes::Bytes::new(),
         committed_at: chrono::Utc::now(),
         actor: None,
+        trace: None,
     };
     let advance = |events: Vec<taskboard_tasks::db::EventRow>| {
         let pool = pool.clone();
