@@ -183,8 +183,10 @@ impl ApiError {
             Code::DeadlineExceeded => Self::timed_out(s, what),
             Code::Cancelled if past_deadline(s) => Self::timed_out(s, what),
             // Retry-After: when the breaker lets calls through again, or a second. Cancelled,
-            // when not the deadline, is a connection that closed under the call.
-            Code::Unavailable | Code::Cancelled => {
+            // when not the deadline, is a connection that closed under the call; Unknown with a
+            // transport error underneath, one reset while connecting: no answer either way.
+            Code::Unknown if !transport_failed(s) => Self::internal(s, what),
+            Code::Unavailable | Code::Cancelled | Code::Unknown => {
                 let refused = s.metadata().get(crate::breaker::RETRY_AFTER_METADATA);
                 if refused.is_none() {
                     tracing::warn!(op = what, status = %s, "task service unavailable");
@@ -199,16 +201,30 @@ impl ApiError {
                 )
                 .with_header(http::header::RETRY_AFTER, retry)
             }
-            _ => {
-                tracing::error!(op = what, status = %s, "task service error");
-                Self::new(
-                    S::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "Internal server error",
-                )
-            }
+            _ => Self::internal(s, what),
         }
     }
+
+    fn internal(s: &tonic::Status, what: &str) -> Self {
+        tracing::error!(op = what, status = %s, "task service error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal server error",
+        )
+    }
+}
+
+/// Whether a call failed in the transport (no answer from the service at all).
+fn transport_failed(s: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(s);
+    while let Some(e) = source {
+        if e.is::<tonic::transport::Error>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// Whether a call ended at the client's own deadline (tonic reports that as CANCELLED).

@@ -425,3 +425,42 @@ async fn the_breaker_closes_by_itself_when_the_task_service_is_back() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+/// A task service whose connections are reset as they open (a proxy or load balancer in front of
+/// a dead pod) is "unavailable", not an internal error of the gateway: 503 with Retry-After.
+#[tokio::test]
+async fn connections_reset_on_connect_are_unavailable_not_internal_errors() {
+    // Accepts, lets the client's HTTP/2 preface arrive, then resets (SO_LINGER 0).
+    let resetter = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = resetter.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((s, _)) = resetter.accept().await {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let s = s.into_std().unwrap();
+                let s = socket2::Socket::from(s);
+                let _ = s.set_linger(Some(Duration::ZERO));
+            });
+        }
+    });
+    let mut cfg = gw_config(
+        &addr.to_string(),
+        &testing::unique("tbt"),
+        &testing::nats_url(),
+    );
+    cfg.breaker_failures = 0;
+    let app = spawn_gateway(cfg).await;
+    for _ in 0..3 {
+        let r = app
+            .http
+            .get(app.url("/api/tasks?board_id=1"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503);
+        assert!(r.headers().contains_key("retry-after"));
+        let b: Value = r.json().await.unwrap();
+        assert_eq!(b["code"], "unavailable");
+    }
+    task.abort();
+}

@@ -548,3 +548,53 @@ test("the people viewing a board are shown, and leave when they close it", async
   assert.deepEqual(a.pageErrors, []);
   await a.context().close();
 });
+
+/// A TCP proxy to `port` that refuses connections until opened (a task service that is down).
+async function gatedProxy(port) {
+  let open = false;
+  const server = net.createServer((client) => {
+    if (!open) { client.destroy(); return; }
+    const upstream = net.connect(port, "127.0.0.1");
+    client.pipe(upstream);
+    upstream.pipe(client);
+    client.on("error", () => upstream.destroy());
+    upstream.on("error", () => client.destroy());
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return { port: server.address().port, open: () => { open = true; }, close: () => server.close() };
+}
+
+test("while the task service is down the page says so, and it recovers by itself", async () => {
+  const board = await newBoard("Resilient");
+  await rest(gw1.url, "POST", "/api/tasks", { board_id: board, title: "Survives an outage" });
+  const proxy = await gatedProxy(tasksPort);
+  const port = await freePort();
+  // A gateway of its own whose task service is unreachable (fast breaker for the test).
+  const proc = start("taskboard-gateway", {
+    HTTP_PORT: String(port), BIND_ADDR: "127.0.0.1", TASK_SERVICE_ADDR: `127.0.0.1:${proxy.port}`,
+    NATS_URL: NATS, NATS_SUBJECT_PREFIX: unique, JWT_SECRET, SERVICE_TOKEN,
+    BREAKER_FAILURES: "2", BREAKER_OPEN_MS: "500",
+  });
+  const url = `http://127.0.0.1:${port}`;
+  for (let i = 0; ; i++) {
+    try { if ((await fetch(`${url}/health`)).ok) break; } catch { /* not up yet */ }
+    if (i > 200) throw new Error("gateway never answered /health");
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  const ctx = await browser.newContext();
+  const page = await ctx.newPage();
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(String(e)));
+  await page.goto(`${url}/#board=${board}&token=${OWNER}`);
+  await page.locator("#error", { hasText: "Task service unavailable" }).waitFor({ timeout: 5000 });
+  assert.notEqual(await page.locator("#conn").textContent(), "connected");
+  // The task service is reachable again: the page loads the board without being touched.
+  proxy.open();
+  await task(page, "Survives an outage").waitFor({ timeout: 20000 });
+  await page.locator("#conn", { hasText: "connected" }).waitFor({ timeout: 5000 });
+  assert.equal(await page.locator("#error").isHidden(), true);
+  assert.deepEqual(errors, []);
+  await ctx.close();
+  await stop(proc);
+  proxy.close();
+});
