@@ -16,6 +16,8 @@
 #   FANOUT=0 in the environment: creates only (no fan-out runs)
 #   PIN=1 in the environment: wrk on CPU 0, everything under test (both pairs, PostgreSQL,
 #         nats-server) on CPU 1, so latency is the servers', not the load generator's
+#   B_ENV="VAR=value …" in the environment: extra settings for side B's two services only (e.g.
+#         B_ENV=TOKIO_WORKER_THREADS=1 with BASE the working tree's own binaries, target/release)
 # Results: bench/results/write-<timestamp>/ (wrk output per run, cpu.txt, summary.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +25,7 @@ cd "$(dirname "$0")/.."
 . scripts/services.sh
 
 case "${1:-}" in
-  -h|--help|"") sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; [ -n "${1:-}" ] && exit 0; exit 64 ;;
+  -h|--help|"") sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; [ -n "${1:-}" ] && exit 0; exit 64 ;;
 esac
 base=$1
 secs=${2:-10}
@@ -86,20 +88,22 @@ if [ "$pin" = 1 ]; then
   done
 fi
 
-start_pair() { # label dir → sets gw_pid tasks_pid url
+start_pair() { # label dir [VAR=value…] → sets gw_pid tasks_pid url
   local label=$1 dir=$2 db grpc http
+  shift 2
+  local extra=("$@")
   db=tb_bench_write_${label}_${ts,,}
   dbs+=("$db")
   ensure_database "$PG_ADMIN_URL" "$db"
   grpc=$(free_port) http=$(free_port)
   RUST_LOG=warn DATABASE_URL=$(database_url "$PG_ADMIN_URL" "$db") NATS_URL=$NATS_URL \
     NATS_SUBJECT_PREFIX="w$label$ts" PORT=$grpc METRICS_PORT=0 DB_POOL_SIZE=32 \
-    under_test "$dir/taskboard-tasks" &
+    under_test env "${extra[@]}" "$dir/taskboard-tasks" &
   tasks_pid=$!
   pids+=("$tasks_pid")
   RUST_LOG=warn HTTP_PORT=$http TASK_SERVICE_ADDR=127.0.0.1:$grpc NATS_URL=$NATS_URL \
     NATS_SUBJECT_PREFIX="w$label$ts" METRICS_PORT=0 BIND_ADDR=127.0.0.1 \
-    under_test "$dir/taskboard-gateway" &
+    under_test env "${extra[@]}" "$dir/taskboard-gateway" &
   gw_pid=$!
   pids+=("$gw_pid")
   url=http://127.0.0.1:$http
@@ -140,7 +144,8 @@ fi
 
 start_pair a "$base_bin"
 a_gw=$gw_pid a_tasks=$tasks_pid a_url=$url
-start_pair b "$bin"
+# shellcheck disable=SC2086 # B_ENV is a list of VAR=value words
+start_pair b "$bin" ${B_ENV:-}
 b_gw=$gw_pid b_tasks=$tasks_pid b_url=$url
 a_one=$(boards_of "$a_url" 1) b_one=$(boards_of "$b_url" 1)
 a_many=$(boards_of "$a_url" 100) b_many=$(boards_of "$b_url" 100)
@@ -178,7 +183,7 @@ run() { # label scenario url gw tasks boards n
 
 {
   echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -r)"
-  echo "A = $base ($base_bin), B = working tree ($(git rev-parse --short HEAD)$(git diff --quiet || echo +changes))"
+  echo "A = $base ($base_bin), B = working tree ($(git rev-parse --short HEAD)$(git diff --quiet || echo +changes))${B_ENV:+ with $B_ENV}"
   echo "wrk: ${secs}s x $conns connections, $rounds rounds alternating, pinned: $pin"
 } | tee "$out/machine.txt"
 fan() { # label scenario url gw tasks n loadtest-args…

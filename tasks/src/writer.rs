@@ -2,7 +2,7 @@
 //! transaction and its one WAL flush, each still getting its own answer and its own error.
 //!
 //! One writer per replica takes whatever is queued (up to `max_batch`), runs it as one pipelined
-//! transaction and hands the committed events to the relay, which publishes them at once. A lone
+//! transaction (its plain creates as one multi-row statement) and hands the committed events to the relay, which publishes them at once. A lone
 //! mutation runs as its single statement, as before, so an idle service adds no latency. When a
 //! statement of a batch fails (a deadlock with another replica, an out-of-range value), nothing
 //! of the batch was committed and every mutation is retried on its own, so one item's error never
@@ -116,6 +116,9 @@ async fn commit(pool: &Pool, items: Vec<Item>) -> Vec<EventRow> {
                 }
                 let _ = item.reply.send(Ok(r));
             }
+            // The batch's creates ran as one statement ahead of the rest, so a board's events
+            // are not in answer order; the relay publishes each board's in seq order.
+            events.sort_unstable_by_key(|e| (e.board_id, e.seq));
             events
         }
         Err(BatchError::Unknown(e)) => {

@@ -262,21 +262,105 @@ impl Mutation {
                 KIND_DELETED,
             ),
         };
-        Ok(row.map(|r| {
-            let task = task_from_row(&r, 0);
-            let event = EventRow {
-                board_id: task.board_id,
-                seq: r.get(TASK_COLUMNS),
-                kind: kind.to_owned(),
-                task_id: task.id,
-                payload: Bytes::from(r.get::<_, String>(TASK_COLUMNS + 1)),
-                committed_at: r.get(TASK_COLUMNS + 2),
-                actor: who.user,
-                trace: None,
-            };
-            Applied { task, event }
-        }))
+        Ok(row.map(|r| applied_from_row(&r, 0, kind, who)))
     }
+
+    /// The new task of a create without an idempotency key (which [`create_many`] takes).
+    fn as_plain_create(&self) -> Option<NewTask<'_>> {
+        match self {
+            Mutation::Create {
+                board_id,
+                title,
+                description,
+                created_by,
+                assignee,
+                due_at,
+                position,
+                idempotency_key: None,
+            } => Some(NewTask {
+                board_id: *board_id,
+                title,
+                description,
+                created_by: *created_by,
+                assignee: *assignee,
+                due_at: *due_at,
+                position: *position,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Reads a mutation's answer from `row` from column `at`: the task's columns, then the event's
+/// seq, payload and commit time.
+fn applied_from_row(r: &Row, at: usize, kind: &str, who: Caller) -> Applied {
+    let task = task_from_row(r, at);
+    let event = EventRow {
+        board_id: task.board_id,
+        seq: r.get(at + TASK_COLUMNS),
+        kind: kind.to_owned(),
+        task_id: task.id,
+        payload: Bytes::from(r.get::<_, String>(at + TASK_COLUMNS + 1)),
+        committed_at: r.get(at + TASK_COLUMNS + 2),
+        actor: who.user,
+        trace: None,
+    };
+    Applied { task, event }
+}
+
+/// Runs `creates` as one statement; the answer of each, in order (`None`: its caller may not
+/// create on that board).
+async fn create_many(
+    client: &impl GenericClient,
+    s: &Statements,
+    creates: &[(NewTask<'_>, Caller)],
+) -> Result<Vec<Option<Applied>>, tokio_postgres::Error> {
+    let n = creates.len();
+    let mut boards = Vec::with_capacity(n);
+    let mut titles = Vec::with_capacity(n);
+    let mut descriptions = Vec::with_capacity(n);
+    let mut created_by = Vec::with_capacity(n);
+    let mut users = Vec::with_capacity(n);
+    let mut all_boards = Vec::with_capacity(n);
+    let mut assignees = Vec::with_capacity(n);
+    let mut dues = Vec::with_capacity(n);
+    let mut positions = Vec::with_capacity(n);
+    for (t, who) in creates {
+        boards.push(t.board_id);
+        titles.push(t.title);
+        descriptions.push(t.description);
+        created_by.push(t.created_by);
+        users.push(who.user);
+        all_boards.push(who.all_boards);
+        assignees.push(t.assignee);
+        dues.push(t.due_at);
+        positions.push(t.position);
+    }
+    let rows = client
+        .query(
+            &s.create_many,
+            &[
+                &boards,
+                &titles,
+                &descriptions,
+                &created_by,
+                &users,
+                &all_boards,
+                &assignees,
+                &dues,
+                &positions,
+            ],
+        )
+        .await?;
+    let mut out: Vec<Option<Applied>> = (0..n).map(|_| None).collect();
+    for r in rows {
+        // `ord` counts from 1.
+        let i = usize::try_from(r.get::<_, i64>(0) - 1).unwrap_or(usize::MAX);
+        if let (Some(slot), Some((_, who))) = (out.get_mut(i), creates.get(i)) {
+            *slot = Some(applied_from_row(&r, 1, KIND_CREATED, *who));
+        }
+    }
+    Ok(out)
 }
 
 /// Runs one mutation in its own transaction (the statement's own).
@@ -306,18 +390,53 @@ pub async fn apply_batch(
         .transaction()
         .await
         .map_err(|e| BatchError::Before(e.into()))?;
-    let results =
-        futures_util::future::join_all(batch.iter().map(|(m, who)| m.run(&txn, stmts, *who))).await;
-    let mut out = Vec::with_capacity(results.len());
-    for r in results {
-        match r {
-            Ok(a) => out.push(a),
-            // Dropping `txn` rolls the transaction back.
-            Err(e) => return Err(BatchError::RolledBack(e)),
+    // Two or more plain creates go as one statement, the rest one statement each, all pipelined.
+    let mut creates = Vec::new();
+    let mut many = Vec::new();
+    let mut others = Vec::new();
+    for (i, (m, who)) in batch.iter().enumerate() {
+        match m.as_plain_create() {
+            Some(t) => {
+                creates.push(i);
+                many.push((t, *who));
+            }
+            None => others.push(i),
         }
     }
+    if many.len() < 2 {
+        creates.clear();
+        many.clear();
+        others = (0..batch.len()).collect();
+    }
+    let (created, results) = futures_util::future::join(
+        async {
+            if many.is_empty() {
+                Ok(Vec::new())
+            } else {
+                create_many(&txn, stmts, &many).await
+            }
+        },
+        futures_util::future::join_all(
+            others
+                .iter()
+                .map(|&i| batch[i].0.run(&txn, stmts, batch[i].1)),
+        ),
+    )
+    .await;
+    // Dropping `txn` on an error rolls the transaction back.
+    let mut out: Vec<Option<Applied>> = (0..batch.len()).map(|_| None).collect();
+    for (&i, a) in creates.iter().zip(created.map_err(BatchError::RolledBack)?) {
+        out[i] = a;
+    }
+    for (i, r) in others.into_iter().zip(results) {
+        out[i] = r.map_err(BatchError::RolledBack)?;
+    }
     match txn.commit().await {
-        Ok(()) => Ok(out),
+        Ok(()) => {
+            let made = creates.iter().filter(|&&i| out[i].is_some()).count();
+            metrics::counter!("taskboard_write_multi_row_creates_total").increment(made as u64);
+            Ok(out)
+        }
         Err(e) if e.as_db_error().is_some() => Err(BatchError::RolledBack(e)),
         Err(e) => Err(BatchError::Unknown(e)),
     }

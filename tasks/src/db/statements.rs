@@ -28,9 +28,14 @@ pub const WRITE_ROLES: &str = "'owner', 'editor'";
 /// "this caller sees every board" (auth off, the service role, the gateway itself), `$user` the
 /// caller's user id (NULL without one). One primary-key probe of `board_members`.
 pub fn allowed(board: &str, roles: &str, all: u8, user: u8) -> String {
+    allowed_by(board, roles, &format!("${all}"), &format!("${user}"))
+}
+
+/// [`allowed`] with any SQL expressions for "sees every board" and the user id.
+fn allowed_by(board: &str, roles: &str, all: &str, user: &str) -> String {
     format!(
-        "(${all} OR EXISTS (SELECT 1 FROM board_members m WHERE m.board_id = {board} \
-         AND m.user_id = ${user} AND m.role IN ({roles})))"
+        "({all} OR EXISTS (SELECT 1 FROM board_members m WHERE m.board_id = {board} \
+         AND m.user_id = {user} AND m.role IN ({roles})))"
     )
 }
 
@@ -38,14 +43,14 @@ pub fn allowed(board: &str, roles: &str, all: u8, user: u8) -> String {
 /// text as the SQL function `taskboard_event_payload` (migration 0001), written inline so the
 /// prepared plan holds it; a call of a SQL-language function is parsed and planned again on every
 /// execution, which was a large part of the database's CPU per change.
-fn payload_sql(kind: &str) -> String {
+fn payload_sql(kind: &str, seq: &str) -> String {
     let rfc3339 = |col: &str| {
         format!("to_char(t.{col} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
     };
     format!(
         "json_build_object('type', '{kind}', 'task_id', t.id, 'board_id', t.board_id, \
            'title', t.title, 'completed', t.completed, \
-           'timestamp', floor(extract(epoch FROM now()))::bigint, 'seq', b.last_seq, \
+           'timestamp', floor(extract(epoch FROM now()))::bigint, 'seq', {seq}, \
            'task', json_build_object('id', t.id, 'board_id', t.board_id, 'title', t.title, \
              'description', t.description, 'completed', t.completed, 'created_by', t.created_by, \
              'created_at', {created}, 'updated_at', {updated}, 'version', t.version, \
@@ -79,9 +84,64 @@ fn mutation_sql_with(change: &str, kind: &str, actor: u8, extra: &str) -> String
          SELECT {cols}, COALESCE(e.seq, taskboard_board_closed(t.board_id)), e.payload, \
                 e.created_at FROM t LEFT JOIN e ON true",
         cols = task_cols_of_t(),
-        payload = payload_sql(kind)
+        payload = payload_sql(kind, "b.last_seq")
     )
 }
+
+/// Many plain creates (no idempotency key) in one statement, one array element each (parameters
+/// as in `CREATE_MANY_TYPES`): a statement's fixed cost (bind, executor start-up, snapshot, the
+/// board's lock and seq bump) is paid once per batch instead of once per create, which is most of
+/// the database's CPU per create under load. Ids are drawn first so each row's answer can be
+/// matched to its element (`ord`, 1-based); creates a caller may not make are left out (no row);
+/// each board's seq is bumped once by its count and its events numbered in element order; an
+/// archived or deleted board fails the statement (SQLSTATE 55000) as in `mutation_sql`. Boards
+/// are locked in id order, so two replicas' batches never wait on each other in a cycle.
+fn create_many_sql() -> String {
+    let seq = "b.last_seq - n.cnt + n.k";
+    format!(
+        "WITH i AS (SELECT u.* FROM unnest($1::int8[], $2::text[], $3::text[], $4::int8[], \
+                      $5::int8[], $6::bool[], $7::int8[], $8::timestamptz[], $9::float8[]) \
+                    WITH ORDINALITY AS u(board_id, title, description, created_by, user_id, \
+                                         all_boards, assignee, due_at, position, ord) \
+                    WHERE {ok}), \
+         n AS (SELECT i.*, nextval('tasks_id_seq') AS id, \
+                      COALESCE(i.position, -nextval('tasks_position_seq')) AS pos, \
+                      row_number() OVER (PARTITION BY i.board_id ORDER BY i.ord) AS k, \
+                      count(*) OVER (PARTITION BY i.board_id) AS cnt FROM i), \
+         t AS (INSERT INTO tasks (id, board_id, title, description, created_by, assignee, due_at, \
+                                  position) \
+               SELECT id, board_id, title, description, created_by, assignee, due_at, pos FROM n \
+               RETURNING {TASK_COLS}), \
+         b AS (INSERT INTO boards AS b (id, last_seq) \
+               SELECT board_id, count(*) FROM t GROUP BY board_id ORDER BY board_id \
+               ON CONFLICT (id) DO UPDATE SET last_seq = b.last_seq + EXCLUDED.last_seq \
+               WHERE b.archived_at IS NULL AND b.deleted_at IS NULL RETURNING id, last_seq), \
+         e AS (INSERT INTO events (board_id, seq, kind, task_id, payload, actor) \
+               SELECT t.board_id, {seq}, 'created', t.id, {payload}, n.user_id \
+               FROM t JOIN n ON n.id = t.id JOIN b ON b.id = t.board_id \
+               RETURNING task_id, seq, payload, created_at) \
+         SELECT n.ord, {cols}, COALESCE(e.seq, taskboard_board_closed(t.board_id)), e.payload, \
+                e.created_at \
+         FROM t JOIN n ON n.id = t.id LEFT JOIN e ON e.task_id = t.id",
+        ok = allowed_by("u.board_id", WRITE_ROLES, "u.all_boards", "u.user_id"),
+        cols = task_cols_of_t(),
+        payload = payload_sql("created", seq),
+    )
+}
+
+/// Parameters of `create_many`: arrays of board, title, description, created_by, the caller's
+/// user, whether the caller sees all boards, assignee, due_at, position.
+const CREATE_MANY_TYPES: [Type; 9] = [
+    Type::INT8_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::INT8_ARRAY,
+    Type::INT8_ARRAY,
+    Type::BOOL_ARRAY,
+    Type::INT8_ARRAY,
+    Type::TIMESTAMPTZ_ARRAY,
+    Type::FLOAT8_ARRAY,
+];
 
 /// Parameters of `create` (the first nine) and `create_keyed`: board, title, description,
 /// created_by, user, all boards, assignee, due_at, position, idempotency key.
@@ -119,6 +179,8 @@ async fn prepare_list(c: &Client, sql: &str) -> Result<Statement, tokio_postgres
 /// Every statement the service runs, prepared once when a pooled connection is opened.
 pub struct Statements {
     pub create: Statement,
+    /// Many plain creates in one statement (a group commit's).
+    pub create_many: Statement,
     /// `create`, also recording the answer under an idempotency key ($7).
     pub create_keyed: Statement,
     /// The answer recorded under an idempotency key, and whether it is within 24 h.
@@ -293,6 +355,9 @@ impl Statements {
                 )
                 .await?,
             create: c.prepare_typed(&create, &CREATE_TYPES[..9]).await?,
+            create_many: c
+                .prepare_typed(&create_many_sql(), &CREATE_MANY_TYPES)
+                .await?,
             create_keyed: c.prepare_typed(&create_keyed, &CREATE_TYPES).await?,
             idempotent: c
                 .prepare_typed(

@@ -1054,3 +1054,162 @@ async fn tasks_have_an_assignee_a_due_date_and_a_manual_order() {
     let (c, m) = code(owner.list_tasks(list("priority", None, None)).await);
     assert_eq!(c, Code::InvalidArgument, "{m}");
 }
+
+/// A group commit's plain creates run as one statement: each answer is its own task and event (as
+/// a lone create would answer), every board's seqs stay gap-free, a create its caller may not
+/// make is refused alone, and the rest of the batch (an idempotent create, an update) commits in
+/// the same transaction.
+#[tokio::test]
+async fn creates_sharing_a_commit_each_get_their_own_task_and_event() {
+    use std::time::Duration;
+    let t = spawn_auth().await;
+    let mut owner = user(&t, 70);
+    let a = new_board(&mut owner, "A").await;
+    let b = new_board(&mut owner, "B").await;
+    let c = new_board(&mut user(&t, 71), "C").await;
+    let first = owner
+        .create_task(create_req(a.id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.seq, 1);
+    let before = metric(&t, "taskboard_write_multi_row_creates_total").await;
+
+    let blocker = t.hold_board(a.id).await;
+    // The first create waits for the lock alone inside its commit; the rest queue behind it.
+    let send = |r: v1::CreateTaskRequest| {
+        let mut c = user(&t, 70);
+        tokio::spawn(async move { c.create_task(r).await.map(|r| r.into_inner()) })
+    };
+    let lead = send(create_req(a.id));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let due = prost_types::Timestamp {
+        seconds: 1_900_000_000,
+        nanos: 0,
+    };
+    let requests: Vec<v1::CreateTaskRequest> = (0..10)
+        .map(|i| v1::CreateTaskRequest {
+            board_id: if i % 2 == 0 { a.id } else { b.id },
+            title: format!("task {i}"),
+            description: format!("about {i} & <more>"),
+            due_at: (i % 3 == 0).then_some(due),
+            position: (i % 4 == 0).then_some(f64::from(i) + 0.5),
+            assignee: if i % 5 == 0 { 70 } else { 0 },
+            ..create_req(0)
+        })
+        .collect();
+    let mut calls: Vec<_> = requests.iter().take(5).cloned().map(send).collect();
+    let refused: Vec<_> = (0..2).map(|_| send(create_req(c.id))).collect();
+    let keyed = send(v1::CreateTaskRequest {
+        idempotency_key: Some("k1".into()),
+        ..create_req(b.id)
+    });
+    let mut u = user(&t, 70);
+    let update = tokio::spawn(async move {
+        u.update_task(v1::UpdateTaskRequest {
+            id: first.task.unwrap().id,
+            title: Some("renamed".into()),
+            ..Default::default()
+        })
+        .await
+    });
+    calls.extend(requests.iter().skip(5).cloned().map(send));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    blocker.batch_execute("COMMIT").await.unwrap();
+
+    assert_eq!(lead.await.unwrap().expect("lead").seq, 2);
+    for r in refused {
+        let e = r.await.unwrap().expect_err("not a member of C");
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    }
+    let keyed = keyed.await.unwrap().expect("idempotent create");
+    let updated = update.await.unwrap().expect("update").into_inner();
+    let db = t.db().await;
+    let mut seqs = std::collections::HashMap::<i64, Vec<i64>>::new();
+    seqs.entry(b.id).or_default().push(keyed.seq);
+    seqs.entry(a.id).or_default().push(updated.seq);
+    for (req, call) in requests.iter().zip(calls) {
+        let r = call.await.unwrap().expect("create");
+        let task = r.task.clone().unwrap();
+        let wanted = (
+            req.board_id,
+            req.title.as_str(),
+            req.description.as_str(),
+            req.due_at,
+            req.position,
+            req.assignee,
+            task.created_by,
+        );
+        assert_eq!(
+            (
+                task.board_id,
+                task.title.as_str(),
+                task.description.as_str(),
+                task.due_at,
+                req.position.map(|_| task.position),
+                task.assignee,
+                70
+            ),
+            wanted
+        );
+        let stored = owner
+            .get_task(v1::GetTaskRequest { id: task.id })
+            .await
+            .unwrap()
+            .into_inner()
+            .task;
+        assert_eq!(stored.as_ref(), Some(&task), "the answer is the stored row");
+        let e = db
+            .query_one(
+                "SELECT board_id, seq, actor, payload FROM events WHERE task_id = $1",
+                &[&task.id],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (e.get::<_, i64>(0), e.get::<_, i64>(1), e.get::<_, i64>(2)),
+            (task.board_id, r.seq, 70),
+            "its own event"
+        );
+        let payload: serde_json::Value = serde_json::from_str(e.get(3)).unwrap();
+        assert_eq!(payload["seq"], r.seq);
+        assert_eq!(payload["task"]["id"], task.id);
+        assert_eq!(payload["task"]["title"], req.title);
+        assert_eq!(payload["task"]["description"], req.description);
+        assert_eq!(payload["task"]["position"], task.position);
+        assert_eq!(
+            payload["task"]["due_at"],
+            if req.due_at.is_some() {
+                serde_json::json!("2030-03-17T17:46:40.000000Z")
+            } else {
+                serde_json::Value::Null
+            }
+        );
+        seqs.entry(task.board_id).or_default().push(r.seq);
+    }
+    for s in seqs.values_mut() {
+        s.sort_unstable();
+    }
+    // A: after the first create and the lead, five creates and the update; B: five creates and
+    // the keyed one.
+    assert_eq!(seqs[&a.id], (3..=8).collect::<Vec<_>>());
+    assert_eq!(seqs[&b.id], (1..=6).collect::<Vec<_>>());
+    let commits: i64 = db
+        .query_one(
+            "SELECT count(DISTINCT created_at) FROM events \
+             WHERE (board_id = $1 AND seq > 2) OR board_id = $2",
+            &[&a.id, &b.id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        commits, 1,
+        "everything queued behind the lead committed together"
+    );
+    assert_eq!(
+        metric(&t, "taskboard_write_multi_row_creates_total").await - before,
+        10.0,
+        "the ten plain creates went as one statement"
+    );
+}

@@ -8,19 +8,6 @@ use tonic::Code;
 
 use crate::helpers::*;
 
-/// Holds board `board`'s row lock in a transaction of its own, so the writer's next commit waits
-/// and everything sent meanwhile queues behind it; released by `COMMIT` on the returned client.
-async fn hold_board(t: &TestTasks, board: i64) -> tokio_postgres::Client {
-    let blocker = t.db().await;
-    blocker
-        .batch_execute(&format!(
-            "BEGIN; SELECT last_seq FROM boards WHERE id = {board} FOR UPDATE"
-        ))
-        .await
-        .unwrap();
-    blocker
-}
-
 fn create(board: i64, title: String) -> v1::CreateTaskRequest {
     v1::CreateTaskRequest {
         board_id: board,
@@ -36,7 +23,7 @@ fn create(board: i64, title: String) -> v1::CreateTaskRequest {
 async fn changes_queued_behind_a_commit_share_the_next_one() {
     let mut t = spawn().await;
     t.create(1, "first").await;
-    let blocker = hold_board(&t, 1).await;
+    let blocker = t.hold_board(1).await;
     let calls: Vec<_> = (0..30)
         .map(|i| {
             let mut c = t.client.clone();
@@ -90,7 +77,7 @@ async fn one_change_failing_in_a_batch_fails_only_itself() {
     )
     .await
     .unwrap();
-    let blocker = hold_board(&t, 1).await;
+    let blocker = t.hold_board(1).await;
     let spawn_create = |i: i32| {
         let mut c = t.client.clone();
         tokio::spawn(async move { c.create_task(create(1, format!("ok{i}"))).await })
@@ -162,7 +149,7 @@ async fn with_write_batch_max_1_every_change_commits_alone() {
     // The setting that turns group commit off, and the check the first test relies on.
     let mut t = spawn_with(|c| c.write_batch_max = 1).await;
     t.create(1, "first").await;
-    let blocker = hold_board(&t, 1).await;
+    let blocker = t.hold_board(1).await;
     let calls: Vec<_> = (0..5)
         .map(|i| {
             let mut c = t.client.clone();

@@ -158,19 +158,7 @@ async fn while_the_database_is_gone_calls_fail_fast_and_recover_by_themselves() 
 /// Pooled-connection checkouts so far (every query the service runs through its pool is one), from
 /// the service's own /metrics.
 async fn checkouts(t: &TestTasks) -> f64 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(t.handle.metrics_addr)
-        .await
-        .unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).await.unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("taskboard_db_pool_wait_seconds_count "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+    metric(t, "taskboard_db_pool_wait_seconds_count").await
 }
 
 async fn next_seq(s: &mut tonic::Streaming<v1::Event>) -> i64 {

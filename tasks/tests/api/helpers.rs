@@ -63,4 +63,35 @@ impl TestTasks {
         tokio::spawn(conn);
         c
     }
+
+    /// Holds board `board`'s row lock in a transaction of its own, so the writer's next commit
+    /// waits and everything sent meanwhile queues behind it; released by `COMMIT` on the returned
+    /// client.
+    pub async fn hold_board(&self, board: i64) -> tokio_postgres::Client {
+        let blocker = self.db().await;
+        blocker
+            .batch_execute(&format!(
+                "BEGIN; SELECT last_seq FROM boards WHERE id = {board} FOR UPDATE"
+            ))
+            .await
+            .unwrap();
+        blocker
+    }
+}
+
+/// The value of the unlabelled series `name` on the service's own /metrics (0 when absent).
+pub async fn metric(t: &TestTasks, name: &str) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(t.handle.metrics_addr)
+        .await
+        .unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
 }
