@@ -185,6 +185,8 @@ def check_live():
                             env={**os.environ, "TASKBOARD_TOKEN": token})
         if lt.returncode != 0:
             fail(f"traffic generation failed:\n{lt.stdout}{lt.stderr}")
+        if not re.search(r"POST answered ms +p50 [\d.]+", lt.stdout):
+            fail(f"the fan-out report lacks the POST's own latency:\n{lt.stdout}")
         exported = set()
         for port in (gw_m, tasks_m):
             for line in get(f"http://127.0.0.1:{port}/metrics").splitlines():

@@ -185,6 +185,7 @@ else
     --source-ips 64 --server-pid "$gw_pid"
   run idle-max-nats-ws connections --target nats-ws --nats-ws "127.0.0.1:$peer_ws" --connections "$idle" \
     --ramp 5000 --hold 10 --source-ips 64 --server-pid "$peer_pid"
+  fanout_pair fanout-200-1board-20ps 200 1 20 10
   fanout_pair fanout-1k-1board-100ps 1000 1 100 10
   fanout_pair fanout-1k-100boards-100ps 1000 100 100 10
   fanout_pair fanout-10k-1board-10ps 10000 1 10 10

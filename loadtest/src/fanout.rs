@@ -123,6 +123,8 @@ struct Shared {
     auth: Option<String>,
     delivered: AtomicU64,
     lat: Latencies,
+    /// REST publishes: intended send time → 201.
+    answered: Latencies,
     stop: watch::Receiver<bool>,
 }
 
@@ -171,6 +173,7 @@ pub async fn run(args: FanoutArgs) -> Result<RunResult> {
         base: Instant::now(),
         delivered: AtomicU64::new(0),
         lat: Latencies::new(64),
+        answered: Latencies::new(8),
         stop: stop_rx,
     });
 
@@ -300,6 +303,8 @@ pub async fn run(args: FanoutArgs) -> Result<RunResult> {
         t.settle(&expected, &watched, &mut totals);
     }
     let latency = LatencySummary::of(&shared.lat.merged());
+    let answered = shared.answered.merged();
+    let publish_latency = (!answered.is_empty()).then(|| LatencySummary::of(&answered));
     let cpu: f64 = server.iter().map(|s| s.cpu_seconds).sum();
     let publish_errors = errors.load(Ordering::Relaxed);
     let ok = totals.missing == 0
@@ -317,6 +322,7 @@ pub async fn run(args: FanoutArgs) -> Result<RunResult> {
         deliveries_per_s: totals.delivered as f64 / elapsed,
         deliveries: totals,
         latency,
+        publish_latency,
         connections: connected as u64,
         connect_errors: failed.load(Ordering::Relaxed) as u64,
         server_cpu_seconds: cpu,
@@ -495,6 +501,9 @@ async fn publish_rest(
                 }
                 let ok = req.body(body).send().await.is_ok_and(|r| r.status() == 201);
                 if ok {
+                    shared
+                        .answered
+                        .record(k as usize, shared.now_us().saturating_sub(sent_us));
                     published[bi].fetch_add(1, Ordering::Relaxed);
                 } else {
                     errors.fetch_add(1, Ordering::Relaxed);

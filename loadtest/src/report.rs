@@ -86,6 +86,9 @@ pub struct RunResult {
     pub deliveries: Totals,
     pub deliveries_per_s: f64,
     pub latency: LatencySummary,
+    /// REST publishes: intended send time → the 201 answer (the commit's share of `latency`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publish_latency: Option<LatencySummary>,
     pub connections: u64,
     pub connect_errors: u64,
     pub server: Vec<ServerCost>,
@@ -135,6 +138,12 @@ impl RunResult {
             let l = &self.latency;
             println!(
                 "latency ms          p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+                l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms
+            );
+        }
+        if let Some(l) = &self.publish_latency {
+            println!(
+                "POST answered ms    p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
                 l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms
             );
         }
