@@ -173,3 +173,53 @@ async fn with_write_batch_max_1_every_change_commits_alone() {
         .get(0);
     assert_eq!(commits, 5);
 }
+
+#[tokio::test]
+async fn creates_on_boards_new_to_the_log_share_a_commit_and_start_at_seq_1() {
+    // Without authentication a board exists once something is created on it; a batch's one
+    // statement starts each new board's log at 1, numbered in arrival order.
+    let mut t = spawn().await;
+    t.create(1, "first").await;
+    let blocker = t.hold_board(1).await;
+    let lead = {
+        let mut c = t.client.clone();
+        tokio::spawn(async move { c.create_task(create(1, "lead".into())).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let calls: Vec<_> = (0..9)
+        .map(|i| {
+            let mut c = t.client.clone();
+            let board = 50 + i64::from(i % 3);
+            tokio::spawn(async move {
+                let r = c.create_task(create(board, format!("t{i}"))).await;
+                (board, r.map(|r| r.into_inner().seq))
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    blocker.batch_execute("COMMIT").await.unwrap();
+    lead.await.unwrap().expect("lead");
+    let mut seqs: HashMap<i64, Vec<i64>> = HashMap::new();
+    for c in calls {
+        let (board, seq) = c.await.unwrap();
+        seqs.entry(board).or_default().push(seq.expect("create"));
+    }
+    for b in 50..53 {
+        let s = seqs.get_mut(&b).unwrap();
+        s.sort_unstable();
+        assert_eq!(*s, vec![1, 2, 3], "board {b}");
+    }
+    let heads: Vec<i64> = t
+        .db()
+        .await
+        .query(
+            "SELECT last_seq FROM boards WHERE id BETWEEN 50 AND 52 ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(heads, vec![3, 3, 3]);
+}
