@@ -94,8 +94,9 @@ fn mutation_sql_with(change: &str, kind: &str, actor: u8, extra: &str) -> String
 /// the database's CPU per create under load. Ids are drawn first so each row's answer can be
 /// matched to its element (`ord`, 1-based); creates a caller may not make are left out (no row);
 /// each board's seq is bumped once by its count and its events numbered in element order; an
-/// archived or deleted board fails the statement (SQLSTATE 55000) as in `mutation_sql`. Boards
-/// are locked in id order, so two replicas' batches never wait on each other in a cycle.
+/// archived or deleted board fails the statement (SQLSTATE 55000) as in `mutation_sql`. The
+/// statement locks its boards in id order (a deadlock with another replica's transaction is still
+/// possible through its other statements: the batch then runs one by one, as for any failure).
 fn create_many_sql() -> String {
     let seq = "b.last_seq - n.cnt + n.k";
     format!(
