@@ -148,10 +148,13 @@ impl Session {
         // are read first); anything else (never, with hyper's server over TCP) goes through
         // tokio's generic split.
         let end = match upgraded.downcast::<TokioIo<Slotted>>() {
-            // An empty read_buf still pins hyper's whole read buffer: drop it. The socket's slot
-            // (`_slot`) is held until the session ends.
+            // An empty read_buf still pins hyper's whole read buffer (8 KiB): drop it now, not
+            // when the arm ends (a field left in `parts` lives as long as the session). The
+            // socket's slot (`_slot`) is held until the session ends.
             Ok(parts) if parts.read_buf.is_empty() => {
-                let Slotted { io, slot: _slot } = parts.io.into_inner();
+                let hyper::upgrade::Parts { io, read_buf, .. } = parts;
+                drop(read_buf);
+                let Slotted { io, slot: _slot } = io.into_inner();
                 let (r, w) = io.into_split();
                 ctx.serve(r, w, feed, start).await
             }
