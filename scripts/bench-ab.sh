@@ -7,6 +7,8 @@
 #   BASE     a git revision (built in release mode into target/ab-base from a worktree), or a
 #            directory that holds a taskboard-gateway binary
 #   SECONDS  length of each run (default 8)
+#   B_ENV="VAR=value …" in the environment: extra settings for side B's gateway only (e.g.
+#         B_ENV=WS_DIRECT_BUDGET_US=0 with BASE target/release, the working tree's own binary)
 # A is BASE, B is the working tree. Results: bench/results/ab-<timestamp>/ (JSON per run, summary).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -71,23 +73,26 @@ RUST_LOG=warn DATABASE_URL=$db_url NATS_URL=$NATS_URL NATS_SUBJECT_PREFIX="ab$ts
   METRICS_PORT=0 BIND_ADDR=127.0.0.1 DB_POOL_SIZE=32 "$bin/taskboard-tasks" &
 pids+=("$!")
 
-start_gateway() { # binary → sets gw_port, gw_pid
+start_gateway() { # binary [VAR=value…] → sets gw_port, gw_pid
   gw_port=$(free_port)
+  local binary=$1
+  shift
   RUST_LOG=warn HTTP_PORT=$gw_port TASK_SERVICE_ADDR=127.0.0.1:$grpc_port NATS_URL=$NATS_URL \
-    NATS_SUBJECT_PREFIX="ab$ts" METRICS_PORT="$(free_port)" BIND_ADDR=127.0.0.1 "$1" &
+    NATS_SUBJECT_PREFIX="ab$ts" METRICS_PORT="$(free_port)" BIND_ADDR=127.0.0.1 env "$@" "$binary" &
   gw_pid=$!
   pids+=("$gw_pid")
   for _ in $(seq 1 200); do curl -fsS "http://127.0.0.1:$gw_port/ready" >/dev/null 2>&1 && return; sleep 0.1; done
-  die "gateway $1 never became ready"
+  die "gateway $binary never became ready"
 }
 start_gateway "$base_bin/taskboard-gateway"
 a_port=$gw_port a_pid=$gw_pid
-start_gateway "$bin/taskboard-gateway"
+# shellcheck disable=SC2086 # B_ENV is a list of VAR=value words
+start_gateway "$bin/taskboard-gateway" ${B_ENV:-}
 b_port=$gw_port b_pid=$gw_pid
 
 {
   echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -r)"
-  echo "A = $base ($base_bin/taskboard-gateway), B = working tree $(git rev-parse --short HEAD)$(git diff --quiet || echo '+dirty')"
+  echo "A = $base ($base_bin/taskboard-gateway), B = working tree $(git rev-parse --short HEAD)$(git diff --quiet || echo '+dirty')${B_ENV:+ with $B_ENV}"
 } | tee "$out/machine.txt"
 
 run() { # name side args…

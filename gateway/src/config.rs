@@ -10,6 +10,7 @@ pub const DEFAULT_NATS_URL: &str = "nats://localhost:4222";
 /// Per-connection event queue. The original buffered 256 messages per client; a client further
 /// behind than this is closed with 1013 and resumes with `since`.
 pub const DEFAULT_WS_QUEUE: usize = 256;
+pub const DEFAULT_WS_DIRECT_BUDGET_US: u64 = 2_000;
 
 /// Configuration of `taskboard-gateway`.
 #[derive(Debug, Clone, Parser)]
@@ -119,6 +120,12 @@ pub struct Config {
     #[arg(long, env = "WS_QUEUE", default_value_t = DEFAULT_WS_QUEUE)]
     pub ws_queue: usize,
 
+    /// How long the fan-out of one event may spend writing frames to idle connections' sockets
+    /// itself (one wake-up per event instead of one per connection) before it hands the rest to
+    /// the connections' own tasks, which then run on every core. 0 always hands over.
+    #[arg(long, env = "WS_DIRECT_BUDGET_US", default_value_t = DEFAULT_WS_DIRECT_BUDGET_US)]
+    pub ws_direct_budget_us: u64,
+
     /// Interval between server pings; a client that has not answered the previous ping by the
     /// next one is dropped.
     #[arg(long, env = "WS_PING_INTERVAL_MS", default_value_t = 30_000)]
@@ -224,6 +231,7 @@ impl Config {
             nats_subject_prefix: "tasks".into(),
             cors_origins: String::new(),
             ws_queue: DEFAULT_WS_QUEUE,
+            ws_direct_budget_us: DEFAULT_WS_DIRECT_BUDGET_US,
             ws_ping_interval_ms: 30_000,
             ws_write_timeout_ms: 10_000,
             ws_send_buffer: None,

@@ -1,14 +1,17 @@
-//! The fan-out hub: one bounded broadcast channel per board with subscribers (plus one for clients
-//! that watch every board), freed when its last subscriber leaves. It holds senders, never
-//! sockets; each event is one shared `Bytes`. Per board it also knows the latest seq it has seen,
-//! which is where a new subscriber without `since` starts.
+//! The fan-out hub: the subscribers ([`Outlet`]s) of each watched board (plus those that watch
+//! every board), forgotten when the last one leaves; each event is one shared `Bytes`. Per board
+//! it also knows the latest seq it has seen, which is where a new subscriber without `since`
+//! starts.
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use std::time::Duration;
+
 use bytes::Bytes;
-use tokio::sync::broadcast;
+
+use crate::outlet::Outlet;
 
 /// One event as delivered: routing data from the NATS headers and the complete WebSocket text
 /// frame (header and browser JSON), built once and shared (a clone is a reference-count bump) by
@@ -116,142 +119,176 @@ impl Delivery {
 
 /// One watched board.
 struct Board {
-    tx: broadcast::Sender<Delivery>,
-    /// The latest seq published on this board's channel, or the board's head as a subscriber
+    /// Its subscribers; copied on change, so a publisher works on a snapshot outside the lock.
+    subs: Arc<Vec<Arc<Outlet>>>,
+    /// The latest seq published to this board's subscribers, or the board's head as a subscriber
     /// fetched it from the task service; `None` until either is known.
     seq: Option<i64>,
 }
 
+struct Inner {
+    boards: HashMap<i64, Board>,
+    /// Subscribers of every board.
+    all: Arc<Vec<Arc<Outlet>>>,
+}
+
+/// How often (in recipients) a publish looks at the clock to see whether its direct-write budget
+/// is spent.
+const BUDGET_CHECK_EVERY: usize = 16;
+
 /// The hub. Cheap operations under a short std mutex; no I/O ever happens while it is held.
 pub struct Hub {
     pub metrics: crate::metrics::WsMetrics,
-    boards: Mutex<HashMap<i64, Board>>,
-    all: broadcast::Sender<Delivery>,
-    /// Per-subscriber queue bound: a receiver further behind than this sees `Lagged` and its
-    /// connection is closed with 1013.
+    inner: Mutex<Inner>,
+    /// Per-subscriber queue bound: a subscriber further behind than this is closed with 1013.
     capacity: usize,
+    /// How long one publish may spend writing frames to parked sessions' sockets itself before
+    /// it queues the rest for their sessions (zero: always queue).
+    direct_budget: Duration,
     clients: AtomicUsize,
 }
 
 impl Hub {
     pub fn new(capacity: usize) -> Self {
-        let capacity = capacity.max(1);
+        Self::with_direct_budget(capacity, Duration::ZERO)
+    }
+
+    /// A hub whose publishes write to parked sessions' sockets themselves for up to `budget`.
+    pub fn with_direct_budget(capacity: usize, budget: Duration) -> Self {
         Hub {
             metrics: crate::metrics::WsMetrics::new(),
-            boards: Mutex::new(HashMap::new()),
-            all: broadcast::channel(capacity).0,
-            capacity,
+            inner: Mutex::new(Inner {
+                boards: HashMap::new(),
+                all: Arc::new(Vec::new()),
+            }),
+            capacity: capacity.max(1),
+            direct_budget: budget,
             clients: AtomicUsize::new(0),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Board>> {
-        self.boards.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Subscribes to one board, or to every board with `None`.
-    pub fn subscribe(&self, board: Option<i64>) -> broadcast::Receiver<Delivery> {
-        self.subscribe_with_seq(board).0
+    /// A new outlet with this hub's queue bound, not yet subscribed.
+    pub fn outlet(&self) -> Arc<Outlet> {
+        Outlet::new(self.capacity)
     }
 
-    /// Subscribes, and says the latest seq the hub knows of the board at that instant: every event
-    /// after it reaches the new receiver. Release with [`Hub::release`] once the receiver is gone.
-    pub fn subscribe_with_seq(
-        &self,
-        board: Option<i64>,
-    ) -> (broadcast::Receiver<Delivery>, Option<i64>) {
-        match board {
-            None => (self.all.subscribe(), None),
-            Some(b) => {
-                let mut boards = self.lock();
-                let entry = boards.entry(b).or_insert_with(|| Board {
-                    tx: broadcast::channel(self.capacity).0,
+    /// Subscribes a new outlet to one board, or to every board with `None`.
+    pub fn subscribe(&self, board: Option<i64>) -> Arc<Outlet> {
+        let o = self.outlet();
+        self.add(&o, board.as_slice());
+        o
+    }
+
+    /// Subscribes `outlet` to `boards` (every board when empty), and says the latest seq the hub
+    /// knows of each at that instant: every event after it reaches the outlet. Undo with
+    /// [`Hub::remove`].
+    pub fn add(&self, outlet: &Arc<Outlet>, boards: &[i64]) -> Vec<(i64, Option<i64>)> {
+        let mut inner = self.lock();
+        if boards.is_empty() {
+            Arc::make_mut(&mut inner.all).push(outlet.clone());
+            return Vec::new();
+        }
+        let known = boards
+            .iter()
+            .map(|&b| {
+                let entry = inner.boards.entry(b).or_insert_with(|| Board {
+                    subs: Arc::new(Vec::new()),
                     seq: None,
                 });
-                let r = (entry.tx.subscribe(), entry.seq);
-                self.metrics.boards.set(boards.len() as f64);
-                r
+                Arc::make_mut(&mut entry.subs).push(outlet.clone());
+                (b, entry.seq)
+            })
+            .collect();
+        self.metrics.boards.set(inner.boards.len() as f64);
+        known
+    }
+
+    /// Unsubscribes `outlet` from `boards` (every board when empty); a board nobody watches any
+    /// more is forgotten.
+    pub fn remove(&self, outlet: &Arc<Outlet>, boards: &[i64]) {
+        let mut inner = self.lock();
+        if boards.is_empty() {
+            Arc::make_mut(&mut inner.all).retain(|o| !Arc::ptr_eq(o, outlet));
+            return;
+        }
+        for b in boards {
+            if let Some(e) = inner.boards.get_mut(b) {
+                Arc::make_mut(&mut e.subs).retain(|o| !Arc::ptr_eq(o, outlet));
+                if e.subs.is_empty() {
+                    inner.boards.remove(b);
+                }
             }
         }
+        self.metrics.boards.set(inner.boards.len() as f64);
     }
 
     /// Records a board head fetched from the task service (never moves the known seq back).
     pub fn note_head(&self, board: i64, head: i64) {
-        if let Some(e) = self.lock().get_mut(&board) {
+        if let Some(e) = self.lock().boards.get_mut(&board) {
             e.seq = Some(e.seq.map_or(head, |s| s.max(head)));
         }
     }
 
     /// The latest seq known for a watched board.
     pub fn known(&self, board: i64) -> Option<i64> {
-        self.lock().get(&board).and_then(|e| e.seq)
+        self.lock().boards.get(&board).and_then(|e| e.seq)
     }
 
-    /// Frees the channels of `boards` that no receiver uses any more (call after dropping them).
-    pub fn release(&self, boards: &[i64]) {
-        let mut map = self.lock();
-        for b in boards {
-            if map.get(b).is_some_and(|e| e.tx.receiver_count() == 0) {
-                map.remove(b);
-            }
-        }
-        self.metrics.boards.set(map.len() as f64);
-    }
-
-    /// How many per-board channels are held.
+    /// How many boards are watched.
     pub fn board_count(&self) -> usize {
-        self.lock().len()
+        self.lock().boards.len()
     }
 
     /// Hands `d` to every subscriber of its board and every all-boards subscriber; returns how
-    /// many receivers it reached.
+    /// many it reached. Within the direct-write budget, frames go straight to the sockets of
+    /// parked sessions (see [`Outlet::offer`]); past it, to their queues.
     pub fn publish(&self, d: Delivery) -> usize {
-        let mut n = 0;
-        {
-            let mut boards = self.lock();
-            if let Some(t) = &d.timing {
-                // Set before sending, so no recipient can finish first.
-                let board_rx = boards.get(&d.board_id).map_or(0, |e| e.tx.receiver_count());
-                t.remaining
-                    .store(board_rx + self.all.receiver_count(), Ordering::Release);
-            }
-            if let Some(e) = boards.get_mut(&d.board_id) {
+        let (subs, all) = {
+            let mut inner = self.lock();
+            let all = inner.all.clone();
+            let subs = inner.boards.get_mut(&d.board_id).map(|e| {
                 if d.kind != Kind::Unsequenced {
                     e.seq = Some(e.seq.map_or(d.seq, |s| s.max(d.seq)));
                 }
-                if let Ok(k) = e.tx.send(d.clone()) {
-                    n += k;
-                }
-            }
+                e.subs.clone()
+            });
+            (subs, all)
+        };
+        let n = subs.as_ref().map_or(0, |s| s.len()) + all.len();
+        if let Some(t) = &d.timing {
+            // Set before any recipient can finish.
+            t.remaining.store(n, Ordering::Release);
         }
-        if let Ok(k) = self.all.send(d) {
-            n += k;
+        let mut direct = !self.direct_budget.is_zero();
+        let started = Instant::now();
+        let outlets = subs.iter().flat_map(|s| s.iter()).chain(all.iter());
+        for (i, o) in outlets.enumerate() {
+            if direct && i % BUDGET_CHECK_EVERY == BUDGET_CHECK_EVERY - 1 {
+                direct = started.elapsed() < self.direct_budget;
+            }
+            o.offer(&d, direct, &self.metrics);
         }
         n
     }
 
     /// Boards that currently have at least one subscriber.
     pub fn watched_boards(&self) -> Vec<i64> {
-        self.lock()
-            .iter()
-            .filter(|(_, e)| e.tx.receiver_count() > 0)
-            .map(|(b, _)| *b)
-            .collect()
+        self.lock().boards.keys().copied().collect()
     }
 
     /// Whether anyone subscribes to every board.
     pub fn has_all_boards_subscribers(&self) -> bool {
-        self.all.receiver_count() > 0
+        !self.lock().all.is_empty()
     }
 
     /// Whether anyone would receive an event of `board`.
     pub fn is_watched(&self, board: i64) -> bool {
-        if self.all.receiver_count() > 0 {
-            return true;
-        }
-        self.lock()
-            .get(&board)
-            .is_some_and(|e| e.tx.receiver_count() > 0)
+        let inner = self.lock();
+        !inner.all.is_empty() || inner.boards.contains_key(&board)
     }
 
     /// Counts a connected client; returns the new total.
@@ -275,7 +312,7 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+    use crate::outlet::Lagged;
 
     fn d(board: i64, seq: i64) -> Delivery {
         Delivery::new(board, seq, format!("{{\"seq\":{seq}}}").as_bytes())
@@ -284,41 +321,48 @@ mod tests {
     #[test]
     fn board_subscribers_get_only_their_board() {
         let hub = Hub::new(8);
-        let mut one = hub.subscribe(Some(1));
-        let mut two = hub.subscribe(Some(2));
+        let one = hub.subscribe(Some(1));
+        let two = hub.subscribe(Some(2));
         assert_eq!(hub.publish(d(1, 1)), 1);
-        assert_eq!(one.try_recv().unwrap().seq, 1);
-        assert!(matches!(two.try_recv(), Err(TryRecvError::Empty)));
+        assert_eq!(one.try_recv().unwrap().unwrap().seq, 1);
+        assert!(two.try_recv().unwrap().is_none());
     }
 
     #[test]
     fn all_boards_subscribers_get_everything() {
         let hub = Hub::new(8);
-        let mut all = hub.subscribe(None);
+        let all = hub.subscribe(None);
         hub.publish(d(1, 1));
         hub.publish(d(2, 1));
-        assert_eq!(all.try_recv().unwrap().board_id, 1);
-        assert_eq!(all.try_recv().unwrap().board_id, 2);
+        assert_eq!(all.try_recv().unwrap().unwrap().board_id, 1);
+        assert_eq!(all.try_recv().unwrap().unwrap().board_id, 2);
     }
 
     #[test]
     fn every_recipient_shares_one_buffer() {
         let hub = Hub::new(8);
-        let mut a = hub.subscribe(Some(1));
-        let mut b = hub.subscribe(Some(1));
+        let a = hub.subscribe(Some(1));
+        let b = hub.subscribe(Some(1));
         hub.publish(d(1, 1));
-        let (x, y) = (a.try_recv().unwrap(), b.try_recv().unwrap());
+        let (x, y) = (
+            a.try_recv().unwrap().unwrap(),
+            b.try_recv().unwrap().unwrap(),
+        );
         assert_eq!(x.frame.as_ptr(), y.frame.as_ptr());
     }
 
-    #[tokio::test]
-    async fn a_receiver_past_capacity_sees_lagged() {
+    #[test]
+    fn a_receiver_past_capacity_sees_lagged() {
         let hub = Hub::new(2);
-        let mut slow = hub.subscribe(Some(1));
-        for s in 1..=5 {
+        let slow = hub.subscribe(Some(1));
+        for s in 1..=2 {
             hub.publish(d(1, s));
         }
-        assert!(matches!(slow.recv().await, Err(RecvError::Lagged(3))));
+        assert_eq!(slow.try_recv().unwrap().unwrap().seq, 1, "within the bound");
+        for s in 3..=5 {
+            hub.publish(d(1, s));
+        }
+        assert!(matches!(slow.try_recv(), Err(Lagged)));
     }
 
     #[test]
@@ -333,14 +377,14 @@ mod tests {
         };
         metrics::with_local_recorder(&recorder, || {
             let hub = Hub::new(8);
-            let mut a = hub.subscribe(Some(1));
-            let mut b = hub.subscribe(Some(1));
-            let mut all = hub.subscribe(None);
+            let a = hub.subscribe(Some(1));
+            let b = hub.subscribe(Some(1));
+            let all = hub.subscribe(None);
             hub.publish(Delivery::live(1, 1, b"{}", None));
             let (x, y, z) = (
-                a.try_recv().unwrap(),
-                b.try_recv().unwrap(),
-                all.try_recv().unwrap(),
+                a.try_recv().unwrap().unwrap(),
+                b.try_recv().unwrap().unwrap(),
+                all.try_recv().unwrap().unwrap(),
             );
             x.done(&hub.metrics);
             y.done(&hub.metrics);
@@ -364,11 +408,11 @@ mod tests {
         let a = hub.subscribe(Some(7));
         let b = hub.subscribe(Some(7));
         assert_eq!(hub.board_count(), 1);
-        drop(a);
-        hub.release(&[7]);
+        hub.remove(&a, &[7]);
         assert_eq!(hub.board_count(), 1, "one subscriber is left");
-        drop(b);
-        hub.release(&[7]);
+        assert_eq!(hub.publish(d(7, 1)), 1);
+        assert!(a.try_recv().unwrap().is_none(), "removed");
+        hub.remove(&b, &[7]);
         assert_eq!(hub.board_count(), 0);
         assert!(hub.watched_boards().is_empty());
     }
@@ -376,15 +420,15 @@ mod tests {
     #[test]
     fn a_new_subscriber_learns_the_latest_seq_under_the_same_lock() {
         let hub = Hub::new(8);
-        let (_first, seq) = hub.subscribe_with_seq(Some(3));
-        assert_eq!(seq, None, "nothing known yet");
+        let first = hub.outlet();
+        assert_eq!(hub.add(&first, &[3]), [(3, None)], "nothing known yet");
         hub.note_head(3, 5);
         hub.publish(d(3, 6));
         hub.note_head(3, 4);
-        let (mut second, seq) = hub.subscribe_with_seq(Some(3));
-        assert_eq!(seq, Some(6), "never moves back");
+        let second = hub.outlet();
+        assert_eq!(hub.add(&second, &[3]), [(3, Some(6))], "never moves back");
         hub.publish(d(3, 7));
-        assert_eq!(second.try_recv().unwrap().seq, 7);
+        assert_eq!(second.try_recv().unwrap().unwrap().seq, 7);
         hub.publish(Delivery::unsequenced(3, b"{}"));
         assert_eq!(hub.known(3), Some(7), "unsequenced events do not count");
     }

@@ -10,6 +10,7 @@ pub mod events;
 pub mod hub;
 pub mod limits;
 pub mod metrics;
+pub mod outlet;
 mod page;
 pub mod presence;
 pub mod ratelimit;
@@ -120,7 +121,10 @@ pub async fn run_with_metrics(
         config.breaker_failures,
         Duration::from_millis(config.breaker_open_ms.max(1)),
     ));
-    let hub = Arc::new(hub::Hub::new(config.ws_queue));
+    let hub = Arc::new(hub::Hub::with_direct_budget(
+        config.ws_queue,
+        Duration::from_micros(config.ws_direct_budget_us),
+    ));
 
     // Reconnects are signalled to the intake, which then fetches what watched boards missed.
     let (reconnected_tx, reconnected_rx) = mpsc::channel(4);

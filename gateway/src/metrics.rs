@@ -60,6 +60,10 @@ pub fn describe() {
         "Bytes of event frames written to WebSocket clients"
     );
     describe_counter!(
+        "taskboard_ws_direct_writes_total",
+        "Event frames the fan-out wrote to an idle connection's socket itself, without waking its task (counted in frames sent too)"
+    );
+    describe_counter!(
         "taskboard_ws_slow_consumers_total",
         "Clients closed with 1013 for falling behind"
     );
@@ -129,6 +133,8 @@ pub struct WsMetrics {
     pub connects: Counter,
     pub frames_sent: Counter,
     pub bytes_sent: Counter,
+    /// Frames the hub wrote to a parked session's socket itself (included in `frames_sent`).
+    pub direct_writes: Counter,
     pub slow_consumers: Counter,
     pub resumes: Counter,
     pub events_replayed: Counter,
@@ -148,6 +154,7 @@ impl WsMetrics {
             connects: counter!("taskboard_ws_connects_total"),
             frames_sent: counter!("taskboard_ws_frames_sent_total"),
             bytes_sent: counter!("taskboard_ws_bytes_sent_total"),
+            direct_writes: counter!("taskboard_ws_direct_writes_total"),
             slow_consumers: counter!("taskboard_ws_slow_consumers_total"),
             resumes: counter!("taskboard_ws_resumes_total"),
             events_replayed: counter!("taskboard_ws_events_replayed_total"),

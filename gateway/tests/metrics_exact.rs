@@ -79,6 +79,10 @@ async fn metrics_count_real_traffic_and_pass_promtool() {
         Some(4.0)
     );
     assert!(sample(&gw, "taskboard_ws_bytes_sent_total", &[]).unwrap() > 4.0 * 200.0);
+    // The subscriber is idle between events: the fan-out writes to its socket itself (all four
+    // unless one arrives while the session is awake for another reason).
+    let direct = sample(&gw, "taskboard_ws_direct_writes_total", &[]).unwrap_or(0.0);
+    assert!((1.0..=4.0).contains(&direct), "direct writes: {direct}");
     assert_eq!(
         sample(&gw, "taskboard_nats_messages_received_total", &[]),
         Some(4.0)

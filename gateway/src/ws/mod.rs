@@ -1,11 +1,12 @@
 //! `/ws`: query parsing (here), the upgrade (`upgrade`), and the connection itself (`session`,
-//! with its `feed`, `inbound` reader and `outbound` writer).
+//! with its `feed`, `inbound` reader and `outbound` writer over a `socket` shared with the hub).
 mod close;
 mod feed;
 pub mod frame;
 mod inbound;
 mod outbound;
 mod session;
+mod socket;
 mod upgrade;
 
 use std::collections::BTreeMap;

@@ -88,6 +88,17 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         }
     }
 
+    /// Writes the rest of a frame whose start went out elsewhere (the hub's direct write). On a
+    /// timeout, all that is still unwritten of it is in `unfinished`, even when none of it went
+    /// out here: the client must get the frame whole before a close frame can follow.
+    pub async fn finish(&mut self, rest: &[u8]) -> Result<(), WriteError> {
+        let r = self.bytes(rest).await;
+        if matches!(r, Err(WriteError::TimedOut)) && self.unfinished.is_empty() {
+            self.unfinished = rest.to_vec();
+        }
+        r
+    }
+
     pub async fn control(&mut self, mut frame: Frame<'_>) -> Result<(), WriteError> {
         let mut scratch = std::mem::take(&mut self.scratch);
         let r = self.bytes(frame.write(&mut scratch)).await;
@@ -122,6 +133,29 @@ mod tests {
         let mut got = vec![0u8; 10];
         b.read_exact(&mut got).await.unwrap();
         assert_eq!(&got[..6], &frames[0][..]);
+    }
+
+    #[tokio::test]
+    async fn the_rest_of_a_frame_begun_elsewhere_is_kept_whole_when_nothing_of_it_goes_out() {
+        let (a, mut b) = tokio::io::duplex(4);
+        let mut wr = Writer::new(a, Duration::from_millis(50));
+        wr.bytes(b"head").await.unwrap();
+        assert!(matches!(
+            wr.finish(b"tail").await,
+            Err(WriteError::TimedOut)
+        ));
+        assert_eq!(wr.unfinished, b"tail", "nothing of it went out");
+        let mut got = [0u8; 4];
+        b.read_exact(&mut got).await.unwrap();
+        let (a, mut b) = tokio::io::duplex(4);
+        let mut wr = Writer::new(a, Duration::from_millis(50));
+        assert!(matches!(
+            wr.finish(b"0123456789").await,
+            Err(WriteError::TimedOut)
+        ));
+        assert_eq!(wr.unfinished, b"456789", "four bytes went out");
+        b.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"0123");
     }
 
     #[tokio::test]

@@ -19,12 +19,14 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::close::{close_of, resume_hint, rewind, sendable, End};
-use super::feed::{Feed, FeedError};
+use super::feed::Feed;
 use super::frame::text_frame;
 use super::inbound::{self, Kind, ReadError};
 use super::outbound::{WriteError, Writer};
+use super::socket;
 use super::Subscription;
 use crate::hub::{Delivery, Hub, Kind as DeliveryKind};
+use crate::outlet::{step, Lagged, Rest, Step};
 use crate::tasks_client::TasksClient;
 use taskboard_telemetry::Slotted;
 
@@ -65,6 +67,15 @@ struct Ctx {
     expires_at: Option<tokio::time::Instant>,
     /// Replay page reads, shared and bounded (MAX_REPLAYS).
     replays: Arc<crate::replay::ReplayReads>,
+}
+
+/// What woke a running session.
+enum Woke {
+    End(End),
+    /// Something may have been queued.
+    Queued,
+    Read(Result<inbound::Inbound, ReadError>),
+    Ping,
 }
 
 /// Who is on the other end: their address, and when their token expires.
@@ -144,9 +155,10 @@ impl Session {
         let total = ctx.hub.client_connected();
         tracing::info!(peer.addr = %ctx.peer, boards = ?ctx.sub.boards, "➕ Client connected. Total clients: {total}");
         let upgraded = ws.into_inner().into_inner();
-        // The plain TCP socket splits without a lock (bytes hyper read past the request, if any,
-        // are read first); anything else (never, with hyper's server over TCP) goes through
-        // tokio's generic split.
+        // The plain TCP socket is shared with the hub, which writes to it directly while the
+        // session is parked (bytes hyper read past the request, if any, are read first);
+        // anything else (never, with hyper's server over TCP) goes through tokio's generic split
+        // and gets every event through the session.
         let end = match upgraded.downcast::<TokioIo<Slotted>>() {
             // An empty read_buf still pins hyper's whole read buffer (8 KiB): drop it now, not
             // when the arm ends (a field left in `parts` lives as long as the session). The
@@ -155,12 +167,14 @@ impl Session {
                 let hyper::upgrade::Parts { io, read_buf, .. } = parts;
                 drop(read_buf);
                 let Slotted { io, slot: _slot } = io.into_inner();
-                let (r, w) = io.into_split();
+                let (r, w, shared) = socket::share(io);
+                feed.attach(shared);
                 ctx.serve(r, w, feed, start).await
             }
             Ok(parts) => {
                 let Slotted { io, slot: _slot } = parts.io.into_inner();
-                let (r, w) = io.into_split();
+                let (r, w, shared) = socket::share(io);
+                feed.attach(shared);
                 let r = std::io::Cursor::new(parts.read_buf).chain(r);
                 ctx.serve(r, w, feed, start).await
             }
@@ -176,7 +190,7 @@ impl Session {
 }
 
 impl Ctx {
-    async fn serve<R, W>(&self, r: R, w: W, mut feed: Feed, start: HashMap<i64, i64>) -> End
+    async fn serve<R, W>(&self, r: R, w: W, feed: Feed, start: HashMap<i64, i64>) -> End
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
@@ -206,6 +220,7 @@ impl Ctx {
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
         let mut awaiting_pong = false;
+        let mut incoming: Vec<Delivery> = Vec::new();
         let mut batch: Vec<Delivery> = Vec::new();
         // Registered once, not on every wake-up of the loop (that showed up in profiles).
         let cancelled = self.shutdown.cancelled();
@@ -216,50 +231,71 @@ impl Ctx {
         tokio::pin!(expired);
 
         loop {
-            let end = tokio::select! {
+            // Parked (nothing waiting), the hub writes the next events itself and keeps `last`;
+            // whatever wakes the session ends the park before the session writes anything.
+            let parked = feed.park(&mut last);
+            let woke = tokio::select! {
                 biased;
-                _ = &mut cancelled => End::Shutdown,
-                _ = &mut expired => End::TokenExpired,
-                // Events first: when one is queued the loop goes straight to writing, without
+                _ = &mut cancelled => Woke::End(End::Shutdown),
+                _ = &mut expired => Woke::End(End::TokenExpired),
+                // Events first: when one is waiting the loop goes straight to writing, without
                 // polling the socket's read side on every wake-up. The reader and the ping timer
-                // run as soon as the queue is empty (a busy connection is alive by definition).
-                d = feed.recv() => match d {
-                    Ok(d) => match self.deliver(&mut wr, &mut feed, d, &mut last, &mut batch).await {
-                        Ok(()) => continue,
-                        Err(e) => e,
-                    },
-                    Err(FeedError::Lagged) => End::SlowConsumer,
-                    Err(FeedError::Closed) => End::Shutdown,
-                },
+                // run as soon as nothing is (a busy connection is alive by definition).
+                () = std::future::ready(()), if !parked => Woke::Queued,
+                () = feed.notified(), if parked => Woke::Queued,
                 // Cancel-safe: a partly read frame stays in the reader's buffer.
-                f = rd.next() => match f {
-                    Ok(f) => match f.kind {
-                        Kind::Close => {
-                            let (code, reason) = close_of(&f.payload);
-                            tracing::debug!(peer.addr = %self.peer, code, %reason, "client sent close");
-                            // Answer the client's close with the same code, then stop.
-                            let _ = wr.control(Frame::close(sendable(code), b"")).await;
-                            return End::ClientClosed(code);
-                        }
-                        Kind::Ping => match wr.control(Frame::pong(Payload::Owned(f.payload))).await {
+                f = rd.next() => Woke::Read(f),
+                _ = ping.tick() => Woke::Ping,
+            };
+            feed.unpark(&mut last);
+            let end = match woke {
+                Woke::End(end) => end,
+                Woke::Queued => match feed.take(&mut incoming, MAX_BATCH) {
+                    Ok(rest) => {
+                        match self
+                            .deliver(&mut wr, rest, &mut incoming, &mut last, &mut batch)
+                            .await
+                        {
                             Ok(()) => continue,
-                            Err(e) => e.into(),
-                        },
-                        Kind::Pong => { awaiting_pong = false; continue; }
-                        Kind::Data => continue,
-                    },
-                    Err(ReadError::Protocol { close_code, reason }) => {
-                        let _ = wr.control(Frame::close(close_code, reason.as_bytes())).await;
-                        return End::Io(format!("client broke the protocol: {reason}"));
+                            Err(e) => e,
+                        }
                     }
-                    Err(e) => return End::Io(format!("{e:?}")),
+                    Err(Lagged) => End::SlowConsumer,
                 },
-                _ = ping.tick() => {
+                Woke::Read(Ok(f)) => match f.kind {
+                    Kind::Close => {
+                        let (code, reason) = close_of(&f.payload);
+                        tracing::debug!(peer.addr = %self.peer, code, %reason, "client sent close");
+                        // Answer the client's close with the same code, then stop.
+                        let _ = wr.control(Frame::close(sendable(code), b"")).await;
+                        return End::ClientClosed(code);
+                    }
+                    Kind::Ping => match wr.control(Frame::pong(Payload::Owned(f.payload))).await {
+                        Ok(()) => continue,
+                        Err(e) => e.into(),
+                    },
+                    Kind::Pong => {
+                        awaiting_pong = false;
+                        continue;
+                    }
+                    Kind::Data => continue,
+                },
+                Woke::Read(Err(ReadError::Protocol { close_code, reason })) => {
+                    let _ = wr
+                        .control(Frame::close(close_code, reason.as_bytes()))
+                        .await;
+                    return End::Io(format!("client broke the protocol: {reason}"));
+                }
+                Woke::Read(Err(e)) => return End::Io(format!("{e:?}")),
+                Woke::Ping => {
                     if awaiting_pong {
                         End::PingTimeout
                     } else {
                         awaiting_pong = true;
-                        match wr.control(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b""))).await {
+                        match wr
+                            .control(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b"")))
+                            .await
+                        {
                             Ok(()) => continue,
                             Err(e) => e.into(),
                         }
@@ -322,54 +358,48 @@ impl Ctx {
         end
     }
 
-    /// Writes a live event, and whatever else is already queued, unless already sent; fetches a
-    /// gap (or what a head marker says is missing) from the log first.
+    /// Writes what was queued (after the rest of a frame the hub began), skipping what was
+    /// already sent; fetches a gap (or what a head marker says is missing) from the log first.
     async fn deliver<W: AsyncWrite + Unpin>(
         &self,
         wr: &mut Writer<W>,
-        feed: &mut Feed,
-        first: Delivery,
+        rest: Option<Rest>,
+        incoming: &mut Vec<Delivery>,
         last: &mut HashMap<i64, i64>,
         batch: &mut Vec<Delivery>,
     ) -> Result<(), End> {
         let m = &self.hub.metrics;
+        if let Some((bytes, d)) = rest {
+            wr.finish(&bytes).await?;
+            m.frames_sent.increment(1);
+            m.bytes_sent.increment(d.frame.len() as u64);
+            d.done(m);
+        }
         batch.clear();
-        let mut next = Some(first);
-        while let Some(d) = next.take() {
-            match (d.kind, last.get(&d.board_id).copied()) {
-                (DeliveryKind::Unsequenced, _) => batch.push(d),
-                // Where a board stands is only known once it has a start.
-                (DeliveryKind::Head, None) => {}
-                (DeliveryKind::Head, Some(l)) => {
-                    if d.seq > l {
-                        self.flush(wr, batch, last).await?;
-                        Box::pin(self.replay(wr, d.board_id, last)).await?;
+        for d in incoming.drain(..) {
+            let prev = last.get(&d.board_id).copied();
+            match step(d.kind, d.seq, prev) {
+                Step::Skip => d.done(m),
+                Step::Write => {
+                    if d.kind == DeliveryKind::Event {
+                        last.insert(d.board_id, d.seq);
                     }
+                    batch.push(d);
                 }
-                (DeliveryKind::Event, Some(l)) if d.seq <= l => d.done(m),
-                (DeliveryKind::Event, Some(l)) if d.seq > l + 1 => {
+                Step::Fetch => {
                     // A gap: write what is batched, fetch the gap, then carry on.
                     self.flush(wr, batch, last).await?;
                     // Boxed: the gRPC call's state is large and only needed on this rare path,
                     // so it does not belong in every idle connection's task.
                     Box::pin(self.replay(wr, d.board_id, last)).await?;
-                    if last.get(&d.board_id).is_none_or(|l| d.seq > *l) {
-                        last.insert(d.board_id, d.seq);
-                        batch.push(d);
-                    } else {
-                        d.done(m);
+                    match d.kind {
+                        DeliveryKind::Event if last.get(&d.board_id).is_none_or(|l| d.seq > *l) => {
+                            last.insert(d.board_id, d.seq);
+                            batch.push(d);
+                        }
+                        _ => d.done(m),
                     }
                 }
-                (DeliveryKind::Event, _) => {
-                    last.insert(d.board_id, d.seq);
-                    batch.push(d);
-                }
-            }
-            if batch.len() < MAX_BATCH {
-                next = feed.try_recv().map_err(|e| match e {
-                    FeedError::Lagged => End::SlowConsumer,
-                    FeedError::Closed => End::Shutdown,
-                })?;
             }
         }
         self.flush(wr, batch, last).await

@@ -334,3 +334,53 @@ async fn header_less_events_of_the_original_are_delivered_without_breaking_the_s
     assert!(metric(app.metrics_addr, "taskboard_nats_unsequenced_total").await >= 1.0);
     assert!(metric(app.metrics_addr, "taskboard_nats_dropped_total").await >= 1.0);
 }
+
+#[tokio::test]
+async fn frames_the_fan_out_begins_and_the_session_finishes_arrive_whole_and_in_order() {
+    const N: i64 = 40;
+    // Small buffers both ways and frames larger than either: the fan-out's direct writes to
+    // this idle subscriber are cut short, and its session finishes them.
+    let app = spawn_app_with(|_| {}, |g| g.ws_send_buffer = Some(4096)).await;
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(2048).unwrap();
+    let stream = sock.connect(app.addr).await.unwrap();
+    let ws = ws_handshake(stream, app.addr, "board_id=10").await.unwrap();
+    let mut slow = Ws {
+        presence: Default::default(),
+        ws: fastwebsockets::FragmentCollector::new(ws),
+    };
+    let http = app.http.clone();
+    let url = app.url("/api/tasks");
+    let creates = tokio::spawn(async move {
+        for i in 0..N {
+            let desc = format!("{i:>4}").repeat(1500);
+            let r = http
+                .post(&url)
+                .json(&json!({"board_id": 10, "title": format!("big {i}"), "description": desc}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+        }
+    });
+    for want in 1..=N {
+        // A reader a little slower than the writer.
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        let Next::Event(e) = slow.next().await.unwrap() else {
+            panic!("closed before event {want}");
+        };
+        assert_eq!(seq(&e), want);
+        let desc = e["task"]["description"].as_str().unwrap();
+        assert_eq!(
+            desc,
+            format!("{:>4}", want - 1).repeat(1500),
+            "event {want} whole"
+        );
+    }
+    creates.await.unwrap();
+    assert!(metric(app.metrics_addr, "taskboard_ws_direct_writes_total").await >= 1.0);
+    assert_eq!(
+        metric(app.metrics_addr, "taskboard_ws_slow_consumers_total").await,
+        0.0
+    );
+}
