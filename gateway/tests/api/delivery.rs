@@ -247,14 +247,7 @@ async fn a_client_whose_socket_stays_full_gets_1013_with_a_usable_hint_and_is_co
     )
     .await;
     // A tiny receive window, and no reading until the server gave up.
-    let sock = tokio::net::TcpSocket::new_v4().unwrap();
-    sock.set_recv_buffer_size(2048).unwrap();
-    let stream = sock.connect(app.addr).await.unwrap();
-    let stuck = ws_handshake(stream, app.addr, "board_id=9").await.unwrap();
-    let mut stuck = Ws {
-        presence: Default::default(),
-        ws: fastwebsockets::FragmentCollector::new(stuck),
-    };
+    let mut stuck = ws_small_window(app.addr, "board_id=9").await;
     let desc = "y".repeat(3000);
     for i in 0..N {
         let r = app
@@ -341,14 +334,7 @@ async fn frames_the_fan_out_begins_and_the_session_finishes_arrive_whole_and_in_
     // Small buffers both ways and frames larger than either: the fan-out's direct writes to
     // this idle subscriber are cut short, and its session finishes them.
     let app = spawn_app_with(|_| {}, |g| g.ws_send_buffer = Some(4096)).await;
-    let sock = tokio::net::TcpSocket::new_v4().unwrap();
-    sock.set_recv_buffer_size(2048).unwrap();
-    let stream = sock.connect(app.addr).await.unwrap();
-    let ws = ws_handshake(stream, app.addr, "board_id=10").await.unwrap();
-    let mut slow = Ws {
-        presence: Default::default(),
-        ws: fastwebsockets::FragmentCollector::new(ws),
-    };
+    let mut slow = ws_small_window(app.addr, "board_id=10").await;
     let http = app.http.clone();
     let url = app.url("/api/tasks");
     let creates = tokio::spawn(async move {

@@ -157,6 +157,18 @@ impl TestApp {
     }
 }
 
+/// A WebSocket client with a tiny receive window (2 KiB), for slow-reader cases.
+pub async fn ws_small_window(addr: std::net::SocketAddr, query: &str) -> Ws {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(2048).unwrap();
+    let stream = sock.connect(addr).await.unwrap();
+    let ws = ws_handshake(stream, addr, query).await.unwrap();
+    Ws {
+        presence: Default::default(),
+        ws: FragmentCollector::new(ws),
+    }
+}
+
 pub struct Ws {
     pub ws: FragmentCollector<TokioIo<Upgraded>>,
     /// `presence` frames read while waiting for events (see [`Ws::presence`]).

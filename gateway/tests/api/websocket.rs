@@ -191,14 +191,7 @@ async fn a_slow_subscriber_is_closed_with_1013_while_a_fast_one_gets_everything(
     let mut fast = app.ws("board_id=6").await;
 
     // The slow client: a tiny receive window, and it does not read until the end.
-    let sock = tokio::net::TcpSocket::new_v4().unwrap();
-    sock.set_recv_buffer_size(2048).unwrap();
-    let stream = sock.connect(app.addr).await.unwrap();
-    let slow = ws_handshake(stream, app.addr, "board_id=6").await.unwrap();
-    let mut slow = Ws {
-        presence: Default::default(),
-        ws: fastwebsockets::FragmentCollector::new(slow),
-    };
+    let mut slow = ws_small_window(app.addr, "board_id=6").await;
 
     let desc = "x".repeat(2000);
     let fast_reader = tokio::spawn(async move {
