@@ -135,6 +135,17 @@ struct Inner {
 /// How often (in recipients) a publish looks at the clock to see whether its direct-write budget
 /// is spent.
 const BUDGET_CHECK_EVERY: usize = 16;
+/// The direct-write budget refills at 1/DIRECT_SHARE of wall-clock time: sparse events are
+/// written to every idle socket by the publisher, while a flood leaves most of the writing to
+/// the sessions (on every core, several queued frames per write) instead of serialising it in
+/// the one task that reads NATS.
+const DIRECT_SHARE: u32 = 4;
+
+/// Time the publisher may still spend writing to sockets itself.
+struct Budget {
+    left: Duration,
+    at: Instant,
+}
 
 /// The hub. Cheap operations under a short std mutex; no I/O ever happens while it is held.
 pub struct Hub {
@@ -143,8 +154,10 @@ pub struct Hub {
     /// Per-subscriber queue bound: a subscriber further behind than this is closed with 1013.
     capacity: usize,
     /// How long one publish may spend writing frames to parked sessions' sockets itself before
-    /// it queues the rest for their sessions (zero: always queue).
+    /// it queues the rest for their sessions (zero: always queue); also the bucket size of
+    /// `budget`.
     direct_budget: Duration,
+    budget: Mutex<Budget>,
     clients: AtomicUsize,
 }
 
@@ -163,6 +176,10 @@ impl Hub {
             }),
             capacity: capacity.max(1),
             direct_budget: budget,
+            budget: Mutex::new(Budget {
+                left: budget,
+                at: Instant::now(),
+            }),
             clients: AtomicUsize::new(0),
         }
     }
@@ -263,16 +280,47 @@ impl Hub {
             // Set before any recipient can finish.
             t.remaining.store(n, Ordering::Release);
         }
-        let mut direct = !self.direct_budget.is_zero();
+        let allowed = self.allowance();
+        let mut direct = !allowed.is_zero();
         let started = Instant::now();
+        let mut spent = Duration::ZERO;
         let outlets = subs.iter().flat_map(|s| s.iter()).chain(all.iter());
         for (i, o) in outlets.enumerate() {
             if direct && i % BUDGET_CHECK_EVERY == BUDGET_CHECK_EVERY - 1 {
-                direct = started.elapsed() < self.direct_budget;
+                spent = started.elapsed();
+                direct = spent < allowed;
             }
-            o.offer(&d, direct, &self.metrics);
+            o.offer(&d, direct, started, &self.metrics);
+        }
+        if direct {
+            spent = started.elapsed();
+        }
+        if !allowed.is_zero() {
+            self.spend(spent);
         }
         n
+    }
+
+    fn budget(&self) -> std::sync::MutexGuard<'_, Budget> {
+        self.budget.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What this publish may spend writing to sockets itself: the bucket, refilled at
+    /// 1/DIRECT_SHARE of the time since the last publish, up to `direct_budget`.
+    fn allowance(&self) -> Duration {
+        if self.direct_budget.is_zero() {
+            return Duration::ZERO;
+        }
+        let mut b = self.budget();
+        let now = Instant::now();
+        b.left = (b.left + (now - b.at) / DIRECT_SHARE).min(self.direct_budget);
+        b.at = now;
+        b.left
+    }
+
+    fn spend(&self, spent: Duration) {
+        let mut b = self.budget();
+        b.left = b.left.saturating_sub(spent);
     }
 
     /// Boards that currently have at least one subscriber.
@@ -400,6 +448,23 @@ mod tests {
                 "the third records it once"
             );
         });
+    }
+
+    #[test]
+    fn the_direct_write_budget_is_a_share_of_the_time_that_passes() {
+        let budget = Duration::from_millis(2);
+        let hub = Hub::with_direct_budget(8, budget);
+        assert_eq!(hub.allowance(), budget, "full at start");
+        hub.spend(budget);
+        assert!(hub.allowance() < budget, "spent");
+        std::thread::sleep(Duration::from_millis(4));
+        assert!(
+            hub.allowance() >= Duration::from_millis(1),
+            "a quarter of 4 ms came back"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(hub.allowance(), budget, "never more than one event's worth");
+        assert_eq!(Hub::new(8).allowance(), Duration::ZERO, "off");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! go out whole at once, or anything else than the next event in seq order comes.
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::net::TcpStream;
@@ -36,6 +37,11 @@ pub fn step(kind: Kind, seq: i64, last: Option<i64>) -> Step {
         (Kind::Event, _) => Step::Write,
     }
 }
+
+/// A subscriber that was offered an event less than this long ago gets the next one through its
+/// session: a connection with events coming this fast is better served by its own task, which
+/// writes everything queued with one `writev`, than by a syscall per frame from the publisher.
+pub const MIN_GAP: Duration = Duration::from_millis(5);
 
 /// The subscriber fell more than its queue's bound behind.
 #[derive(Debug, PartialEq, Eq)]
@@ -73,6 +79,8 @@ struct State {
     parked: Option<HashMap<i64, i64>>,
     /// What the session must write before anything else.
     rest: Option<Rest>,
+    /// When the last event was offered (see [`MIN_GAP`]).
+    offered_at: Option<Instant>,
 }
 
 impl Outlet {
@@ -89,18 +97,23 @@ impl Outlet {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Hands `d` on. With `direct`, a parked session's next frame is written to its socket here,
-    /// when the socket takes at least part of it at once (the session finishes a part); anything
-    /// else is queued and the session woken. A subscriber whose queue is full is marked lagged.
-    /// The socket write happens under this outlet's lock, which only its own session contends.
-    pub fn offer(&self, d: &Delivery, direct: bool, m: &WsMetrics) -> Offered {
+    /// Hands `d` on at `now`. With `direct`, a parked session's next frame is written to its
+    /// socket here, when the socket takes at least part of it at once (the session finishes a
+    /// part) and the previous event came at least [`MIN_GAP`] before; anything else is queued and
+    /// the session woken. A subscriber whose queue is full is marked lagged. The socket write
+    /// happens under this outlet's lock, which only its own session contends.
+    pub fn offer(&self, d: &Delivery, direct: bool, now: Instant, m: &WsMetrics) -> Offered {
         let mut guard = self.lock();
         let s = &mut *guard;
         if s.lagged {
             d.done(m);
             return Offered::Dropped;
         }
-        if direct && s.rest.is_none() && s.queue.is_empty() {
+        let sparse = s
+            .offered_at
+            .is_none_or(|t| now.saturating_duration_since(t) >= MIN_GAP);
+        s.offered_at = Some(now);
+        if direct && sparse && s.rest.is_none() && s.queue.is_empty() {
             if let (Some(last), Some(sock)) = (s.parked.as_mut(), s.sock.as_ref()) {
                 match step(d.kind, d.seq, last.get(&d.board_id).copied()) {
                     Step::Skip => {
@@ -219,6 +232,15 @@ mod tests {
         Delivery::new(board, seq, format!("{{\"seq\":{seq}}}").as_bytes())
     }
 
+    /// Offer times far enough apart for every offer to be a sparse one.
+    fn next() -> Instant {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        static N: AtomicU64 = AtomicU64::new(0);
+        let base = *BASE.get_or_init(Instant::now);
+        base + MIN_GAP * (N.fetch_add(1, Ordering::Relaxed) as u32 + 1) * 2
+    }
+
     #[test]
     fn the_rule_for_each_kind_of_delivery() {
         assert_eq!(step(Kind::Event, 5, None), Step::Write);
@@ -236,11 +258,11 @@ mod tests {
     fn a_full_queue_marks_the_subscriber_lagged_and_frees_it() {
         let m = WsMetrics::new();
         let o = Outlet::new(2);
-        assert_eq!(o.offer(&d(1, 1), true, &m), Offered::Queued);
-        assert_eq!(o.offer(&d(1, 2), true, &m), Offered::Queued);
-        assert_eq!(o.offer(&d(1, 3), true, &m), Offered::Queued);
+        assert_eq!(o.offer(&d(1, 1), true, next(), &m), Offered::Queued);
+        assert_eq!(o.offer(&d(1, 2), true, next(), &m), Offered::Queued);
+        assert_eq!(o.offer(&d(1, 3), true, next(), &m), Offered::Queued);
         assert!(matches!(o.try_recv(), Err(Lagged)));
-        assert_eq!(o.offer(&d(1, 4), true, &m), Offered::Dropped);
+        assert_eq!(o.offer(&d(1, 4), true, next(), &m), Offered::Dropped);
         assert!(
             o.lock().queue.is_empty(),
             "nothing is kept for a closing session"
@@ -255,7 +277,7 @@ mod tests {
         assert!(o.park(&mut last));
         assert!(last.is_empty(), "moved, not copied");
         // No socket attached: queued, never written here.
-        assert_eq!(o.offer(&d(1, 5), true, &m), Offered::Queued);
+        assert_eq!(o.offer(&d(1, 5), true, next(), &m), Offered::Queued);
         o.unpark(&mut last);
         assert_eq!(last, HashMap::from([(1, 4)]));
         assert!(!o.park(&mut last), "an event is waiting");
@@ -292,12 +314,16 @@ mod tests {
         let mut last = HashMap::from([(1, 4)]);
         assert!(o.park(&mut last));
         let (e5, e6) = (d(1, 5), d(1, 6));
-        assert_eq!(o.offer(&e5, true, &m), Offered::Direct);
-        assert_eq!(o.offer(&e5, true, &m), Offered::Dropped, "already sent");
-        assert_eq!(o.offer(&e6, true, &m), Offered::Direct);
+        assert_eq!(o.offer(&e5, true, next(), &m), Offered::Direct);
+        assert_eq!(
+            o.offer(&e5, true, next(), &m),
+            Offered::Dropped,
+            "already sent"
+        );
+        assert_eq!(o.offer(&e6, true, next(), &m), Offered::Direct);
         let other = d(2, 1);
         assert_eq!(
-            o.offer(&other, true, &m),
+            o.offer(&other, true, next(), &m),
             Offered::Direct,
             "a board without a start"
         );
@@ -315,22 +341,49 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_subscriber_whose_events_come_fast_gets_them_through_its_session() {
+        let m = WsMetrics::new();
+        let (o, mut client, _server) = attached(8).await;
+        let mut last = HashMap::new();
+        assert!(o.park(&mut last));
+        let t = Instant::now();
+        let (e1, e2, e3) = (d(1, 1), d(1, 2), d(1, 3));
+        assert_eq!(o.offer(&e1, true, t, &m), Offered::Direct);
+        assert_eq!(
+            o.offer(&e2, true, t + MIN_GAP / 2, &m),
+            Offered::Queued,
+            "too soon after the last"
+        );
+        o.unpark(&mut last);
+        let mut got = Vec::new();
+        o.take(&mut got, 64).unwrap();
+        assert_eq!(got.iter().map(|d| d.seq).collect::<Vec<_>>(), [2]);
+        last.insert(1, 2);
+        assert!(o.park(&mut last));
+        assert_eq!(o.offer(&e3, true, t + MIN_GAP * 2, &m), Offered::Direct);
+        read_frames(&mut client, &[&e1, &e3]).await;
+    }
+
+    #[tokio::test]
     async fn a_gap_is_left_to_the_session_and_what_follows_it_queues_behind() {
         let m = WsMetrics::new();
         let (o, _client, _server) = attached(8).await;
         let mut last = HashMap::from([(1, 4)]);
         assert!(o.park(&mut last));
         assert_eq!(
-            o.offer(&d(1, 7), true, &m),
+            o.offer(&d(1, 7), true, next(), &m),
             Offered::Queued,
             "5 and 6 are missing"
         );
         assert_eq!(
-            o.offer(&d(1, 8), true, &m),
+            o.offer(&d(1, 8), true, next(), &m),
             Offered::Queued,
             "in order behind 7"
         );
-        assert_eq!(o.offer(&Delivery::head(1, 9), true, &m), Offered::Queued);
+        assert_eq!(
+            o.offer(&Delivery::head(1, 9), true, next(), &m),
+            Offered::Queued
+        );
         o.unpark(&mut last);
         assert_eq!(last, HashMap::from([(1, 4)]));
         let mut got = Vec::new();
@@ -342,18 +395,30 @@ mod tests {
     async fn nothing_is_written_directly_unless_parked_and_allowed() {
         let m = WsMetrics::new();
         let (o, _client, _server) = attached(8).await;
-        assert_eq!(o.offer(&d(1, 1), true, &m), Offered::Queued, "not parked");
+        assert_eq!(
+            o.offer(&d(1, 1), true, next(), &m),
+            Offered::Queued,
+            "not parked"
+        );
         let mut got = Vec::new();
         o.take(&mut got, 64).unwrap();
         let mut last = HashMap::new();
         assert!(o.park(&mut last));
-        assert_eq!(o.offer(&d(1, 2), false, &m), Offered::Queued, "over budget");
+        assert_eq!(
+            o.offer(&d(1, 2), false, next(), &m),
+            Offered::Queued,
+            "over budget"
+        );
         let mut last = HashMap::new();
         o.unpark(&mut last);
         o.take(&mut got, 64).unwrap();
         o.detach();
         assert!(o.park(&mut last));
-        assert_eq!(o.offer(&d(1, 3), true, &m), Offered::Queued, "detached");
+        assert_eq!(
+            o.offer(&d(1, 3), true, next(), &m),
+            Offered::Queued,
+            "detached"
+        );
     }
 
     #[tokio::test]
@@ -364,9 +429,13 @@ mod tests {
         assert!(o.park(&mut last));
         // Far larger than the socket's buffers while the client reads nothing.
         let big = Delivery::new(1, 1, &vec![b'x'; 16 << 20]);
-        assert_eq!(o.offer(&big, true, &m), Offered::Direct);
-        let next = d(1, 2);
-        assert_eq!(o.offer(&next, true, &m), Offered::Queued, "behind the rest");
+        assert_eq!(o.offer(&big, true, next(), &m), Offered::Direct);
+        let after = d(1, 2);
+        assert_eq!(
+            o.offer(&after, true, next(), &m),
+            Offered::Queued,
+            "behind the rest"
+        );
         assert!(!o.park(&mut last), "the rest is waiting");
         o.unpark(&mut last);
         assert_eq!(
@@ -395,7 +464,7 @@ mod tests {
         while server.try_write(&chunk).is_ok() {}
         let mut last = HashMap::new();
         assert!(o.park(&mut last));
-        assert_eq!(o.offer(&d(1, 1), true, &m), Offered::Queued);
+        assert_eq!(o.offer(&d(1, 1), true, next(), &m), Offered::Queued);
         o.unpark(&mut last);
         assert!(last.is_empty(), "not sent");
     }
