@@ -41,7 +41,7 @@ pub fn step(kind: Kind, seq: i64, last: Option<i64>) -> Step {
 /// A subscriber that was offered an event less than this long ago gets the next one through its
 /// session: a connection with events coming this fast is better served by its own task, which
 /// writes everything queued with one `writev`, than by a syscall per frame from the publisher.
-pub const MIN_GAP: Duration = Duration::from_millis(5);
+pub const MIN_GAP: Duration = Duration::from_millis(20);
 
 /// The subscriber fell more than its queue's bound behind.
 #[derive(Debug, PartialEq, Eq)]
