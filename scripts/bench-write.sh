@@ -17,7 +17,8 @@
 #   PIN=1 in the environment: wrk on CPU 0, everything under test (both pairs, PostgreSQL,
 #         nats-server) on CPU 1, so latency is the servers', not the load generator's
 #   B_ENV="VAR=value …" in the environment: extra settings for side B's two services only (e.g.
-#         B_ENV=TOKIO_WORKER_THREADS=1 with BASE the working tree's own binaries, target/release)
+#         B_ENV=TOKIO_WORKER_THREADS=1 with BASE the working tree's own binaries, target/release);
+#         A_ENV the same for side A (e.g. A_ENV=CREATE_CALLS=0: one binary, a setting off and on)
 # Results: bench/results/write-<timestamp>/ (wrk output per run, cpu.txt, summary.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +26,7 @@ cd "$(dirname "$0")/.."
 . scripts/services.sh
 
 case "${1:-}" in
-  -h|--help|"") sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; [ -n "${1:-}" ] && exit 0; exit 64 ;;
+  -h|--help|"") sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; [ -n "${1:-}" ] && exit 0; exit 64 ;;
 esac
 base=$1
 secs=${2:-10}
@@ -142,7 +143,8 @@ if [ -n "$original" ]; then
   curl -fsS "$o_url/health" >/dev/null || die "the original never became healthy (see $out/original-*.log)"
 fi
 
-start_pair a "$base_bin"
+# shellcheck disable=SC2086 # A_ENV is a list of VAR=value words
+start_pair a "$base_bin" ${A_ENV:-}
 a_gw=$gw_pid a_tasks=$tasks_pid a_url=$url
 # shellcheck disable=SC2086 # B_ENV is a list of VAR=value words
 start_pair b "$bin" ${B_ENV:-}
@@ -183,7 +185,7 @@ run() { # label scenario url gw tasks boards n
 
 {
   echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -r)"
-  echo "A = $base ($base_bin), B = working tree ($(git rev-parse --short HEAD)$(git diff --quiet || echo +changes))${B_ENV:+ with $B_ENV}"
+  echo "A = $base ($base_bin), B = working tree ($(git rev-parse --short HEAD)$(git diff --quiet || echo +changes))${B_ENV:+ with $B_ENV}${A_ENV:+; A with $A_ENV}"
   echo "wrk: ${secs}s x $conns connections, $rounds rounds alternating, pinned: $pin"
 } | tee "$out/machine.txt"
 fan() { # label scenario url gw tasks n loadtest-args…

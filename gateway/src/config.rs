@@ -11,6 +11,10 @@ pub const DEFAULT_NATS_URL: &str = "nats://localhost:4222";
 /// behind than this is closed with 1013 and resumes with `since`.
 pub const DEFAULT_WS_QUEUE: usize = 256;
 pub const DEFAULT_WS_DIRECT_BUDGET_US: u64 = 2_000;
+pub const DEFAULT_CREATE_CALLS: usize = 4;
+pub const DEFAULT_CREATE_BATCH_MAX: usize = 64;
+/// 200 creates of at most a request body each (64 KiB) stay under the gRPC message limit.
+const MOST_CREATES_PER_CALL: usize = 200;
 
 /// Configuration of `taskboard-gateway`.
 #[derive(Debug, Clone, Parser)]
@@ -102,6 +106,17 @@ pub struct Config {
     /// How long the breaker stays open before a probe call may try the task service again.
     #[arg(long, env = "BREAKER_OPEN_MS", default_value_t = 2000)]
     pub breaker_open_ms: u64,
+
+    /// Creates in flight to the task service at once, each in a call of its own; creates that
+    /// arrive while that many are out wait and go together, as one CreateTasks call, when one
+    /// returns (so under load one gRPC call serves many creates, and an idle gateway adds no
+    /// delay). 0: every create its own call, however many.
+    #[arg(long, env = "CREATE_CALLS", default_value_t = DEFAULT_CREATE_CALLS)]
+    pub create_calls: usize,
+
+    /// Most creates in one CreateTasks call (1 to 200).
+    #[arg(long, env = "CREATE_BATCH_MAX", default_value_t = DEFAULT_CREATE_BATCH_MAX)]
+    pub create_batch_max: usize,
 
     /// NATS server URL(s), comma-separated.
     #[arg(long, env = "NATS_URL", default_value = DEFAULT_NATS_URL)]
@@ -227,6 +242,8 @@ impl Config {
             grpc_timeout_ms: 5000,
             breaker_failures: 5,
             breaker_open_ms: 2000,
+            create_calls: DEFAULT_CREATE_CALLS,
+            create_batch_max: DEFAULT_CREATE_BATCH_MAX,
             nats_url: nats_url.to_owned(),
             nats_subject_prefix: "tasks".into(),
             cors_origins: String::new(),
@@ -380,6 +397,12 @@ impl Config {
     pub fn validate(&self) -> Result<(), crate::Error> {
         if self.ws_queue == 0 {
             return Err(crate::Error::Config("WS_QUEUE must be at least 1".into()));
+        }
+        if !(1..=MOST_CREATES_PER_CALL).contains(&self.create_batch_max) {
+            return Err(crate::Error::Config(format!(
+                "CREATE_BATCH_MAX must be 1 to {MOST_CREATES_PER_CALL}, got {}",
+                self.create_batch_max
+            )));
         }
         if self.ws_ping_interval_ms == 0 {
             return Err(crate::Error::Config(

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod breaker;
 pub mod config;
 pub mod cors;
+pub mod creates;
 mod error;
 pub mod events;
 pub mod hub;
@@ -120,7 +121,12 @@ pub async fn run_with_metrics(
     .with_breaker(breaker::Breaker::new(
         config.breaker_failures,
         Duration::from_millis(config.breaker_open_ms.max(1)),
-    ));
+    ))
+    .with_gathering(
+        config.create_calls,
+        config.create_batch_max,
+        tracker.clone(),
+    );
     let hub = Arc::new(hub::Hub::with_direct_budget(
         config.ws_queue,
         Duration::from_micros(config.ws_direct_budget_us),

@@ -64,6 +64,10 @@ pub fn describe() {
         "Event frames the fan-out wrote to an idle connection's socket itself, without waking its task (counted in frames sent too)"
     );
     describe_counter!(
+        "taskboard_creates_gathered_total",
+        "Creates that went to the task service gathered with others in one CreateTasks call (CREATE_CALLS)"
+    );
+    describe_counter!(
         "taskboard_ws_slow_consumers_total",
         "Clients closed with 1013 for falling behind"
     );

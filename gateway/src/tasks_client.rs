@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use taskboard_proto::v1::{self, task_service_client::TaskServiceClient};
+use tokio_util::task::TaskTracker;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
 
@@ -10,6 +11,7 @@ use taskboard_telemetry::{GrpcMetrics, GrpcMetricsLayer, Side};
 
 use crate::auth::Principal;
 use crate::breaker::{Breaker, BreakerLayer, Breaking};
+use crate::creates::Gather;
 use crate::Error;
 
 type Metadata = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
@@ -23,6 +25,8 @@ pub struct TasksClient {
     token: Option<Metadata>,
     /// Fails calls fast while the task service does not answer (none: every call is made).
     breaker: BreakerLayer,
+    /// Gathers concurrent creates into CreateTasks calls (none: one call per create).
+    gather: Option<Gather>,
 }
 
 impl TasksClient {
@@ -51,7 +55,17 @@ impl TasksClient {
             timeout,
             token,
             breaker: BreakerLayer(None),
+            gather: None,
         })
+    }
+
+    /// The same client gathering creates: at most `calls` create calls in flight, the creates
+    /// that arrive meanwhile going together (at most `max_items` per call) in the next one;
+    /// `calls` 0: one call per create. The calls for queued creates run on `tracker`.
+    #[must_use]
+    pub fn with_gathering(mut self, calls: usize, max_items: usize, tracker: TaskTracker) -> Self {
+        self.gather = (calls > 0).then(|| Gather::new(self.clone(), calls, max_items, tracker));
+        self
     }
 
     /// The same client behind `breaker` (shared by its clones).
@@ -99,12 +113,59 @@ impl TasksClient {
         m: v1::CreateTaskRequest,
         who: Option<&Principal>,
     ) -> Result<(v1::CreateTaskResponse, bool), tonic::Status> {
+        match &self.gather {
+            Some(g) => g.create(m, who).await,
+            None => self.create_one(m, who).await,
+        }
+    }
+
+    /// A create in a CreateTask call of its own.
+    pub(crate) async fn create_one(
+        &self,
+        m: v1::CreateTaskRequest,
+        who: Option<&Principal>,
+    ) -> Result<(v1::CreateTaskResponse, bool), tonic::Status> {
         let r = self.client().create_task(self.req(m, who)).await?;
-        let replayed = r
-            .metadata()
-            .get(taskboard_proto::REPLAYED_METADATA)
-            .is_some_and(|v| v == "true");
-        Ok((r.into_inner(), replayed))
+        Ok(created(r))
+    }
+
+    /// A gathered create sent alone: CreateTask for the item's user, continuing the item's trace,
+    /// with what is left of the deadline after `waited`.
+    pub(crate) async fn create_item(
+        &self,
+        item: v1::CreateTasksItem,
+        waited: Duration,
+    ) -> Result<(v1::CreateTaskResponse, bool), tonic::Status> {
+        use taskboard_proto::auth::{ROLE_HEADER, SERVICE_ROLE, USER_HEADER};
+        let mut r = self.req(item.request.unwrap_or_default(), None);
+        r.set_timeout(self.timeout.saturating_sub(waited));
+        let md = r.metadata_mut();
+        if item.user > 0 {
+            md.insert(USER_HEADER, Metadata::from(item.user));
+        }
+        if item.service_role {
+            md.insert(ROLE_HEADER, Metadata::from_static(SERVICE_ROLE));
+        }
+        match item.traceparent.parse::<Metadata>() {
+            Ok(tp) if !item.traceparent.is_empty() => {
+                md.insert("traceparent", tp);
+            }
+            _ => {}
+        }
+        let r = self.client().create_task(r).await?;
+        Ok(created(r))
+    }
+
+    /// Several creates in one CreateTasks call (made by the gateway itself, which vouches for
+    /// each item's user), with what is left of the deadline after `waited`: one result per item.
+    pub(crate) async fn create_many(
+        &self,
+        items: Vec<v1::CreateTasksItem>,
+        waited: Duration,
+    ) -> Result<Vec<v1::CreateTasksResult>, tonic::Status> {
+        let mut r = self.req(v1::CreateTasksRequest { items }, None);
+        r.set_timeout(self.timeout.saturating_sub(waited));
+        Ok(self.client().create_tasks(r).await?.into_inner().results)
     }
 
     pub async fn get(
@@ -364,6 +425,15 @@ impl TasksClient {
     pub async fn accepts_us(&self, deadline: Duration) -> Result<(), String> {
         self.answers(deadline).await
     }
+}
+
+/// A CreateTask answer and whether it replays an idempotent create.
+fn created(r: tonic::Response<v1::CreateTaskResponse>) -> (v1::CreateTaskResponse, bool) {
+    let replayed = r
+        .metadata()
+        .get(taskboard_proto::REPLAYED_METADATA)
+        .is_some_and(|v| v == "true");
+    (r.into_inner(), replayed)
 }
 
 fn missing() -> tonic::Status {

@@ -26,6 +26,41 @@ impl Caller {
     }
 }
 
+/// What the interceptor knows of authentication, for calls that vouch for several users at once
+/// (CreateTasks): each item's caller is built as the interceptor would build it from that item's
+/// user and role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Vouch {
+    /// A service token is configured (authentication on).
+    pub auth: bool,
+}
+
+impl Vouch {
+    /// How `req`'s items may be vouched for; `None` for a request that did not pass the
+    /// interceptor (fail closed).
+    pub fn of<T>(req: &Request<T>) -> Option<Vouch> {
+        req.extensions().get::<Vouch>().copied()
+    }
+
+    /// The caller of one item made for `user` (0: for the token holder itself), with the service
+    /// role when `service`: the [`Caller`] a single call with those headers would have had.
+    ///
+    /// # Errors
+    /// INVALID_ARGUMENT for a negative user.
+    pub fn item(self, user: i64, service: bool) -> Result<Caller, Status> {
+        if user < 0 {
+            return Err(Status::invalid_argument(format!(
+                "the user of an item must be 0 (none) or a positive integer, got {user}"
+            )));
+        }
+        let user = (user > 0).then_some(user);
+        Ok(Caller {
+            user,
+            all_boards: !self.auth || user.is_none() || service,
+        })
+    }
+}
+
 /// A member's role on a board.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
@@ -113,6 +148,9 @@ impl tonic::service::Interceptor for Access {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
         let caller = self.caller(&req)?;
         req.extensions_mut().insert(caller);
+        req.extensions_mut().insert(Vouch {
+            auth: self.token.is_some(),
+        });
         Ok(req)
     }
 }
@@ -188,5 +226,38 @@ mod tests {
         );
         assert!(Caller::of(&a.call(req(&[(USER_HEADER, "7")])).unwrap()).all_boards);
         assert!(!Caller::of(&req(&[])).all_boards);
+    }
+
+    #[test]
+    fn an_item_is_vouched_for_as_a_single_call_with_its_headers_would_be() {
+        for token in [Some("s3cret"), None] {
+            let mut a = Access::new(token);
+            let base = a.call(req(&[("authorization", "Bearer s3cret")])).unwrap();
+            let vouch = Vouch::of(&base).expect("the interceptor records how to vouch");
+            for user in [0_i64, 42] {
+                for service in [false, true] {
+                    let mut headers = vec![("authorization", "Bearer s3cret".to_owned())];
+                    if user > 0 {
+                        headers.push((USER_HEADER, user.to_string()));
+                    }
+                    if service {
+                        headers.push((ROLE_HEADER, "service".to_owned()));
+                    }
+                    let h: Vec<(&'static str, &str)> =
+                        headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                    let single = Caller::of(&a.call(req(&h)).unwrap());
+                    assert_eq!(
+                        vouch.item(user, service).unwrap(),
+                        single,
+                        "token {token:?}, user {user}, service {service}"
+                    );
+                }
+            }
+        }
+        assert_eq!(
+            Vouch { auth: true }.item(-3, false).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(Vouch::of(&req(&[])), None);
     }
 }

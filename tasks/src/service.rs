@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 
-use crate::access::{Caller, Role};
+use crate::access::{Caller, Role, Vouch};
 use crate::db::{self, boards::BoardRow, EventRow, EventsOf, Pool};
 use crate::gate::DbGate;
 use crate::streams::{task_of_event, WatchItem};
@@ -19,6 +19,8 @@ use crate::{validate, Error};
 const WATCH_BUFFER: usize = 64;
 /// Most boards per BoardHeads call.
 const MAX_HEADS: usize = 1000;
+/// Most items per CreateTasks call.
+pub const MAX_BATCH_CREATES: usize = 1000;
 
 /// Shared state of the service.
 #[derive(Clone)]
@@ -87,55 +89,48 @@ impl TaskService for Service {
         req: Request<v1::CreateTaskRequest>,
     ) -> Result<Response<v1::CreateTaskResponse>, Status> {
         let who = Caller::of(&req);
-        self.db_call(async move {
-            let r = req.get_ref();
-            let mut new = validate::new_task(r.board_id, &r.title, &r.description, r.created_by)?;
-            new.assignee = Some(validate::assignee(r.assignee)?).filter(|a| *a > 0);
-            new.due_at = r.due_at.as_ref().map(validate::due_at).transpose()?;
-            new.position = r.position.map(validate::position).transpose()?;
-            if let Some(a) = new.assignee {
-                self.check_assignee(new.board_id, a).await?;
+        let (answer, replayed) = self.db_call(self.create(req.get_ref(), who)).await?;
+        let mut answer = Response::new(answer);
+        if replayed {
+            answer.metadata_mut().insert(
+                taskboard_proto::REPLAYED_METADATA,
+                tonic::metadata::MetadataValue::from_static("true"),
+            );
+        }
+        Ok(answer)
+    }
+
+    async fn create_tasks(
+        &self,
+        req: Request<v1::CreateTasksRequest>,
+    ) -> Result<Response<v1::CreateTasksResponse>, Status> {
+        let vouch = match (Caller::of(&req), Vouch::of(&req)) {
+            (Caller { user: None, .. }, Some(v)) => v,
+            _ => {
+                return Err(Status::permission_denied(
+                    "CreateTasks names each item's user: only the token holder calling for \
+                     itself (without x-taskboard-user) may make it",
+                ))
             }
-            // The author is the user the call is made for, never what the body claims.
-            if let Some(user) = who.user {
-                new.created_by = user;
+        };
+        let items = &req.get_ref().items;
+        if items.len() > MAX_BATCH_CREATES {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_BATCH_CREATES} items per CreateTasks call, got {}",
+                items.len()
+            )));
+        }
+        self.gate.check()?;
+        // Each item as its own CreateTask, concurrently: the writer gathers them into one commit.
+        let results = futures_util::future::join_all(items.iter().map(|item| {
+            let span = tracing::info_span!("create_task", board.id = tracing::field::Empty);
+            if !item.traceparent.is_empty() {
+                taskboard_telemetry::otel::continue_from_traceparent(&span, &item.traceparent);
             }
-            // Keys are the caller's own: another user's identical key is another key.
-            let key = match r.idempotency_key.as_deref() {
-                Some(k) => Some(format!(
-                    "{}:{}",
-                    who.user.map_or_else(|| "-".to_owned(), |u| u.to_string()),
-                    validate::idempotency_key(k)?
-                )),
-                None => None,
-            };
-            if let Some(k) = &key {
-                if let Some(answer) = self.replayed(k, &new).await? {
-                    return Ok(answer);
-                }
-            }
-            match self
-                .writer
-                .apply(db::Mutation::create(&new, key.clone()), who)
-                .await
-            {
-                Ok(Some(a)) => Ok(Response::new(v1::CreateTaskResponse {
-                    task: Some(a.task),
-                    seq: a.event.seq,
-                })),
-                Ok(None) => Err(self.write_refusal(new.board_id, who).await?.into()),
-                // A call with the same key committed first: answer what it answered.
-                Err(Error::Db(e)) if key.is_some() && is_key_taken(&e) => {
-                    let k = key.as_deref().unwrap_or_default();
-                    match self.replayed(k, &new).await? {
-                        Some(answer) => Ok(answer),
-                        None => Err(Error::Db(e).into()),
-                    }
-                }
-                Err(e) => Err(e.into()),
-            }
-        })
-        .await
+            tracing::Instrument::instrument(self.create_item(item, vouch), span)
+        }))
+        .await;
+        Ok(Response::new(v1::CreateTasksResponse { results }))
     }
 
     #[tracing::instrument(skip_all, fields(task.id = req.get_ref().id))]
@@ -605,13 +600,96 @@ impl TaskService for Service {
 }
 
 impl Service {
+    /// One item of a CreateTasks call: CreateTask's answer or its error, as a result.
+    async fn create_item(&self, item: &v1::CreateTasksItem, vouch: Vouch) -> v1::CreateTasksResult {
+        let outcome = async {
+            let who = vouch.item(item.user, item.service_role)?;
+            let r = item
+                .request
+                .as_ref()
+                .ok_or_else(|| Status::invalid_argument("an item without its request"))?;
+            tracing::Span::current().record("board.id", r.board_id);
+            self.db_call(self.create(r, who)).await
+        }
+        .await;
+        match outcome {
+            Ok((created, replayed)) => v1::CreateTasksResult {
+                outcome: Some(v1::create_tasks_result::Outcome::Created(created)),
+                replayed,
+            },
+            Err(s) => v1::CreateTasksResult {
+                outcome: Some(v1::create_tasks_result::Outcome::Error(v1::ItemError {
+                    code: s.code() as i32,
+                    message: s.message().to_owned(),
+                })),
+                replayed: false,
+            },
+        }
+    }
+
+    /// A create for `who`; `true` when it answers a retry of an idempotent create.
+    async fn create(
+        &self,
+        r: &v1::CreateTaskRequest,
+        who: Caller,
+    ) -> Result<(v1::CreateTaskResponse, bool), Status> {
+        let mut new = validate::new_task(r.board_id, &r.title, &r.description, r.created_by)?;
+        new.assignee = Some(validate::assignee(r.assignee)?).filter(|a| *a > 0);
+        new.due_at = r.due_at.as_ref().map(validate::due_at).transpose()?;
+        new.position = r.position.map(validate::position).transpose()?;
+        if let Some(a) = new.assignee {
+            self.check_assignee(new.board_id, a).await?;
+        }
+        // The author is the user the call is made for, never what the body claims.
+        if let Some(user) = who.user {
+            new.created_by = user;
+        }
+        // Keys are the caller's own: another user's identical key is another key.
+        let key = match r.idempotency_key.as_deref() {
+            Some(k) => Some(format!(
+                "{}:{}",
+                who.user.map_or_else(|| "-".to_owned(), |u| u.to_string()),
+                validate::idempotency_key(k)?
+            )),
+            None => None,
+        };
+        if let Some(k) = &key {
+            if let Some(answer) = self.replayed(k, &new).await? {
+                return Ok((answer, true));
+            }
+        }
+        match self
+            .writer
+            .apply(db::Mutation::create(&new, key.clone()), who)
+            .await
+        {
+            Ok(Some(a)) => Ok((
+                v1::CreateTaskResponse {
+                    task: Some(a.task),
+                    seq: a.event.seq,
+                },
+                false,
+            )),
+            Ok(None) => Err(self.write_refusal(new.board_id, who).await?.into()),
+            // A call with the same key committed first: answer what it answered.
+            Err(Error::Db(e)) if key.is_some() && is_key_taken(&e) => {
+                let k = key.as_deref().unwrap_or_default();
+                match self.replayed(k, &new).await? {
+                    Some(answer) => Ok((answer, true)),
+                    None => Err(Error::Db(e).into()),
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// The first answer given under idempotency key `key`, when there is one within 24 h: the
     /// same task and seq, marked replayed; ALREADY_EXISTS if it was for another request.
     async fn replayed(
         &self,
         key: &str,
         new: &db::NewTask<'_>,
-    ) -> Result<Option<Response<v1::CreateTaskResponse>>, Status> {
+    ) -> Result<Option<v1::CreateTaskResponse>, Status> {
         let Some((task, seq)) = db::idempotent(&self.pool, key).await? else {
             return Ok(None);
         };
@@ -629,15 +707,10 @@ impl Service {
             .into());
         }
         tracing::info!(task.id = task.id, "idempotent create replayed");
-        let mut answer = Response::new(v1::CreateTaskResponse {
+        Ok(Some(v1::CreateTaskResponse {
             task: Some(task),
             seq,
-        });
-        answer.metadata_mut().insert(
-            taskboard_proto::REPLAYED_METADATA,
-            tonic::metadata::MetadataValue::from_static("true"),
-        );
-        Ok(Some(answer))
+        }))
     }
 
     /// Runs a call that needs the database: at once UNAVAILABLE while it is known to be down, and

@@ -11,6 +11,11 @@ const SECRET: &str = "gateway-test-secret-of-32-chars!!";
 const SERVICE_TOKEN: &str = "gateway-test-service-token";
 
 async fn spawn_auth() -> TestApp {
+    spawn_auth_with(|g| g.jwt_leeway_secs = 0).await
+}
+
+/// Both services with AUTH=on, the gateway's config adjusted by `tune`.
+async fn spawn_auth_with(tune: impl FnOnce(&mut taskboard_gateway::Config)) -> TestApp {
     spawn_app_with(
         |t| {
             t.auth = "on".into();
@@ -20,7 +25,7 @@ async fn spawn_auth() -> TestApp {
             g.auth = "on".into();
             g.jwt_secret = Some(SECRET.into());
             g.service_token = Some(SERVICE_TOKEN.into());
-            g.jwt_leeway_secs = 0;
+            tune(g);
         },
     )
     .await
@@ -528,23 +533,14 @@ async fn the_binary_will_not_start_without_keys_unless_auth_is_off() {
 
 #[tokio::test]
 async fn floods_get_429_with_retry_after_per_user_and_per_address() {
-    let app = spawn_app_with(
-        |t| {
-            t.auth = "on".into();
-            t.service_token = Some(SERVICE_TOKEN.into());
-        },
-        |g| {
-            g.auth = "on".into();
-            g.jwt_secret = Some(SECRET.into());
-            g.service_token = Some(SERVICE_TOKEN.into());
-            g.rate_user_writes_per_sec = 1;
-            g.rate_user_writes_burst = 3;
-            g.rate_user_connects_per_sec = 1;
-            g.rate_user_connects_burst = 2;
-            g.rate_address_per_sec = 1;
-            g.rate_address_burst = 40;
-        },
-    )
+    let app = spawn_auth_with(|g| {
+        g.rate_user_writes_per_sec = 1;
+        g.rate_user_writes_burst = 3;
+        g.rate_user_connects_per_sec = 1;
+        g.rate_user_connects_burst = 2;
+        g.rate_address_per_sec = 1;
+        g.rate_address_burst = 40;
+    })
     .await;
     let alice = token(1);
     let board = new_board(&app, &alice).await; // one write
@@ -1164,4 +1160,139 @@ async fn presence_shows_who_views_a_board_across_gateways_and_forgets_a_silent_o
         "{:?}",
         t.elapsed()
     );
+}
+
+/// POSTs a create as `bearer`, with an Idempotency-Key when given.
+async fn post_create(
+    app: &TestApp,
+    bearer: &str,
+    body: Value,
+    key: Option<&str>,
+) -> (u16, Value, bool, i64) {
+    let mut r = app
+        .http
+        .post(app.url("/api/tasks"))
+        .bearer_auth(bearer)
+        .json(&body);
+    if let Some(k) = key {
+        r = r.header("Idempotency-Key", k);
+    }
+    let r = r.send().await.unwrap();
+    let replayed = r.headers().get("Idempotent-Replayed").is_some();
+    let seq = r
+        .headers()
+        .get("Taskboard-Seq")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0);
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null), replayed, seq)
+}
+
+#[tokio::test]
+async fn creates_arriving_while_a_call_is_out_go_together_each_with_its_own_answer() {
+    // One create call out at a time: everything arriving meanwhile is gathered.
+    let app = spawn_auth_with(|g| g.create_calls = 1).await;
+    let (alice, bob) = (token(1), token(2));
+    let board = new_board(&app, &alice).await;
+    // The first create's commit waits for this lock, so its call stays out while the rest
+    // arrive.
+    let (db, conn) = tokio_postgres::connect(
+        &app.tasks.as_ref().unwrap().database_url,
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    db.batch_execute(&format!(
+        "BEGIN; SELECT last_seq FROM boards WHERE id = {board} FOR UPDATE"
+    ))
+    .await
+    .unwrap();
+    let first = tokio::spawn({
+        let (app_url, http, alice) = (app.url("/api/tasks"), app.http.clone(), alice.clone());
+        async move {
+            http.post(app_url)
+                .bearer_auth(alice)
+                .json(&json!({"board_id": board, "title": "first"}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let gathered_before = metric(app.metrics_addr, "taskboard_creates_gathered_total").await;
+
+    // 16 good creates, an invalid one, one by a non-member, and an idempotent one.
+    let mut calls = Vec::new();
+    for i in 0..16 {
+        let body = json!({"board_id": board, "title": format!("t{i}"), "created_by": 7});
+        calls.push((format!("t{i}"), body, &alice, None));
+    }
+    calls.push((
+        "".into(),
+        json!({"board_id": board, "title": ""}),
+        &alice,
+        None,
+    ));
+    calls.push((
+        "intruder".into(),
+        json!({"board_id": board, "title": "intruder"}),
+        &bob,
+        None,
+    ));
+    calls.push((
+        "keyed".into(),
+        json!({"board_id": board, "title": "keyed"}),
+        &alice,
+        Some("gather-key"),
+    ));
+    let answers = futures_util::future::join_all(
+        calls
+            .iter()
+            .map(|(_, body, who, key)| post_create(&app, who, body.clone(), *key)),
+    );
+    let (answers, ()) = tokio::join!(answers, async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        db.batch_execute("COMMIT").await.unwrap();
+    });
+    assert_eq!(first.await.unwrap(), 201);
+
+    let mut seqs = vec![1];
+    for ((title, _, _, _), (status, body, replayed, seq)) in calls.iter().zip(&answers) {
+        match title.as_str() {
+            "" => {
+                assert_eq!(*status, 400, "{body}");
+                assert_eq!(body["code"], "invalid_argument", "{body}");
+            }
+            "intruder" => assert_eq!(*status, 403, "{body}"),
+            _ => {
+                assert_eq!(*status, 201, "{title}: {body}");
+                assert_eq!(body["title"], title.as_str(), "each its own task");
+                assert_eq!(body["created_by"], 1, "the token's user, not the body's");
+                assert!(!replayed);
+                seqs.push(*seq);
+            }
+        }
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=18).collect::<Vec<i64>>(), "gap-free, one each");
+    let gathered = metric(app.metrics_addr, "taskboard_creates_gathered_total").await;
+    assert!(
+        gathered - gathered_before >= 19.0,
+        "the 19 creates that arrived while a call was out went gathered ({gathered_before} → {gathered})"
+    );
+
+    // A retry of the keyed create answers the same task, marked replayed.
+    let keyed = &answers[18].1;
+    let (status, again, replayed, _) = post_create(
+        &app,
+        &alice,
+        json!({"board_id": board, "title": "keyed"}),
+        Some("gather-key"),
+    )
+    .await;
+    assert_eq!((status, replayed), (201, true), "{again}");
+    assert_eq!(again["id"], keyed["id"]);
 }

@@ -464,3 +464,92 @@ async fn connections_reset_on_connect_are_unavailable_not_internal_errors() {
     }
     task.abort();
 }
+
+/// A gRPC server of an older task service that knows no method (every call: UNIMPLEMENTED, after
+/// `delay`), recording the path of every call.
+async fn unimplemented_upstream(
+    delay: Duration,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use hyper::service::service_fn;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((sock, _)) = listener.accept().await else {
+                return;
+            };
+            let log = log.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    log.lock().unwrap().push(req.uri().path().to_owned());
+                    async move {
+                        tokio::time::sleep(delay).await;
+                        hyper::Response::builder()
+                            .header("content-type", "application/grpc")
+                            .header("grpc-status", "12")
+                            .header("grpc-message", "unknown method")
+                            .body(http_body_util::Empty::<bytes::Bytes>::new())
+                    }
+                });
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(sock), svc)
+                        .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn a_task_service_without_create_tasks_gets_one_call_per_create() {
+    let (addr, seen) = unimplemented_upstream(Duration::from_millis(300)).await;
+    let mut c = gw_config(
+        &addr.to_string(),
+        &testing::unique("tbt"),
+        &testing::nats_url(),
+    );
+    c.create_calls = 1;
+    c.breaker_failures = 0;
+    let app = spawn_gateway(c).await;
+    let create = |title: String| {
+        let (http, url) = (app.http.clone(), app.url("/api/tasks"));
+        async move {
+            http.post(url)
+                .json(&json!({"board_id": 1, "title": title}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let calls_of = |method: &str| {
+        let path = format!("/task.v1.TaskService/{method}");
+        seen.lock().unwrap().iter().filter(|p| **p == path).count()
+    };
+    // One goes alone; the 10 that arrive while it is out are gathered, refused as a whole, and
+    // then sent one by one.
+    let first = tokio::spawn(create("first".into()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let rest = futures_util::future::join_all((0..10).map(|i| create(format!("t{i}")))).await;
+    assert_eq!(
+        first.await.unwrap(),
+        500,
+        "UNIMPLEMENTED is the service's fault"
+    );
+    assert!(rest.iter().all(|s| *s == 500), "{rest:?}");
+    assert_eq!(calls_of("CreateTasks"), 1);
+    assert_eq!(calls_of("CreateTask"), 11, "every create was still tried");
+
+    // For a while after, creates go one per call, even many at once.
+    let again = futures_util::future::join_all((0..5).map(|i| create(format!("u{i}")))).await;
+    assert!(again.iter().all(|s| *s == 500), "{again:?}");
+    assert_eq!(calls_of("CreateTasks"), 1, "no gathering right after");
+    assert_eq!(calls_of("CreateTask"), 16);
+}

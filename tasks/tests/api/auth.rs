@@ -1213,3 +1213,155 @@ async fn creates_sharing_a_commit_each_get_their_own_task_and_event() {
         "the ten plain creates went as one statement"
     );
 }
+
+/// An item of CreateTasks made for `user`.
+fn item(board: i64, title: &str, user: i64, key: Option<&str>) -> v1::CreateTasksItem {
+    v1::CreateTasksItem {
+        request: Some(v1::CreateTaskRequest {
+            board_id: board,
+            title: title.into(),
+            created_by: 99,
+            idempotency_key: key.map(str::to_owned),
+            ..Default::default()
+        }),
+        user,
+        ..Default::default()
+    }
+}
+
+/// An item's outcome: the created task and whether it was replayed, or the error.
+fn outcome(r: &v1::CreateTasksResult) -> Result<(&v1::CreateTaskResponse, bool), (Code, &str)> {
+    match r.outcome.as_ref().expect("every item has an outcome") {
+        v1::create_tasks_result::Outcome::Created(c) => Ok((c, r.replayed)),
+        v1::create_tasks_result::Outcome::Error(e) => Err((Code::from_i32(e.code), &e.message)),
+    }
+}
+
+#[tokio::test]
+async fn create_tasks_answers_each_item_as_create_task_would_for_its_user() {
+    let t = spawn_auth().await;
+    let mut alice = user(&t, 1);
+    let mut gateway = client(&t, Some(TOKEN), None, false);
+    let b = new_board(&mut alice, "Alice's").await;
+    // What the single call answers a non-member, for comparison.
+    let single = code(user(&t, 2).create_task(create_req(b.id)).await);
+
+    let mut service = item(b.id, "by the service role", 2, None);
+    service.service_role = true;
+    let items = vec![
+        item(b.id, "first", 1, None),
+        item(b.id, "", 1, None),
+        item(b.id, "by a non-member", 2, None),
+        item(b.id, "keyed", 1, Some("key-1")),
+        service,
+        item(b.id, "negative user", -1, None),
+        item(b.id, "by the token holder", 0, None),
+        v1::CreateTasksItem::default(),
+    ];
+    let results = gateway
+        .create_tasks(v1::CreateTasksRequest { items })
+        .await
+        .expect("create tasks")
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), 8, "one result per item");
+    let ok: Vec<_> = results.iter().map(outcome).collect();
+    let mut seqs = Vec::new();
+    for (i, author) in [(0, 1), (3, 1), (4, 2), (6, 0)] {
+        let (c, replayed) = ok[i].as_ref().unwrap_or_else(|e| panic!("item {i}: {e:?}"));
+        let task = c.task.as_ref().expect("task");
+        assert!(!replayed, "item {i}");
+        assert_eq!(task.board_id, b.id);
+        // The author is the item's user (the body's created_by only without one).
+        assert_eq!(
+            task.created_by,
+            if author == 0 { 99 } else { author },
+            "item {i}"
+        );
+        seqs.push(c.seq);
+    }
+    let titles: Vec<_> = [0, 3, 4, 6]
+        .iter()
+        .map(|i| {
+            ok[*i]
+                .as_ref()
+                .unwrap()
+                .0
+                .task
+                .as_ref()
+                .unwrap()
+                .title
+                .clone()
+        })
+        .collect();
+    assert_eq!(
+        titles,
+        [
+            "first",
+            "keyed",
+            "by the service role",
+            "by the token holder"
+        ]
+    );
+    seqs.sort_unstable();
+    assert_eq!(seqs, [1, 2, 3, 4], "gap-free, one seq each");
+    assert_eq!(ok[1].unwrap_err().0, Code::InvalidArgument, "empty title");
+    let (c, m) = ok[2].unwrap_err();
+    assert_eq!((c, m.to_owned()), single, "as the single call answers");
+    assert_eq!(ok[5].unwrap_err().0, Code::InvalidArgument, "{:?}", ok[5]);
+    assert_eq!(ok[7].unwrap_err().0, Code::InvalidArgument, "no request");
+
+    // A retry of the keyed item: the same task, replayed; the key with another title: refused.
+    let keyed = ok[3].unwrap().0.clone();
+    let again = gateway
+        .create_tasks(v1::CreateTasksRequest {
+            items: vec![
+                item(b.id, "keyed", 1, Some("key-1")),
+                item(b.id, "another", 1, Some("key-1")),
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    let (c, replayed) = outcome(&again[0]).unwrap();
+    assert!(replayed);
+    assert_eq!(c, &keyed);
+    assert_eq!(outcome(&again[1]).unwrap_err().0, Code::AlreadyExists);
+
+    // Only the token holder calling for itself may vouch for users.
+    for mut c in [user(&t, 1), client(&t, Some(TOKEN), Some(1), true)] {
+        let (refused, m) = code(
+            c.create_tasks(v1::CreateTasksRequest {
+                items: vec![item(b.id, "x", 1, None)],
+            })
+            .await,
+        );
+        assert_eq!(refused, Code::PermissionDenied, "{m}");
+    }
+    let (refused, _) = code(
+        client(&t, None, None, false)
+            .create_tasks(v1::CreateTasksRequest {
+                items: vec![item(b.id, "x", 1, None)],
+            })
+            .await,
+    );
+    assert_eq!(refused, Code::Unauthenticated);
+    let (refused, m) = code(
+        gateway
+            .create_tasks(v1::CreateTasksRequest {
+                items: vec![item(b.id, "x", 1, None); 1001],
+            })
+            .await,
+    );
+    assert_eq!(refused, Code::InvalidArgument, "{m}");
+    let head = gateway
+        .board_heads(v1::BoardHeadsRequest {
+            board_ids: vec![b.id],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .heads[&b.id];
+    assert_eq!(head, 4, "refused calls made nothing");
+}
