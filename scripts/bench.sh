@@ -77,7 +77,8 @@ gw_pid=$!
 pids+=("$gw_pid")
 
 # The same gateway binary with metrics off (METRICS_PORT=0: no recorder, every metric a no-op), for
-# the A/B of what recording metrics on the hot path costs.
+# the A/B of what recording metrics on the hot path costs; also the replica the fan-out runs create
+# their events through (a second gateway on the same task service and NATS subjects).
 http_port_nm=$(free_port)
 RUST_LOG=warn HTTP_PORT=$http_port_nm TASK_SERVICE_ADDR=127.0.0.1:$grpc_port NATS_URL=$NATS_URL \
   NATS_SUBJECT_PREFIX="bench$ts" METRICS_PORT=0 BIND_ADDR=127.0.0.1 "$bin/taskboard-gateway" &
@@ -123,7 +124,10 @@ fanout_pair() { # name subscribers boards rate seconds
   local limit_rate
   limit_rate=$(python3 -c "print($rate / $boards)")
   run "$name-limit" limit --subscribers "$subs" --rate "$limit_rate" --duration "$secs" --source-ips 32
-  run "$name-gateway" fanout --url "$gw_url" --subscribers "$subs" --boards "$boards" --rate "$rate" \
+  # The events are created through the second gateway replica, as nats-server's run has them
+  # published by the harness: the measured gateway only fans out what arrives from NATS.
+  run "$name-gateway" fanout --url "$gw_url" --publish-url "http://127.0.0.1:$http_port_nm" \
+    --subscribers "$subs" --boards "$boards" --rate "$rate" \
     --duration "$secs" --source-ips 32 --server-pid "$gw_pid"
   run "$name-nats-ws" fanout --target nats-ws --nats-ws "127.0.0.1:$peer_ws" \
     --nats-url "nats://127.0.0.1:$peer_port" --subscribers "$subs" --boards "$boards" --rate "$rate" \

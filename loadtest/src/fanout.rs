@@ -52,6 +52,11 @@ pub struct FanoutArgs {
     /// Base URL of the gateway (REST for publishing, /ws for subscribers).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub url: String,
+    /// Base URL the events are created through (REST POST), when not `--url`: another gateway
+    /// replica in front of the same task service, so the measured gateway (`--server-pid`) only
+    /// fans out what arrives from NATS, as nats-server does in a nats-ws run.
+    #[arg(long)]
+    pub publish_url: Option<String>,
     /// Bearer token for the gateway (AUTH=on): a service-role token (`taskboard-token --service`)
     /// reaches every board the suite uses.
     #[arg(long, env = "TASKBOARD_TOKEN", hide_env_values = true)]
@@ -468,7 +473,8 @@ async fn publish_rest(
         .pool_max_idle_per_host(args.publishers)
         .timeout(Duration::from_secs(30))
         .build()?;
-    let url = format!("{}/api/tasks", args.url.trim_end_matches('/'));
+    let base = args.publish_url.as_deref().unwrap_or(&args.url);
+    let url = format!("{}/api/tasks", base.trim_end_matches('/'));
     let next = Arc::new(AtomicU64::new(0));
     let interval = 1.0 / args.rate;
     let mut workers = Vec::new();
