@@ -11,6 +11,9 @@ pub struct Tracker {
     pub out_of_order: u64,
     /// Frames that carried no usable key.
     pub unparsed: u64,
+    /// Times the server closed this subscriber as too slow (1013) and it resumed from its last
+    /// seq, as a real client does.
+    pub resumed: u64,
 }
 
 #[derive(Default, Debug)]
@@ -43,6 +46,8 @@ pub struct Totals {
     pub duplicates: u64,
     pub out_of_order: u64,
     pub unparsed: u64,
+    /// Resumes after a 1013 close (gateway only): what was sent after them counts like any frame.
+    pub resumed: u64,
 }
 
 impl Tracker {
@@ -65,6 +70,11 @@ impl Tracker {
         s.max = s.max.max(key);
     }
 
+    /// The highest seq seen on `board` (0: none): where a resume continues from.
+    pub fn last(&self, board: i64) -> i64 {
+        self.boards.get(&board).map_or(0, |s| s.max)
+    }
+
     pub fn unparsed(&mut self) {
         self.delivered += 1;
         self.unparsed += 1;
@@ -77,6 +87,7 @@ impl Tracker {
         totals.duplicates += self.duplicates;
         totals.out_of_order += self.out_of_order;
         totals.unparsed += self.unparsed;
+        totals.resumed += self.resumed;
         for b in boards {
             let want = expected.get(b).copied().unwrap_or(0);
             let got = self.boards.get(b).map_or(0, |s| s.unique);

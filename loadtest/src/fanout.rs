@@ -374,43 +374,89 @@ async fn subscribe(
     shard: usize,
     on_ready: impl FnOnce(),
 ) -> Result<()> {
-    let path = match target {
-        Target::Gateway => format!("/ws?board_id={board}"),
-        Target::Original => "/ws".to_owned(),
-        Target::NatsWs => "/".to_owned(),
-    };
     let auth = match target {
         Target::Gateway => shared.auth.as_deref(),
         _ => None,
     };
-    let mut ws = wsclient::connect(addr, &path, source, auth).await?;
-    let mut stop = shared.stop.clone();
-    let mut nats = natsproto::Parser::default();
-    if target == Target::NatsWs {
-        let hello = natsproto::hello(&format!("{prefix}.{board}"));
-        ws.write_frame(Frame::binary(Payload::Owned(hello))).await?;
-        // Wait for the PONG that confirms the subscription.
-        loop {
-            let f = ws.read_frame().await?;
-            if std::str::from_utf8(&f.payload).is_ok_and(|s| s.contains("PONG")) {
-                break;
+    let mut on_ready = Some(on_ready);
+    loop {
+        // A subscriber the gateway closed as too slow resumes from the last seq it has, as the
+        // board page does; the frames it then gets are checked like any others.
+        let path = match target {
+            Target::Gateway if t.resumed > 0 => {
+                format!("/ws?board_id={board}&since={}", t.last(board))
             }
-            if let Ok(s) = std::str::from_utf8(&f.payload) {
-                if s.contains("-ERR") {
-                    bail!("nats-server: {s}");
-                }
+            Target::Gateway => format!("/ws?board_id={board}"),
+            Target::Original => "/ws".to_owned(),
+            Target::NatsWs => "/".to_owned(),
+        };
+        let mut ws = wsclient::connect(addr, &path, source, auth).await?;
+        if target == Target::NatsWs {
+            nats_subscribe(&mut ws, &format!("{prefix}.{board}")).await?;
+        }
+        if let Some(ready) = on_ready.take() {
+            ready();
+        }
+        match read(shared, t, &mut ws, target, board, shard).await? {
+            Ended::Stopped => return Ok(()),
+            Ended::Closed(1013) if target == Target::Gateway && !*shared.stop.borrow() => {
+                t.resumed += 1;
+            }
+            Ended::Closed(_) => return Ok(()),
+        }
+    }
+}
+
+/// How a subscriber's connection ended.
+enum Ended {
+    /// The run is over.
+    Stopped,
+    /// The server closed it with this code (0: none given).
+    Closed(u16),
+}
+
+/// Subscribes to `subject` over nats-server's WebSocket and waits for the PONG that confirms it.
+async fn nats_subscribe(ws: &mut wsclient::Ws, subject: &str) -> Result<()> {
+    let hello = natsproto::hello(subject);
+    ws.write_frame(Frame::binary(Payload::Owned(hello))).await?;
+    loop {
+        let f = ws.read_frame().await?;
+        if let Ok(s) = std::str::from_utf8(&f.payload) {
+            if s.contains("PONG") {
+                return Ok(());
+            }
+            if s.contains("-ERR") {
+                bail!("nats-server: {s}");
             }
         }
     }
-    on_ready();
+}
+
+/// Reads frames until the run stops or the server closes the connection.
+async fn read(
+    shared: &Shared,
+    t: &mut Tracker,
+    ws: &mut wsclient::Ws,
+    target: Target,
+    board: i64,
+    shard: usize,
+) -> Result<Ended> {
+    let mut stop = shared.stop.clone();
+    let mut nats = natsproto::Parser::default();
     loop {
         let frame = tokio::select! {
             biased;
-            _ = stop.changed() => return Ok(()),
+            _ = stop.changed() => return Ok(Ended::Stopped),
             f = ws.read_frame() => f?,
         };
         match frame.opcode {
-            OpCode::Close => return Ok(()),
+            OpCode::Close => {
+                let code = frame
+                    .payload
+                    .get(..2)
+                    .map_or(0, |c| u16::from_be_bytes([c[0], c[1]]));
+                return Ok(Ended::Closed(code));
+            }
             OpCode::Text | OpCode::Binary if target == Target::NatsWs => {
                 nats.push(&frame.payload);
                 let mut pongs = 0;

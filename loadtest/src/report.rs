@@ -135,6 +135,12 @@ impl RunResult {
                     String::new()
                 }
             );
+            if d.resumed > 0 {
+                println!(
+                    "resumed             {} times after a 1013 close (from the last seq held)",
+                    d.resumed
+                );
+            }
             let l = &self.latency;
             println!(
                 "latency ms          p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",

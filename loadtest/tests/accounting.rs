@@ -143,3 +143,131 @@ async fn a_clean_run_against_the_limit_server_is_ok() {
         "{text}"
     );
 }
+
+/// A gateway that closes every fresh subscriber with 1013 after its second event, and serves a
+/// resume (`since=S`) with everything after S, then live events. Returns the queries of `/ws`.
+async fn shedding_gateway() -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, _) = broadcast::channel::<i64>(64);
+    let log = Arc::new(std::sync::Mutex::new(Vec::<i64>::new()));
+    let queries = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = queries.clone();
+    let frame = |seq: i64| {
+        format!(
+            r#"{{"type":"created","task_id":{seq},"board_id":{BOARD},"title":"lt 1","seq":{seq}}}"#
+        )
+    };
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = listener.accept().await.unwrap();
+            let (tx, log, seen) = (tx.clone(), log.clone(), seen.clone());
+            tokio::spawn(async move {
+                let svc = service_fn(move |mut req: Request<hyper::body::Incoming>| {
+                    let (tx, log, seen) = (tx.clone(), log.clone(), seen.clone());
+                    async move {
+                        if req.uri().path() == "/ws" {
+                            let query = req.uri().query().unwrap_or_default().to_owned();
+                            seen.lock().unwrap().push(query.clone());
+                            let since = query
+                                .split('&')
+                                .find_map(|kv| kv.strip_prefix("since="))
+                                .map(|v| v.parse::<i64>().unwrap());
+                            let (resp, fut) = fastwebsockets::upgrade::upgrade(&mut req).unwrap();
+                            let mut rx = tx.subscribe();
+                            let backlog: Vec<i64> = match since {
+                                Some(s) => log
+                                    .lock()
+                                    .unwrap()
+                                    .iter()
+                                    .copied()
+                                    .filter(|q| *q > s)
+                                    .collect(),
+                                None => Vec::new(),
+                            };
+                            tokio::spawn(async move {
+                                let mut ws = fut.await.unwrap();
+                                let mut last = since.unwrap_or(0);
+                                for seq in backlog {
+                                    ws.write_frame(Frame::text(Payload::Owned(
+                                        frame(seq).into_bytes(),
+                                    )))
+                                    .await
+                                    .unwrap();
+                                    last = seq;
+                                }
+                                while let Ok(seq) = rx.recv().await {
+                                    if seq <= last {
+                                        continue;
+                                    }
+                                    if since.is_none() && seq > 2 {
+                                        let _ =
+                                            ws.write_frame(Frame::close(1013, b"too slow")).await;
+                                        return;
+                                    }
+                                    let f = Frame::text(Payload::Owned(frame(seq).into_bytes()));
+                                    if ws.write_frame(f).await.is_err() {
+                                        return;
+                                    }
+                                    last = seq;
+                                }
+                            });
+                            let (parts, _) = resp.into_parts();
+                            return Ok::<_, std::convert::Infallible>(Response::from_parts(
+                                parts,
+                                Full::new(Bytes::new()),
+                            ));
+                        }
+                        let seq = {
+                            let mut l = log.lock().unwrap();
+                            let seq = l.len() as i64 + 1;
+                            l.push(seq);
+                            seq
+                        };
+                        let _ = tx.send(seq);
+                        let mut r = Response::new(Full::new(Bytes::from_static(b"{}")));
+                        *r.status_mut() = hyper::StatusCode::CREATED;
+                        Ok(r)
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    (addr, queries)
+}
+
+#[tokio::test]
+async fn a_subscriber_closed_as_too_slow_resumes_from_its_last_seq_and_misses_nothing() {
+    let (addr, queries) = shedding_gateway().await;
+    let mut args = FanoutArgs::defaults();
+    args.url = format!("http://{addr}");
+    args.target = Target::Gateway;
+    args.subscribers = 1;
+    args.boards = 1;
+    args.board_base = Some(BOARD);
+    args.rate = 50.0;
+    args.duration = 0.2; // 10 creates
+    args.publishers = 1;
+    args.drain = 2.0;
+    let r = fanout::run(args).await.unwrap();
+    assert_eq!(r.published, 10);
+    let d = r.deliveries;
+    assert_eq!(d.resumed, 1);
+    assert_eq!(
+        (d.missing, d.duplicates, d.out_of_order),
+        (0, 0, 0),
+        "{d:?}"
+    );
+    assert!(r.ok);
+    assert_eq!(
+        *queries.lock().unwrap(),
+        [
+            format!("board_id={BOARD}"),
+            format!("board_id={BOARD}&since=2")
+        ]
+    );
+}
