@@ -83,9 +83,8 @@ async fn fake_gateway() -> std::net::SocketAddr {
     addr
 }
 
-#[tokio::test]
-async fn gaps_duplicates_and_reordering_injected_by_a_server_are_reported() {
-    let addr = fake_gateway().await;
+/// One subscriber of board `BOARD` on the gateway at `addr`, 50 creates/s for `secs`.
+fn one_subscriber(addr: std::net::SocketAddr, secs: f64, drain: f64) -> FanoutArgs {
     let mut args = FanoutArgs::defaults();
     args.url = format!("http://{addr}");
     args.target = Target::Gateway;
@@ -93,10 +92,16 @@ async fn gaps_duplicates_and_reordering_injected_by_a_server_are_reported() {
     args.boards = 1;
     args.board_base = Some(BOARD);
     args.rate = 50.0;
-    args.duration = 0.1; // 5 creates
+    args.duration = secs;
     args.publishers = 1;
-    args.drain = 1.0;
-    let r = fanout::run(args).await.unwrap();
+    args.drain = drain;
+    args
+}
+
+#[tokio::test]
+async fn gaps_duplicates_and_reordering_injected_by_a_server_are_reported() {
+    let addr = fake_gateway().await;
+    let r = fanout::run(one_subscriber(addr, 0.1, 1.0)).await.unwrap(); // 5 creates
     assert_eq!(r.published, 5);
     let d = r.deliveries;
     assert_eq!(d.delivered, 5, "1, 2, 2, 4, 3");
@@ -243,17 +248,7 @@ async fn shedding_gateway() -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<S
 #[tokio::test]
 async fn a_subscriber_closed_as_too_slow_resumes_from_its_last_seq_and_misses_nothing() {
     let (addr, queries) = shedding_gateway().await;
-    let mut args = FanoutArgs::defaults();
-    args.url = format!("http://{addr}");
-    args.target = Target::Gateway;
-    args.subscribers = 1;
-    args.boards = 1;
-    args.board_base = Some(BOARD);
-    args.rate = 50.0;
-    args.duration = 0.2; // 10 creates
-    args.publishers = 1;
-    args.drain = 2.0;
-    let r = fanout::run(args).await.unwrap();
+    let r = fanout::run(one_subscriber(addr, 0.2, 2.0)).await.unwrap(); // 10 creates
     assert_eq!(r.published, 10);
     let d = r.deliveries;
     assert_eq!(d.resumed, 1);
