@@ -122,6 +122,11 @@ impl Gather {
             let n = s.queue.len().min(self.0.max_items);
             s.queue.drain(..n).collect::<Vec<_>>()
         };
+        if tokio::runtime::Handle::try_current().is_err() {
+            // Dropped outside the runtime (it is going away): the waiting creates are answered
+            // UNAVAILABLE as their replies drop, and nothing is sent.
+            return;
+        }
         let this = self.clone();
         self.0.tracker.spawn(async move {
             let _slot = Slot(this.clone());
