@@ -187,7 +187,9 @@ impl ApiError {
             // transport error underneath, one reset while connecting: no answer either way.
             Code::Unknown if !transport_failed(s) => Self::internal(s, what),
             Code::Unavailable | Code::Cancelled | Code::Unknown => {
-                let refused = s.metadata().get(crate::breaker::RETRY_AFTER_METADATA);
+                let refused = s
+                    .metadata()
+                    .get(crate::upstream::breaker::RETRY_AFTER_METADATA);
                 if refused.is_none() {
                     tracing::warn!(op = what, status = %s, "task service unavailable");
                 }

@@ -2,23 +2,13 @@
 //! events received from NATS.
 
 pub mod auth;
-pub mod breaker;
 pub mod config;
-pub mod cors;
-pub mod creates;
+pub mod edge;
 mod error;
-pub mod events;
-pub mod hub;
-pub mod limits;
+pub mod fanout;
 pub mod metrics;
-pub mod outlet;
-mod page;
-pub mod presence;
-pub mod ratelimit;
-pub mod replay;
-pub mod routes;
-mod server;
-pub mod tasks_client;
+mod response;
+pub mod upstream;
 pub mod ws;
 
 use std::future::Future;
@@ -32,12 +22,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::Config;
+use edge::{cors, limits, server};
 pub use error::{ApiError, Error};
+use fanout::{hub, intake, presence, replay};
+use upstream::{breaker, client, gather};
 
 /// Everything a request handler needs.
 pub struct AppState {
     pub config: Config,
-    pub tasks: tasks_client::TasksClient,
+    pub tasks: client::TasksClient,
+    /// Creates, gathered into CreateTasks calls (`CREATE_CALLS`).
+    pub creates: gather::Creates,
     pub hub: Arc<hub::Hub>,
     pub nats: async_nats::Client,
     pub cors: cors::Cors,
@@ -53,7 +48,7 @@ pub struct AppState {
     /// Token verification; `None` with AUTH=off.
     pub auth: Option<Arc<auth::Verifier>>,
     /// Per-address and per-user rate limits.
-    pub rate: ratelimit::RateLimits,
+    pub rate: auth::ratelimit::RateLimits,
     /// Replay page reads: shared between resumers, at most MAX_REPLAYS in flight.
     pub replays: Arc<replay::ReplayReads>,
     /// Who is viewing each board; `None` with PRESENCE_TTL_MS=0.
@@ -113,7 +108,7 @@ pub async fn run_with_metrics(
     if matches!(cors, cors::Cors::Any) && verifier.is_some() {
         tracing::warn!("CORS_ORIGINS=*: any web page may call the API with a user's token");
     }
-    let tasks = tasks_client::TasksClient::new(
+    let tasks = client::TasksClient::new(
         &config.task_service_uri(),
         config.grpc_timeout(),
         config.service_token()?.as_deref(),
@@ -121,8 +116,9 @@ pub async fn run_with_metrics(
     .with_breaker(breaker::Breaker::new(
         config.breaker_failures,
         Duration::from_millis(config.breaker_open_ms.max(1)),
-    ))
-    .with_gathering(
+    ));
+    let creates = gather::Creates::new(
+        tasks.clone(),
         config.create_calls,
         config.create_batch_max,
         tracker.clone(),
@@ -143,10 +139,10 @@ pub async fn run_with_metrics(
     tracing::info!(%subject, "subscribing to task events");
 
     let subscribed = Arc::new(AtomicBool::new(false));
-    let intake = events::Intake::new(
+    let intake = intake::Intake::new(
         hub.clone(),
         tasks.clone(),
-        events::IntakeSettings {
+        intake::IntakeSettings {
             // A quarter of a subscriber's queue: a fill never pushes one near its bound.
             inline_fill: (config.ws_queue / 4).max(1) as i64,
             check_every: Duration::from_millis(config.event_check_interval_ms.max(100)),
@@ -187,6 +183,7 @@ pub async fn run_with_metrics(
         },
         config,
         tasks,
+        creates,
         hub,
         nats: nats.clone(),
         cors,

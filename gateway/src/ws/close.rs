@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use super::outbound::WriteError;
-use crate::hub::{Delivery, Kind as DeliveryKind};
+use crate::fanout::delivery::{Delivery, Kind as DeliveryKind};
 
 /// The longest close reason RFC 6455 allows.
 const MAX_CLOSE_REASON: usize = 123;

@@ -3,8 +3,8 @@
 use std::ops::Deref;
 use std::sync::Arc;
 
-use crate::hub::Hub;
-use crate::outlet::Outlet;
+use crate::fanout::hub::Hub;
+use crate::fanout::outlet::Outlet;
 
 /// The live feed of a session. Dropping it unsubscribes it and takes its socket back from the hub.
 pub struct Feed {
@@ -46,8 +46,8 @@ impl Drop for Feed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::Delivery;
-    use crate::outlet::Lagged;
+    use crate::fanout::delivery::Delivery;
+    use crate::fanout::outlet::Lagged;
 
     #[test]
     fn a_feed_falling_behind_is_told_so() {

@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 
 use crate::auth::{Principal, WS_PROTOCOL};
 use crate::error::ApiError;
-use crate::routes::{not_allowed, Resp};
+use crate::response::{not_allowed, Resp};
 use crate::AppState;
 
 pub async fn upgrade(state: &Arc<AppState>, mut req: Request<Incoming>, peer: SocketAddr) -> Resp {
@@ -145,7 +145,7 @@ async fn authorize<B>(
     state.rate.address(peer.ip(), Some(&who))?;
     state
         .rate
-        .user(Some(&who), crate::ratelimit::Limit::UserConnects)?;
+        .user(Some(&who), crate::auth::ratelimit::Limit::UserConnects)?;
     if sub.boards.is_empty() {
         if !who.service {
             return Err(

@@ -222,7 +222,7 @@ pub(super) async fn collection(
             let idempotency_key = idempotency_key(&req)?;
             let b: CreateBody = read_json(req, state.body_timeout()).await?;
             let (r, replayed) = state
-                .tasks
+                .creates
                 .create(
                     v1::CreateTaskRequest {
                         board_id: b.board_id.unwrap_or(0),

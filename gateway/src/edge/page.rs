@@ -3,12 +3,12 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
-const INDEX: &str = include_str!("../static/index.html");
-const APP_JS: &str = include_str!("../static/app.js");
-const STYLE: &str = include_str!("../static/style.css");
+const INDEX: &str = include_str!("../../static/index.html");
+const APP_JS: &str = include_str!("../../static/app.js");
+const STYLE: &str = include_str!("../../static/style.css");
 /// The REST API's OpenAPI 3.1 description (hand-written; schemathesis checks the gateway against
 /// it in `scripts/test.sh`).
-pub const OPENAPI: &str = include_str!("../static/openapi.json");
+pub const OPENAPI: &str = include_str!("../../static/openapi.json");
 
 /// The page only talks to its own origin (`'self'` covers its own `ws:`/`wss:` in CSP 3, so no
 /// WebSocket to another host); inline scripts and styles are not allowed, which keeps any injected
@@ -47,7 +47,7 @@ pub fn file(path: &str) -> Option<Response<Full<Bytes>>> {
 /// `GET /openapi.json`.
 pub fn openapi(method: &http::Method) -> Response<Full<Bytes>> {
     if !matches!(*method, http::Method::GET | http::Method::HEAD) {
-        return crate::routes::not_allowed("GET, HEAD");
+        return crate::response::not_allowed("GET, HEAD");
     }
     let mut r = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
     r.headers_mut().insert(

@@ -33,7 +33,7 @@ pub struct ReplayReads {
 
 impl ReplayReads {
     /// Reads through the task service, at most `max_in_flight` at once.
-    pub fn new(tasks: crate::tasks_client::TasksClient, max_in_flight: usize) -> Self {
+    pub fn new(tasks: crate::upstream::client::TasksClient, max_in_flight: usize) -> Self {
         Self::with_fetch(
             Box::new(move |board, after| {
                 let tasks = tasks.clone();

@@ -6,28 +6,29 @@
 //! Events arrive as complete pre-built frames shared by every recipient; the session writes them to
 //! its socket as they are, several at once with one vectored write when more are queued. What the
 //! client sends (pongs, pings, close) is read by `inbound`, whose buffer is empty while it is silent.
+mod deliver;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Payload, WebSocket};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use super::close::{close_of, resume_hint, rewind, sendable, End};
+use super::close::{close_of, resume_hint, sendable, End};
 use super::feed::Feed;
-use super::frame::text_frame;
 use super::inbound::{self, Kind, ReadError};
-use super::outbound::{WriteError, Writer};
+use super::outbound::Writer;
 use super::socket;
 use super::Subscription;
-use crate::hub::{Delivery, Hub, Kind as DeliveryKind};
-use crate::outlet::{step, Lagged, Rest, Step};
-use crate::tasks_client::TasksClient;
+use crate::fanout::delivery::Delivery;
+use crate::fanout::hub::Hub;
+use crate::fanout::outlet::Lagged;
+use crate::upstream::client::TasksClient;
 use taskboard_telemetry::Slotted;
 
 /// Largest message accepted from a client (clients have nothing to say but pongs and close).
@@ -66,7 +67,7 @@ struct Ctx {
     /// When the client's token expires (the session is closed with 1008 then).
     expires_at: Option<tokio::time::Instant>,
     /// Replay page reads, shared and bounded (MAX_REPLAYS).
-    replays: Arc<crate::replay::ReplayReads>,
+    replays: Arc<crate::fanout::replay::ReplayReads>,
 }
 
 /// What woke a running session.
@@ -97,7 +98,7 @@ impl Session {
         sub: Subscription,
         shutdown: CancellationToken,
         client: Client,
-        replays: Arc<crate::replay::ReplayReads>,
+        replays: Arc<crate::fanout::replay::ReplayReads>,
     ) -> Session {
         let Client { peer, expires_at } = client;
         let (feed, known) = Feed::new(&hub, &sub.boards);
@@ -356,123 +357,5 @@ impl Ctx {
             .await;
         }
         end
-    }
-
-    /// Writes what was queued (after the rest of a frame the hub began), skipping what was
-    /// already sent; fetches a gap (or what a head marker says is missing) from the log first.
-    async fn deliver<W: AsyncWrite + Unpin>(
-        &self,
-        wr: &mut Writer<W>,
-        rest: Option<Rest>,
-        incoming: &mut Vec<Delivery>,
-        last: &mut HashMap<i64, i64>,
-        batch: &mut Vec<Delivery>,
-    ) -> Result<(), End> {
-        let m = &self.hub.metrics;
-        if let Some((bytes, d)) = rest {
-            wr.finish(&bytes).await?;
-            m.frames_sent.increment(1);
-            m.bytes_sent.increment(d.frame.len() as u64);
-            d.done(m);
-        }
-        batch.clear();
-        for d in incoming.drain(..) {
-            let prev = last.get(&d.board_id).copied();
-            match step(d.kind, d.seq, prev) {
-                Step::Skip => d.done(m),
-                Step::Write => {
-                    if d.kind == DeliveryKind::Event {
-                        last.insert(d.board_id, d.seq);
-                    }
-                    batch.push(d);
-                }
-                Step::Fetch => {
-                    // A gap: write what is batched, fetch the gap, then carry on.
-                    self.flush(wr, batch, last).await?;
-                    // Boxed: the gRPC call's state is large and only needed on this rare path,
-                    // so it does not belong in every idle connection's task.
-                    Box::pin(self.replay(wr, d.board_id, last)).await?;
-                    match d.kind {
-                        DeliveryKind::Event if last.get(&d.board_id).is_none_or(|l| d.seq > *l) => {
-                            last.insert(d.board_id, d.seq);
-                            batch.push(d);
-                        }
-                        _ => d.done(m),
-                    }
-                }
-            }
-        }
-        self.flush(wr, batch, last).await
-    }
-
-    /// Writes the batched events with one vectored write, then counts them. When the write times
-    /// out, `last` is moved back to what the client will have received whole, so the resume hint
-    /// names no event it never got.
-    async fn flush<W: AsyncWrite + Unpin>(
-        &self,
-        wr: &mut Writer<W>,
-        batch: &mut Vec<Delivery>,
-        last: &mut HashMap<i64, i64>,
-    ) -> Result<(), End> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        if let Err(e) = wr.frames(batch).await {
-            if matches!(e, WriteError::TimedOut) {
-                rewind(last, &batch[wr.whole.min(batch.len())..]);
-            }
-            return Err(e.into());
-        }
-        let m = &self.hub.metrics;
-        m.frames_sent.increment(batch.len() as u64);
-        m.bytes_sent
-            .increment(batch.iter().map(|d| d.frame.len() as u64).sum());
-        for d in batch.drain(..) {
-            d.done(m);
-        }
-        Ok(())
-    }
-
-    /// Sends the board's events after `last[board]` from the task service, until it has no more.
-    /// A `reset` (events pruned) is passed on as `{"type":"reset",...}`.
-    async fn replay<W: AsyncWrite + Unpin>(
-        &self,
-        wr: &mut Writer<W>,
-        board: i64,
-        last: &mut HashMap<i64, i64>,
-    ) -> Result<(), End> {
-        loop {
-            let after = last.get(&board).copied().unwrap_or(0);
-            // At most MAX_REPLAYS reads in flight in this gateway (a crowd of resumers queues
-            // instead of starving the task service's pool), one per page however many need it.
-            let page = self.replays.page(board, after).await.map_err(|s| {
-                tracing::warn!(board, status = %s, "replay failed");
-                End::ReplayUnavailable
-            })?;
-            if page.reset {
-                let reset = taskboard_proto::nats::reset_payload(board, page.head_seq);
-                wr.bytes(&text_frame(reset.as_bytes())).await?;
-                last.insert(board, page.head_seq);
-                return Ok(());
-            }
-            let frames: Vec<Bytes> = page.events.iter().map(|e| text_frame(&e.payload)).collect();
-            let (last_seq, head) = (page.events.last().map(|e| e.seq), page.head_seq);
-            // Only the frames are kept while the client reads them.
-            drop(page);
-            wr.frames(&frames).await?;
-            let m = &self.hub.metrics;
-            m.events_replayed.increment(frames.len() as u64);
-            m.frames_sent.increment(frames.len() as u64);
-            m.bytes_sent
-                .increment(frames.iter().map(|f| f.len() as u64).sum());
-            let Some(seq) = last_seq else {
-                return Ok(());
-            };
-            last.insert(board, seq);
-            // Pages are cut by count and by bytes: done when the board's head is reached.
-            if seq >= head {
-                return Ok(());
-            }
-        }
     }
 }

@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 use tonic::{Code, Status};
 
 use crate::auth::Principal;
-use crate::tasks_client::TasksClient;
+use crate::upstream::client::TasksClient;
 
 /// A create's answer: the task and its seq, and whether it replays an idempotent create.
 pub type Created = Result<(v1::CreateTaskResponse, bool), Status>;
@@ -52,6 +52,32 @@ struct Inner {
     tracker: TaskTracker,
 }
 
+/// Where the gateway's creates go: gathered into CreateTasks calls, or (`CREATE_CALLS` 0) each in
+/// a call of its own. Cheap to clone.
+#[derive(Clone)]
+pub struct Creates {
+    client: TasksClient,
+    gather: Option<Gather>,
+}
+
+impl Creates {
+    /// At most `calls` create calls in flight, the creates that arrive meanwhile going together
+    /// (at most `max_items` per call) in the next one; `calls` 0: one call per create. The calls
+    /// for queued creates run on `tracker`.
+    pub fn new(client: TasksClient, calls: usize, max_items: usize, tracker: TaskTracker) -> Self {
+        let gather = (calls > 0).then(|| Gather::new(client.clone(), calls, max_items, tracker));
+        Creates { client, gather }
+    }
+
+    /// Creates a task for `who`; `true` when the answer is a retry's replay of an idempotent create.
+    pub async fn create(&self, m: v1::CreateTaskRequest, who: Option<&Principal>) -> Created {
+        match &self.gather {
+            Some(g) => g.create(m, who).await,
+            None => self.client.create(m, who).await,
+        }
+    }
+}
+
 /// The gathering of creates (cheap to clone).
 #[derive(Clone)]
 pub struct Gather(Arc<Inner>);
@@ -84,9 +110,9 @@ impl Gather {
                 // Holds the slot until the call ends, however it ends (a client that goes away
                 // drops this future); the slot then carries whatever queued meanwhile.
                 let _slot = Slot(self.clone());
-                self.0.client.create_one(m, who).await
+                self.0.client.create(m, who).await
             }
-            Way::Unslotted(m) => self.0.client.create_one(m, who).await,
+            Way::Unslotted(m) => self.0.client.create(m, who).await,
         }
     }
 

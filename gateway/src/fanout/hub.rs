@@ -9,113 +9,8 @@ use std::time::Instant;
 
 use std::time::Duration;
 
-use bytes::Bytes;
-
-use crate::outlet::Outlet;
-
-/// One event as delivered: routing data from the NATS headers and the complete WebSocket text
-/// frame (header and browser JSON), built once and shared (a clone is a reference-count bump) by
-/// every recipient, which writes it to its socket as is.
-#[derive(Clone, Debug)]
-pub struct Delivery {
-    pub board_id: i64,
-    /// The event's per-board seq; 0 for an unsequenced event.
-    pub seq: i64,
-    pub kind: Kind,
-    pub frame: Bytes,
-    /// For live events: when it arrived and how many recipients have yet to write it.
-    pub timing: Option<Arc<Timing>>,
-}
-
-/// What a delivery is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    /// An event with its seq.
-    Event,
-    /// An event without seq (published by the Go original's task service, which sets no
-    /// headers): written as it comes, never deduplicated and never counted in the board's seq.
-    Unsequenced,
-    /// No frame: "the board's log has reached `seq`". The gateway found events missing (after a
-    /// NATS outage, say) and tells subscribers to read them from the log themselves, at their own
-    /// pace, instead of pushing a backlog through their bounded queues.
-    Head,
-}
-
-impl AsRef<[u8]> for Delivery {
-    fn as_ref(&self) -> &[u8] {
-        &self.frame
-    }
-}
-
-/// Per-event bookkeeping for the fan-out and end-to-end histograms: one allocation per event,
-/// one atomic decrement per delivery; the recipient that writes it last records both.
-#[derive(Debug)]
-pub struct Timing {
-    received: Instant,
-    /// Commit time in the task service (µs since the epoch), from the NATS headers.
-    committed_us: Option<i64>,
-    remaining: AtomicUsize,
-}
-
-impl Delivery {
-    /// Builds the frame around `payload` (the one copy of an event the gateway makes).
-    pub fn new(board_id: i64, seq: i64, payload: &[u8]) -> Self {
-        Delivery {
-            board_id,
-            seq,
-            kind: Kind::Event,
-            frame: crate::ws::frame::text_frame(payload),
-            timing: None,
-        }
-    }
-
-    /// An event without seq (see [`Kind::Unsequenced`]).
-    pub fn unsequenced(board_id: i64, payload: &[u8]) -> Self {
-        Delivery {
-            board_id,
-            seq: 0,
-            kind: Kind::Unsequenced,
-            frame: crate::ws::frame::text_frame(payload),
-            timing: None,
-        }
-    }
-
-    /// A marker: the board's log has reached `seq` (see [`Kind::Head`]).
-    pub fn head(board_id: i64, seq: i64) -> Self {
-        Delivery {
-            board_id,
-            seq,
-            kind: Kind::Head,
-            frame: Bytes::new(),
-            timing: None,
-        }
-    }
-
-    /// A live event just received from NATS, timed from now.
-    pub fn live(board_id: i64, seq: i64, payload: &[u8], committed_us: Option<i64>) -> Self {
-        Delivery {
-            timing: Some(Arc::new(Timing {
-                received: Instant::now(),
-                committed_us,
-                remaining: AtomicUsize::new(0),
-            })),
-            ..Delivery::new(board_id, seq, payload)
-        }
-    }
-
-    /// Called by each recipient once it has written (or skipped) this event.
-    pub fn done(&self, m: &crate::metrics::WsMetrics) {
-        if let Some(t) = &self.timing {
-            if t.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-                m.fanout.record(t.received.elapsed().as_secs_f64());
-                if let Some(c) = t.committed_us {
-                    let now = chrono::Utc::now().timestamp_micros();
-                    m.end_to_end.record(((now - c) as f64 / 1e6).max(0.0));
-                }
-            }
-        }
-    }
-}
+use crate::fanout::delivery::{Delivery, Kind};
+use crate::fanout::outlet::Outlet;
 
 /// One watched board.
 struct Board {
@@ -278,7 +173,7 @@ impl Hub {
         let n = subs.as_ref().map_or(0, |s| s.len()) + all.len();
         if let Some(t) = &d.timing {
             // Set before any recipient can finish.
-            t.remaining.store(n, Ordering::Release);
+            t.expect(n);
         }
         let allowed = self.allowance();
         let mut direct = !allowed.is_zero();
@@ -360,7 +255,7 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outlet::Lagged;
+    use crate::fanout::outlet::Lagged;
 
     fn d(board: i64, seq: i64) -> Delivery {
         Delivery::new(board, seq, format!("{{\"seq\":{seq}}}").as_bytes())

@@ -13,7 +13,8 @@ use tokio_util::task::TaskTracker;
 use taskboard_telemetry::Slotted;
 use tokio::io::AsyncWriteExt;
 
-use crate::{routes, AppState};
+use crate::edge::routes;
+use crate::AppState;
 
 /// The answer to a socket over the cap: written without hyper, then the socket is closed.
 const OVER_CAPACITY: &[u8] =

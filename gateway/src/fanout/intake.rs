@@ -10,12 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use taskboard_proto::nats::{RoundTrip, HEADER_BOARD, HEADER_COMMITTED_AT_US, HEADER_SEQ};
+use taskboard_proto::nats::{RoundTrip, HEADER_COMMITTED_AT_US};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{Delivery, Hub};
-use crate::tasks_client::TasksClient;
+use crate::fanout::delivery::Delivery;
+use crate::fanout::hub::Hub;
+use crate::fanout::routing::{board_of_payload, route};
+use crate::upstream::client::TasksClient;
 
 /// Above this many remembered boards, boards nobody watches are forgotten (a later event of such
 /// a board is then taken as is, and subscribers' own seq checks still catch any gap).
@@ -26,36 +28,6 @@ const FILL_PAGE: i32 = 1000;
 const HEADS_CHUNK: usize = 1000;
 /// How long the server may take to confirm the subscription.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Routing data of an event, from its NATS headers.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Route {
-    pub board_id: i64,
-    pub seq: i64,
-}
-
-/// Reads `Taskboard-Board` and `Taskboard-Seq`.
-pub fn route(headers: Option<&async_nats::HeaderMap>) -> Option<Route> {
-    let h = headers?;
-    let num = |k: &str| h.get(k)?.as_str().parse::<i64>().ok().filter(|v| *v > 0);
-    Some(Route {
-        board_id: num(HEADER_BOARD)?,
-        seq: num(HEADER_SEQ)?,
-    })
-}
-
-/// The board of a header-less event, from its JSON payload (the Go original's task service
-/// publishes `{"type":…,"task_id":…,"board_id":…,…}` with no headers).
-pub fn board_of_payload(payload: &[u8]) -> Option<i64> {
-    #[derive(serde::Deserialize)]
-    struct Legacy {
-        board_id: i64,
-    }
-    serde_json::from_slice::<Legacy>(payload)
-        .ok()
-        .map(|l| l.board_id)
-        .filter(|b| *b > 0)
-}
 
 /// The intake task's settings.
 #[derive(Clone, Debug)]
@@ -368,33 +340,6 @@ async fn confirm(nats: &async_nats::Client) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn route_reads_board_and_seq_headers() {
-        let mut h = async_nats::HeaderMap::new();
-        h.insert(HEADER_BOARD, "7");
-        h.insert(HEADER_SEQ, "42");
-        assert_eq!(
-            route(Some(&h)),
-            Some(Route {
-                board_id: 7,
-                seq: 42
-            })
-        );
-    }
-
-    #[test]
-    fn messages_without_valid_headers_have_no_route() {
-        assert_eq!(route(None), None);
-        let mut h = async_nats::HeaderMap::new();
-        h.insert(HEADER_BOARD, "x");
-        h.insert(HEADER_SEQ, "1");
-        assert_eq!(route(Some(&h)), None);
-        let mut h = async_nats::HeaderMap::new();
-        h.insert(HEADER_BOARD, "-1");
-        h.insert(HEADER_SEQ, "1");
-        assert_eq!(route(Some(&h)), None);
-    }
 
     fn intake() -> Intake {
         // A client for an address nothing listens on: gap fills fail fast, like a task service

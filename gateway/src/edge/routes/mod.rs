@@ -1,5 +1,5 @@
 //! HTTP routing: the one route table (it gives both the handler and the metric label of every
-//! path), the per-request metrics, and the small response builders the handlers share.
+//! path) and the per-request metrics; the response builders come from `crate::response`.
 mod boards;
 mod body;
 mod history;
@@ -10,19 +10,16 @@ mod tasks;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
-use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http::{header, HeaderValue, Method, Request, StatusCode};
+
 use hyper::body::Incoming;
-use serde::Serialize;
 
 pub use body::MAX_BODY;
 pub use tasks::TaskJson;
 
 use crate::error::ApiError;
+pub(crate) use crate::response::{empty, json, not_allowed, text, with_seq, Resp};
 use crate::AppState;
-
-pub type Resp = Response<Full<Bytes>>;
 
 /// What serves a route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,7 +42,7 @@ enum Route {
 }
 
 /// Every route: its matcher pattern, what serves it, and its `route` metric label. The board
-/// page's files come from [`crate::page::PATHS`]. Everything under `/api/tasks/` is a task id (a
+/// page's files come from [`crate::edge::page::PATHS`]. Everything under `/api/tasks/` is a task id (a
 /// malformed one, even empty or with slashes, is a 400 that says so).
 const ROUTES: &[(&str, Route, &str)] = &[
     ("/health", Route::Health, "/health"),
@@ -99,7 +96,7 @@ fn table() -> &'static matchit::Router<(Route, &'static str)> {
             r.insert(*pattern, (*route, *label))
                 .expect("the route table has no conflicts");
         }
-        for path in crate::page::PATHS {
+        for path in crate::edge::page::PATHS {
             r.insert(*path, (Route::Page, PAGE_LABEL))
                 .expect("page paths do not overlap the API");
         }
@@ -214,7 +211,7 @@ async fn dispatch(
             _ => not_allowed("GET, HEAD"),
         },
         Some(Route::Ws) => crate::ws::upgrade(&state, req, peer).await,
-        Some(Route::OpenApi) => crate::page::openapi(req.method()),
+        Some(Route::OpenApi) => crate::edge::page::openapi(req.method()),
         Some(
             api @ (Route::Tasks
             | Route::Task
@@ -234,7 +231,7 @@ async fn dispatch(
             state.cors.apply(origin.as_ref(), r)
         }
         Some(Route::Page) if matches!(*req.method(), Method::GET | Method::HEAD) => {
-            crate::page::file(req.uri().path())
+            crate::edge::page::file(req.uri().path())
                 .unwrap_or_else(|| ApiError::not_found("Not found").into_response())
         }
         Some(Route::Page) => not_allowed("GET, HEAD"),
@@ -268,7 +265,9 @@ async fn api_call(
     let who = principal.as_ref();
     state.rate.address(peer.ip(), who)?;
     if matches!(*req.method(), Method::POST | Method::PUT | Method::DELETE) {
-        state.rate.user(who, crate::ratelimit::Limit::UserWrites)?;
+        state
+            .rate
+            .user(who, crate::auth::ratelimit::Limit::UserWrites)?;
     }
     let id = params.id.as_deref().unwrap_or_default();
     match route {
@@ -286,62 +285,6 @@ async fn api_call(
         }
         _ => Ok(boards::me(&req, who, state.auth.is_some())),
     }
-}
-
-pub(crate) fn text(status: StatusCode, body: &'static str) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
-}
-
-pub(crate) fn json<T: Serialize>(status: StatusCode, v: &T) -> Resp {
-    match serde_json::to_vec(v) {
-        Ok(b) => {
-            let mut r = Response::new(Full::new(Bytes::from(b)));
-            *r.status_mut() = status;
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            r
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "serialising a response failed");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "Internal server error",
-            )
-            .into_response()
-        }
-    }
-}
-
-/// Adds the seq of the event a mutation committed, so a client can match its own change.
-pub(crate) fn with_seq(mut r: Resp, seq: i64) -> Resp {
-    if seq > 0 {
-        r.headers_mut()
-            .insert("Taskboard-Seq", HeaderValue::from(seq));
-    }
-    r
-}
-
-pub(crate) fn empty(status: StatusCode) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::new()));
-    *r.status_mut() = status;
-    r
-}
-
-/// 405 with the `Allow` header listing what the route takes.
-pub(crate) fn not_allowed(allow: &'static str) -> Resp {
-    let mut r = ApiError::method_not_allowed().into_response();
-    r.headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static(allow));
-    r
 }
 
 #[cfg(test)]
@@ -367,10 +310,10 @@ mod tests {
                 Some("9")
             )
         );
-        for p in crate::page::PATHS {
+        for p in crate::edge::page::PATHS {
             assert_eq!(route_of(p).0, Some(Route::Page), "{p}");
             assert!(
-                crate::page::file(p).is_some(),
+                crate::edge::page::file(p).is_some(),
                 "{p} is routed but not served"
             );
         }

@@ -11,32 +11,8 @@ use tokio::net::TcpStream;
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
-use crate::hub::{Delivery, Kind};
+use crate::fanout::delivery::{step, Delivery, Kind, Step};
 use crate::metrics::WsMetrics;
-
-/// What a session does with a delivery, given the last seq it sent of the delivery's board.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Step {
-    /// Write it (an event then becomes the board's last).
-    Write,
-    /// Already sent, or a head marker that says nothing new: drop it.
-    Skip,
-    /// Events are missing before it: read them from the log first.
-    Fetch,
-}
-
-/// The one rule both the session and the publisher's direct write follow.
-pub fn step(kind: Kind, seq: i64, last: Option<i64>) -> Step {
-    match (kind, last) {
-        (Kind::Unsequenced, _) => Step::Write,
-        (Kind::Head, Some(l)) if seq > l => Step::Fetch,
-        // Where a board stands is only known once it has a start.
-        (Kind::Head, _) => Step::Skip,
-        (Kind::Event, Some(l)) if seq <= l => Step::Skip,
-        (Kind::Event, Some(l)) if seq > l + 1 => Step::Fetch,
-        (Kind::Event, _) => Step::Write,
-    }
-}
 
 /// A subscriber that was offered an event less than this long ago gets the next one through its
 /// session: a connection with events coming this fast is better served by its own task, which
@@ -239,19 +215,6 @@ mod tests {
         static N: AtomicU64 = AtomicU64::new(0);
         let base = *BASE.get_or_init(Instant::now);
         base + MIN_GAP * (N.fetch_add(1, Ordering::Relaxed) as u32 + 1) * 2
-    }
-
-    #[test]
-    fn the_rule_for_each_kind_of_delivery() {
-        assert_eq!(step(Kind::Event, 5, None), Step::Write);
-        assert_eq!(step(Kind::Event, 5, Some(4)), Step::Write);
-        assert_eq!(step(Kind::Event, 5, Some(5)), Step::Skip);
-        assert_eq!(step(Kind::Event, 5, Some(7)), Step::Skip);
-        assert_eq!(step(Kind::Event, 5, Some(3)), Step::Fetch);
-        assert_eq!(step(Kind::Unsequenced, 0, Some(3)), Step::Write);
-        assert_eq!(step(Kind::Head, 5, None), Step::Skip);
-        assert_eq!(step(Kind::Head, 5, Some(5)), Step::Skip);
-        assert_eq!(step(Kind::Head, 5, Some(4)), Step::Fetch);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Authentication: bearer JWTs (RFC 7519) verified against the configured keys — an HS256 secret
 //! for development, an RS256/ES256 public key (PEM) or a JWKS file for production — and the
 //! principal a valid token names.
+pub mod ratelimit;
+
 use std::sync::Arc;
 
 use http::{header, HeaderMap, HeaderValue, StatusCode};

@@ -9,7 +9,8 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{Delivery, Hub};
+use crate::fanout::delivery::Delivery;
+use crate::fanout::hub::Hub;
 
 /// How often changed boards are sent to their subscribers (changes in between are merged).
 const FLUSH_EVERY: Duration = Duration::from_millis(200);

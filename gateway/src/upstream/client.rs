@@ -3,15 +3,13 @@
 use std::time::Duration;
 
 use taskboard_proto::v1::{self, task_service_client::TaskServiceClient};
-use tokio_util::task::TaskTracker;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
 
 use taskboard_telemetry::{GrpcMetrics, GrpcMetricsLayer, Side};
 
 use crate::auth::Principal;
-use crate::breaker::{Breaker, BreakerLayer, Breaking};
-use crate::creates::Gather;
+use crate::upstream::breaker::{Breaker, BreakerLayer, Breaking};
 use crate::Error;
 
 type Metadata = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
@@ -25,8 +23,6 @@ pub struct TasksClient {
     token: Option<Metadata>,
     /// Fails calls fast while the task service does not answer (none: every call is made).
     breaker: BreakerLayer,
-    /// Gathers concurrent creates into CreateTasks calls (none: one call per create).
-    gather: Option<Gather>,
 }
 
 impl TasksClient {
@@ -55,17 +51,7 @@ impl TasksClient {
             timeout,
             token,
             breaker: BreakerLayer(None),
-            gather: None,
         })
-    }
-
-    /// The same client gathering creates: at most `calls` create calls in flight, the creates
-    /// that arrive meanwhile going together (at most `max_items` per call) in the next one;
-    /// `calls` 0: one call per create. The calls for queued creates run on `tracker`.
-    #[must_use]
-    pub fn with_gathering(mut self, calls: usize, max_items: usize, tracker: TaskTracker) -> Self {
-        self.gather = (calls > 0).then(|| Gather::new(self.clone(), calls, max_items, tracker));
-        self
     }
 
     /// The same client behind `breaker` (shared by its clones).
@@ -107,20 +93,9 @@ impl TasksClient {
         r
     }
 
-    /// Creates a task; `true` when the answer is a retry's replay of an idempotent create.
+    /// Creates a task in a CreateTask call of its own; `true` when the answer is a retry's
+    /// replay of an idempotent create. (Gathered creates: [`crate::upstream::gather::Creates`].)
     pub async fn create(
-        &self,
-        m: v1::CreateTaskRequest,
-        who: Option<&Principal>,
-    ) -> Result<(v1::CreateTaskResponse, bool), tonic::Status> {
-        match &self.gather {
-            Some(g) => g.create(m, who).await,
-            None => self.create_one(m, who).await,
-        }
-    }
-
-    /// A create in a CreateTask call of its own.
-    pub(crate) async fn create_one(
         &self,
         m: v1::CreateTaskRequest,
         who: Option<&Principal>,
