@@ -35,6 +35,8 @@ fi
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
+log "layout: file sizes, no modules importing each other (scripts/check-layout.py)"
+python3 scripts/check-layout.py
 log "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 if command -v shellcheck >/dev/null; then

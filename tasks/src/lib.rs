@@ -9,7 +9,7 @@ pub mod gate;
 mod incoming;
 pub mod outbox;
 pub mod service;
-mod streams;
+
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod validate;

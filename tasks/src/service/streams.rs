@@ -6,10 +6,11 @@ use taskboard_proto::v1;
 use tokio::sync::mpsc;
 use tonic::Status;
 
+use super::log::needs_reset;
+use super::refusals::not_a_member;
+use super::Service;
 use crate::access::Caller;
 use crate::db::{self, EventRow};
-use crate::service::not_a_member;
-use crate::service::{needs_reset, Service};
 
 /// Events fetched per query by the watch streams.
 pub(crate) const WATCH_PAGE: i64 = 500;
@@ -151,7 +152,7 @@ impl Service {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::tests::ev;
+    use crate::service::log::tests::ev;
 
     #[test]
     fn an_event_payload_gives_back_its_task() {

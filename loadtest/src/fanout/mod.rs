@@ -2,6 +2,9 @@
 //! latency from the intended send time (coordinated-omission aware) to the frame's arrival, and
 //! exact delivery accounting. Targets: our gateway, the original's contract, or nats-server's own
 //! WebSocket listener as the reference fan-out server.
+mod publisher;
+mod subscriber;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,16 +14,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use fastwebsockets::{Frame, OpCode, Payload};
 use serde::Serialize;
 use tokio::sync::{watch, Semaphore};
 
 use crate::accounting::{Totals, Tracker};
 use crate::extract;
-use crate::natsproto::{self, Op};
 use crate::procstat::Sampler;
 use crate::report::{Latencies, LatencySummary, RunResult};
 use crate::wsclient;
+
+use publisher::{publish_nats, publish_rest};
+use subscriber::subscribe;
 
 /// Which server the subscribers talk to.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -361,126 +365,6 @@ fn nats_prefix(board_base: i64) -> String {
     format!("bench{board_base}")
 }
 
-/// Connects one subscriber and reads until told to stop.
-#[allow(clippy::too_many_arguments)]
-async fn subscribe(
-    shared: &Shared,
-    t: &mut Tracker,
-    addr: SocketAddr,
-    target: Target,
-    board: i64,
-    source: std::net::Ipv4Addr,
-    prefix: &str,
-    shard: usize,
-    on_ready: impl FnOnce(),
-) -> Result<()> {
-    let auth = match target {
-        Target::Gateway => shared.auth.as_deref(),
-        _ => None,
-    };
-    let mut on_ready = Some(on_ready);
-    loop {
-        // A subscriber the gateway closed as too slow resumes from the last seq it has, as the
-        // board page does; the frames it then gets are checked like any others.
-        let path = match target {
-            Target::Gateway if t.resumed > 0 => {
-                format!("/ws?board_id={board}&since={}", t.last(board))
-            }
-            Target::Gateway => format!("/ws?board_id={board}"),
-            Target::Original => "/ws".to_owned(),
-            Target::NatsWs => "/".to_owned(),
-        };
-        let mut ws = wsclient::connect(addr, &path, source, auth).await?;
-        if target == Target::NatsWs {
-            nats_subscribe(&mut ws, &format!("{prefix}.{board}")).await?;
-        }
-        if let Some(ready) = on_ready.take() {
-            ready();
-        }
-        match read(shared, t, &mut ws, target, board, shard).await? {
-            Ended::Stopped => return Ok(()),
-            Ended::Closed(1013) if target == Target::Gateway && !*shared.stop.borrow() => {
-                t.resumed += 1;
-            }
-            Ended::Closed(_) => return Ok(()),
-        }
-    }
-}
-
-/// How a subscriber's connection ended.
-enum Ended {
-    /// The run is over.
-    Stopped,
-    /// The server closed it with this code (0: none given).
-    Closed(u16),
-}
-
-/// Subscribes to `subject` over nats-server's WebSocket and waits for the PONG that confirms it.
-async fn nats_subscribe(ws: &mut wsclient::Ws, subject: &str) -> Result<()> {
-    let hello = natsproto::hello(subject);
-    ws.write_frame(Frame::binary(Payload::Owned(hello))).await?;
-    loop {
-        let f = ws.read_frame().await?;
-        if let Ok(s) = std::str::from_utf8(&f.payload) {
-            if s.contains("PONG") {
-                return Ok(());
-            }
-            if s.contains("-ERR") {
-                bail!("nats-server: {s}");
-            }
-        }
-    }
-}
-
-/// Reads frames until the run stops or the server closes the connection.
-async fn read(
-    shared: &Shared,
-    t: &mut Tracker,
-    ws: &mut wsclient::Ws,
-    target: Target,
-    board: i64,
-    shard: usize,
-) -> Result<Ended> {
-    let mut stop = shared.stop.clone();
-    let mut nats = natsproto::Parser::default();
-    loop {
-        let frame = tokio::select! {
-            biased;
-            _ = stop.changed() => return Ok(Ended::Stopped),
-            f = ws.read_frame() => f?,
-        };
-        match frame.opcode {
-            OpCode::Close => {
-                let code = frame
-                    .payload
-                    .get(..2)
-                    .map_or(0, |c| u16::from_be_bytes([c[0], c[1]]));
-                return Ok(Ended::Closed(code));
-            }
-            OpCode::Text | OpCode::Binary if target == Target::NatsWs => {
-                nats.push(&frame.payload);
-                let mut pongs = 0;
-                while let Some(op) = nats.next_op() {
-                    match op {
-                        Op::Msg(p) => shared.on_frame(t, shard, board, target, &p),
-                        Op::Ping => pongs += 1,
-                        Op::Err(e) => bail!("nats-server: {e}"),
-                        Op::Other => {}
-                    }
-                }
-                for _ in 0..pongs {
-                    ws.write_frame(Frame::binary(Payload::Borrowed(b"PONG\r\n")))
-                        .await?;
-                }
-            }
-            OpCode::Text | OpCode::Binary => {
-                shared.on_frame(t, shard, board, target, &frame.payload)
-            }
-            _ => {}
-        }
-    }
-}
-
 fn spawn_progress(
     shared: Arc<Shared>,
     published: Arc<Vec<AtomicU64>>,
@@ -503,118 +387,4 @@ fn spawn_progress(
             last = d;
         }
     })
-}
-
-/// Creates tasks through the REST API at the fixed rate; title carries the intended send time.
-async fn publish_rest(
-    args: &FanoutArgs,
-    boards: &[i64],
-    shared: &Arc<Shared>,
-    pub_base: Instant,
-    total: u64,
-    published: &Arc<Vec<AtomicU64>>,
-    errors: &Arc<AtomicU64>,
-) -> Result<()> {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.publishers)
-        .timeout(Duration::from_secs(30))
-        .build()?;
-    let base = args.publish_url.as_deref().unwrap_or(&args.url);
-    let url = format!("{}/api/tasks", base.trim_end_matches('/'));
-    let next = Arc::new(AtomicU64::new(0));
-    let interval = 1.0 / args.rate;
-    let mut workers = Vec::new();
-    for _ in 0..args.publishers.max(1) {
-        let (client, url, next) = (client.clone(), url.clone(), next.clone());
-        let (boards, shared, published, errors) = (
-            boards.to_vec(),
-            shared.clone(),
-            published.clone(),
-            errors.clone(),
-        );
-        workers.push(tokio::spawn(async move {
-            loop {
-                let k = next.fetch_add(1, Ordering::Relaxed);
-                if k >= total {
-                    return;
-                }
-                let intended = pub_base + Duration::from_secs_f64(k as f64 * interval);
-                tokio::time::sleep_until(intended.into()).await;
-                let bi = (k as usize) % boards.len();
-                let sent_us = intended.duration_since(shared.base).as_micros() as u64;
-                let body = format!(
-                    r#"{{"board_id":{},"title":"{}{sent_us}","created_by":1}}"#,
-                    boards[bi],
-                    extract::TITLE_MARK
-                );
-                let mut req = client.post(&url).header("content-type", "application/json");
-                if let Some(a) = &shared.auth {
-                    req = req.header("authorization", a);
-                }
-                let ok = req.body(body).send().await.is_ok_and(|r| r.status() == 201);
-                if ok {
-                    shared
-                        .answered
-                        .record(k as usize, shared.now_us().saturating_sub(sent_us));
-                    published[bi].fetch_add(1, Ordering::Relaxed);
-                } else {
-                    errors.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }));
-    }
-    for w in workers {
-        w.await?;
-    }
-    Ok(())
-}
-
-/// Publishes over core NATS at the fixed rate, numbering events per board.
-#[allow(clippy::too_many_arguments)]
-async fn publish_nats(
-    args: &FanoutArgs,
-    boards: &[i64],
-    board_base: i64,
-    shared: &Arc<Shared>,
-    pub_base: Instant,
-    total: u64,
-    published: &Arc<Vec<AtomicU64>>,
-    errors: &Arc<AtomicU64>,
-) -> Result<()> {
-    let client = async_nats::connect(&args.nats_url)
-        .await
-        .with_context(|| format!("connect {}", args.nats_url))?;
-    let prefix = nats_prefix(board_base);
-    let mut seqs = vec![0i64; boards.len()];
-    let interval = 1.0 / args.rate;
-    for k in 0..total {
-        let intended = pub_base + Duration::from_secs_f64(k as f64 * interval);
-        tokio::time::sleep_until(intended.into()).await;
-        let bi = (k as usize) % boards.len();
-        seqs[bi] += 1;
-        let sent_us = intended.duration_since(shared.base).as_micros() as u64;
-        let mut body = format!(
-            r#"{{"type":"created","board_id":{},"seq":{},"title":"{}{sent_us}","pad":""#,
-            boards[bi],
-            seqs[bi],
-            extract::TITLE_MARK
-        );
-        while body.len() + 2 < args.payload_bytes {
-            body.push('x');
-        }
-        body.push_str("\"}");
-        match client
-            .publish(format!("{prefix}.{}", boards[bi]), body.into())
-            .await
-        {
-            Ok(()) => {
-                published[bi].fetch_add(1, Ordering::Relaxed);
-            }
-            Err(_) => {
-                errors.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-    client.flush().await?;
-    Ok(())
 }
