@@ -58,7 +58,7 @@ bin=target/release
 lt=$bin/taskboard-loadtest
 
 ts=$(date -u +%Y%m%dT%H%M%SZ)
-out=bench/results/ab-$ts
+out=bench/runs/ab-$ts # raw output, not kept in git; the summary goes to bench/results/
 mkdir -p "$out"
 db=tb_bench_ab_${ts,,}
 ensure_database "$PG_ADMIN_URL" "$db"
@@ -155,4 +155,5 @@ rb = [v for p in sorted(out.glob("rest-B-*.log")) if (v := rest_rate(p))]
 if ra and rb:
     print(f"{'rest creates/s (100 boards, 32 users)':38} A {statistics.mean(ra):8,.0f}   B {statistics.mean(rb):8,.0f}   B/A {statistics.mean(rb)/statistics.mean(ra):.2f}")
 PY
-log "results in $out/"
+{ cat "$out/machine.txt"; echo; cat "$out/summary.txt"; } >"bench/results/ab-$ts.txt"
+log "results: bench/results/ab-$ts.txt (raw output in $out/)"

@@ -7,7 +7,7 @@
 # Rate limits are off in both pairs (they are not what is measured).
 #
 # Usage: scripts/bench-auth.sh [SECONDS] [ROUNDS] [CONCURRENCY]   (defaults 10, 3, 32)
-# Results: bench/results/auth-<timestamp>/ (hey output per run, summary.txt).
+# Results: bench/results/auth-<timestamp>.txt (machine, summary); raw output in bench/runs/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/services.sh
@@ -40,7 +40,7 @@ log "building (release)"
 cargo build --release --quiet -p taskboard-tasks -p taskboard-gateway
 bin=target/release
 ts=$(date -u +%Y%m%dT%H%M%SZ)
-out=bench/results/auth-$ts
+out=bench/runs/auth-$ts # raw output, not kept in git; the summary goes to bench/results/
 mkdir -p "$out"
 dev_auth "$TB_STATE_DIR/auth"
 export RATE_ADDRESS_PER_SEC=0 RATE_USER_WRITES_PER_SEC=0 RATE_USER_CONNECTS_PER_SEC=0
@@ -132,4 +132,5 @@ r = [tot["on"][i] / tot["off"][i] for i in range(5)]
 print(f"\nON ÷ OFF (means of {k} runs): creates/s {r[0]:.2f}, gateway CPU/create {r[1]:.2f}, "
       f"tasks CPU/create {r[2]:.2f}, PostgreSQL CPU/create {r[3]:.2f}, p99 {r[4]:.2f}")
 PY
-log "results: $out"
+{ cat "$out/machine.txt"; echo; cat "$out/summary.txt"; } >"bench/results/auth-$ts.txt"
+log "results: bench/results/auth-$ts.txt (raw output in $out/)"

@@ -19,7 +19,7 @@
 #   B_ENV="VAR=value …" in the environment: extra settings for side B's two services only (e.g.
 #         B_ENV=TOKIO_WORKER_THREADS=1 with BASE the working tree's own binaries, target/release);
 #         A_ENV the same for side A (e.g. A_ENV=CREATE_CALLS=0: one binary, a setting off and on)
-# Results: bench/results/write-<timestamp>/ (wrk output per run, cpu.txt, summary.md).
+# Results: bench/results/write-<timestamp>.md (machine and summary); raw output in bench/runs/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/services.sh
@@ -73,7 +73,9 @@ for b in taskboard-tasks taskboard-gateway; do [ -x "$base_bin/$b" ] || die "no 
 bin=target/release
 
 ts=$(date -u +%Y%m%dT%H%M%SZ)
-out=bench/results/write-$ts
+# Raw output (wrk per run, cpu.txt) in bench/runs/ (not kept in git); the summary, with the
+# machine, is bench/results/write-<timestamp>.md.
+out=bench/runs/write-$ts
 mkdir -p "$out"
 dev_auth "$TB_STATE_DIR/write-auth"
 export RATE_ADDRESS_PER_SEC=0 RATE_USER_WRITES_PER_SEC=0 RATE_USER_CONNECTS_PER_SEC=0
@@ -152,18 +154,6 @@ b_gw=$gw_pid b_tasks=$tasks_pid b_url=$url
 a_one=$(boards_of "$a_url" 1) b_one=$(boards_of "$b_url" 1)
 a_many=$(boards_of "$a_url" 100) b_many=$(boards_of "$b_url" 100)
 
-cat >"$out/create.lua" <<'LUA'
--- POST /api/tasks on a random board of BOARDS; non-201 answers are counted by wrk.
-local boards = {}
-for b in string.gmatch(os.getenv("BOARDS"), "%d+") do boards[#boards + 1] = b end
-local headers = {["Content-Type"] = "application/json",
-                 ["Authorization"] = "Bearer " .. os.getenv("TOKEN")}
-request = function()
-  local b = boards[math.random(#boards)]
-  return wrk.format("POST", "/api/tasks", headers, '{"board_id":' .. b .. ',"title":"bench"}')
-end
-LUA
-
 cpu() { # pid → user+system clock ticks (threads included)
   awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0
 }
@@ -178,7 +168,7 @@ run() { # label scenario url gw tasks boards n
   [ "$pin" = 1 ] && gen=(taskset -c 0)
   g0=$(cpu "$gw") t0=$(cpu "$tasks") p0=$(sum_cpu postgres) n0=$(sum_cpu nats-server)
   BOARDS=$boards TOKEN=$token "${gen[@]}" wrk -t2 -c"$conns" -d"${secs}s" --latency \
-    -s "$out/create.lua" "$u" >"$out/$label-$scen-$n.txt"
+    -s bench/create.lua "$u" >"$out/$label-$scen-$n.txt"
   echo "$label $scen $(($(cpu "$gw") - g0)) $(($(cpu "$tasks") - t0)) $(($(sum_cpu postgres) - p0)) $(($(sum_cpu nats-server) - n0))" >>"$out/cpu.txt"
   grep -E "Requests/sec|99%|Non-2xx" "$out/$label-$scen-$n.txt" | sed "s/^/  $label $scen: /" >&2
 }
@@ -283,4 +273,5 @@ if fan:
             for p50, p99, bad, a50, a99 in sides.get(label, []):
                 print(f"| {scen} | {label.upper()} | {p50:.1f} | {p99:.1f} | {f1(a50)} | {f1(a99)} | {bad} |")
 PY
-log "results: $out"
+{ echo '```'; cat "$out/machine.txt"; echo '```'; echo; cat "$out/summary.md"; } >"bench/results/write-$ts.md"
+log "results: bench/results/write-$ts.md (raw output in $out/)"

@@ -2,7 +2,8 @@
 # Benchmarks, side by side in one run: our gateway's WebSocket fan-out against nats-server's own
 # WebSocket fan-out (the peer) and against the kernel's ceiling (plain TCP writes), idle
 # connections, REST create throughput against pgbench doing the same SQL. Builds in release mode,
-# starts what it needs, writes bench/results/<timestamp>.json and .html.
+# starts what it needs, writes bench/results/<timestamp>.json (every run's figures and the
+# machine) and .html (the plot); logs in bench/runs/<timestamp>/.
 #
 # Usage: scripts/bench.sh [--quick]     (--quick: a small matrix, under two minutes once built)
 set -euo pipefail
@@ -54,7 +55,7 @@ bin=target/release
 lt=$bin/taskboard-loadtest
 
 ts=$(date -u +%Y%m%dT%H%M%SZ)
-out=bench/results/$ts
+out=bench/runs/$ts # raw output (not kept in git); the summary is bench/results/$ts.json
 mkdir -p "$out"
 db=tb_bench_${ts,,}
 ensure_database "$PG_ADMIN_URL" "$db"

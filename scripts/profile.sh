@@ -11,7 +11,8 @@
 #          a task service + one gateway; `wrk -c64` POSTs creates over 100 boards; perf on both
 #          services for SECONDS (default 10)
 #   PERF_FREQ (default 999) the sampling frequency; BIN (default target/release) the binaries.
-# Results: bench/results/profile-<timestamp>/ (perf data, logs, summary.txt).
+# Results: bench/runs/profile-<timestamp>/ (perf data, logs, summary.txt; not kept in git: quote
+# what matters in BENCHMARKS.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/services.sh
@@ -57,7 +58,7 @@ if [ -z "${BIN:-}" ]; then
   cargo build --release --quiet -p taskboard-tasks -p taskboard-gateway -p taskboard-loadtest
 fi
 ts=$(date -u +%Y%m%dT%H%M%SZ)
-out=bench/results/profile-$ts
+out=bench/runs/profile-$ts
 mkdir -p "$out"
 db=tb_profile_${ts,,}
 ensure_database "$PG_ADMIN_URL" "$db"
