@@ -310,7 +310,11 @@ test("errors from the API are shown in words, and the page works at phone width"
   const done = await a.locator("#done-list").boundingBox();
   assert.ok(done.y > open.y, "columns stack");
   const width = await a.evaluate(() => document.documentElement.scrollWidth);
-  assert.ok(width <= 390, `no horizontal scroll (${width}px)`);
+  // Name what sticks out, so a failure on a machine with wider fonts says where to look.
+  const wide = await a.evaluate(() => [...document.querySelectorAll("body *")]
+    .filter((e) => e.getBoundingClientRect().right > 390 && e.getClientRects().length > 0)
+    .map((e) => `${e.tagName.toLowerCase()}${e.id ? "#" + e.id : ""}`).slice(0, 8));
+  assert.ok(width <= 390, `no horizontal scroll (${width}px; past the edge: ${wide.join(", ")})`);
   await a.context().close();
 });
 
