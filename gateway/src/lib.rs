@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 pub use config::Config;
 use edge::{cors, limits, server};
 pub use error::{ApiError, Error};
-use fanout::{hub, intake, presence, replay};
+use fanout::{hub, intake, interest, presence, replay};
 use upstream::{breaker, client, gather};
 
 /// Everything a request handler needs.
@@ -41,7 +41,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Owns every WebSocket session and background task.
     pub tracker: TaskTracker,
-    /// Set once NATS has confirmed the event subscription (`/ready` waits for it).
+    /// Set once NATS has answered a round trip (any fixed subscription is then in place;
+    /// `/ready` waits for it).
     pub subscribed: Arc<AtomicBool>,
     /// Caps on open sockets and WebSockets.
     pub limits: limits::Limits,
@@ -131,12 +132,35 @@ pub async fn run_with_metrics(
     // Reconnects are signalled to the intake, which then fetches what watched boards missed.
     let (reconnected_tx, reconnected_rx) = mpsc::channel(4);
     let nats = connect_nats(&config.nats_url, reconnected_tx).await?;
-    let subject = taskboard_proto::nats::wildcard(&config.nats_subject_prefix);
-    let sub = nats
-        .subscribe(subject.clone())
-        .await
-        .map_err(|e| Error::Nats(format!("subscribe {subject}: {e}")))?;
-    tracing::info!(%subject, "subscribing to task events");
+    let presence = (config.presence_ttl_ms > 0).then(|| {
+        presence::Presence::new(
+            &config.nats_subject_prefix,
+            Duration::from_millis(config.presence_ttl_ms.max(300)),
+            hub.clone(),
+        )
+    });
+    let prefix = &config.nats_subject_prefix;
+    let interest = if config.nats_subscribe == "wildcard" {
+        let i = interest::Interest::wildcard(nats.clone(), prefix, presence.is_some())
+            .await
+            .map_err(|e| Error::Nats(e.to_string()))?;
+        tracing::info!(
+            subject = %taskboard_proto::nats::wildcard(prefix),
+            "NATS_SUBSCRIBE=wildcard: subscribing to every event"
+        );
+        i
+    } else {
+        tracing::info!(
+            subject = %taskboard_proto::nats::board_interest(prefix, 0).replace(".0.", ".<board>."),
+            "subscribing to each board's events while a client here watches it"
+        );
+        interest::Interest::per_board(
+            nats.clone(),
+            prefix,
+            presence.is_some(),
+            Duration::from_millis(config.nats_unsubscribe_linger_ms),
+        )
+    };
 
     let subscribed = Arc::new(AtomicBool::new(false));
     let intake = intake::Intake::new(
@@ -147,22 +171,15 @@ pub async fn run_with_metrics(
             inline_fill: (config.ws_queue / 4).max(1) as i64,
             check_every: Duration::from_millis(config.event_check_interval_ms.max(100)),
         },
-    );
+    )
+    .with_presence(presence.clone());
     tracker.spawn(intake.run(
         nats.clone(),
-        sub,
+        interest,
         subscribed.clone(),
         reconnected_rx,
         token.clone(),
     ));
-
-    let presence = (config.presence_ttl_ms > 0).then(|| {
-        presence::Presence::new(
-            &config.nats_subject_prefix,
-            Duration::from_millis(config.presence_ttl_ms.max(300)),
-            hub.clone(),
-        )
-    });
     if let Some(p) = &presence {
         tracker.spawn(p.clone().run(nats.clone(), token.clone()));
     }

@@ -103,6 +103,14 @@ pub fn describe() {
         "taskboard_events_recovered_total",
         "Events the gateway found missing (lost on the way from the task service) and brought to subscribers from the log"
     );
+    describe_counter!(
+        "taskboard_events_window_total",
+        "Events committed while a board's NATS subscription was being made (first subscriber here), brought to subscribers from the log once the server confirmed it"
+    );
+    describe_gauge!(
+        "taskboard_nats_board_subscriptions",
+        "Boards this gateway holds a NATS subscription for (watched here, or lingering after the last client left)"
+    );
     describe_gauge!(
         "taskboard_nats_connected",
         "1 while the NATS connection is up"

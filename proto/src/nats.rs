@@ -76,14 +76,47 @@ where
         .map_err(|e| ConnectError::Connect(e.to_string()))
 }
 
-/// The subject of an event of `kind` (`created`, `updated`, `deleted`) under `prefix`.
-pub fn subject(prefix: &str, kind: &str) -> String {
+// Subjects. Every event goes to its board's subject, `<prefix>.board.<id>.<kind>`, so a gateway
+// subscribes only to the boards its WebSocket clients watch (`board_interest`), and one with an
+// all-boards client to `all_boards`. The Go original's subjects, `<prefix>.<kind>`
+// (`tasks.created`, ...), are published as well with NATS_LEGACY_SUBJECTS=on. A subscriber of
+// `wildcard` (an older gateway) gets both copies of an event; they carry the same seq, and the
+// second is dropped as a duplicate.
+
+/// The subject of `board`'s events of `kind` (`created`, `updated`, `deleted`, `board_updated`, ...).
+pub fn board_subject(prefix: &str, board: i64, kind: &str) -> String {
+    format!("{prefix}.board.{board}.{kind}")
+}
+
+/// What a gateway subscribes to for one board: each of its events, whatever the kind.
+pub fn board_interest(prefix: &str, board: i64) -> String {
+    format!("{prefix}.board.{board}.*")
+}
+
+/// What a gateway with an all-boards WebSocket client subscribes to: every board's events.
+pub fn all_boards(prefix: &str) -> String {
+    format!("{prefix}.board.*.*")
+}
+
+/// The Go original's subject of an event of `kind`: `<prefix>.<kind>`.
+pub fn legacy_subject(prefix: &str, kind: &str) -> String {
     format!("{prefix}.{kind}")
 }
 
-/// What the gateway subscribes to: every event under `prefix`.
+/// Everything under `prefix`: the legacy subjects and every board's (NATS_SUBSCRIBE=wildcard, for
+/// a task service that publishes only the legacy subjects, such as the Go original).
 pub fn wildcard(prefix: &str) -> String {
     format!("{prefix}.>")
+}
+
+/// The presence announcements of `board`'s viewers on one gateway (`presence.<prefix>.<board>`).
+pub fn presence_subject(prefix: &str, board: i64) -> String {
+    format!("presence.{prefix}.{board}")
+}
+
+/// Every board's presence announcements (NATS_SUBSCRIBE=wildcard).
+pub fn presence_wildcard(prefix: &str) -> String {
+    format!("presence.{prefix}.*")
 }
 
 /// Proof that the server has processed everything a connection sent before: a marker published
@@ -141,6 +174,44 @@ impl RoundTrip {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// NATS subject matching: `*` is one token, `>` one or more at the end.
+    fn matches(pattern: &str, subject: &str) -> bool {
+        let (p, s): (Vec<&str>, Vec<&str>) =
+            (pattern.split('.').collect(), subject.split('.').collect());
+        for (i, t) in p.iter().enumerate() {
+            match *t {
+                ">" => return s.len() > i,
+                "*" if i < s.len() => {}
+                t if s.get(i) == Some(&t) => {}
+                _ => return false,
+            }
+        }
+        p.len() == s.len()
+    }
+
+    #[test]
+    fn each_subscription_gets_exactly_its_subjects() {
+        let ev = board_subject("tasks", 12, "created");
+        assert_eq!(ev, "tasks.board.12.created");
+        assert!(matches(&board_interest("tasks", 12), &ev));
+        assert!(!matches(&board_interest("tasks", 1), &ev), "not board 1");
+        assert!(!matches(&board_interest("tasks", 123), &ev));
+        assert!(matches(&all_boards("tasks"), &ev));
+        assert!(
+            matches(&wildcard("tasks"), &ev),
+            "older gateways still get it"
+        );
+        let legacy = legacy_subject("tasks", "created");
+        assert_eq!(legacy, "tasks.created", "the Go original's subject");
+        assert!(matches(&wildcard("tasks"), &legacy));
+        assert!(!matches(&all_boards("tasks"), &legacy));
+        assert!(!matches(&board_interest("tasks", 12), &legacy));
+        let p = presence_subject("tasks", 12);
+        assert!(matches(&presence_wildcard("tasks"), &p));
+        assert!(!matches(&wildcard("tasks"), &p), "presence is not an event");
+        assert!(!matches(&all_boards("tasks"), "tasks.board.12.created.x"));
+    }
 
     #[test]
     fn a_reset_payload_is_the_documented_json() {

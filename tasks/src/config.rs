@@ -16,8 +16,8 @@ pub const DEFAULT_METRICS_PORT: u16 = 9091;
     about = "Taskboard task service: gRPC (task.v1) over PostgreSQL, events relayed to NATS",
     long_about = "Taskboard task service.\n\nServes task.v1.TaskService, grpc.health.v1 and server \
 reflection over plaintext gRPC. Every mutation commits the task row, the board's next sequence number \
-and the event in one transaction; a relay publishes committed events to NATS (tasks.created|updated|\
-deleted) in per-board seq order. Migrations run at start-up under an advisory lock, so replicas can \
+and the event in one transaction; a relay publishes committed events to NATS (tasks.board.<id>.created|updated|\
+deleted|..., and the original's tasks.created|updated|deleted) in per-board seq order. Migrations run at start-up under an advisory lock, so replicas can \
 start together."
 )]
 pub struct Config {
@@ -110,9 +110,17 @@ pub struct Config {
     #[arg(long, env = "NATS_URL", default_value = "nats://localhost:4222")]
     pub nats_url: String,
 
-    /// First token of the event subjects: events go to `<prefix>.created|updated|deleted`.
+    /// First token of the event subjects: each event goes to its board's subject,
+    /// `<prefix>.board.<board id>.<kind>` (gateways subscribe only to the boards they serve).
     #[arg(long, env = "NATS_SUBJECT_PREFIX", default_value = "tasks")]
     pub nats_subject_prefix: String,
+
+    /// `on`: every event is also published on the Go original's subject, `<prefix>.<kind>`
+    /// (`tasks.created|updated|deleted`, ...), for consumers written against it and for gateways
+    /// older than per-board subjects. `off` once nothing reads them: one publish per event instead
+    /// of two.
+    #[arg(long, env = "NATS_LEGACY_SUBJECTS", default_value = "on", value_parser = ["on", "off"])]
+    pub nats_legacy_subjects: String,
 
     /// Most task changes committed together in one transaction (group commit: changes that arrive
     /// while a commit is in flight share the next one; 1 = every change its own transaction).
@@ -221,6 +229,7 @@ impl Config {
             db_acquire_timeout_ms: 5000,
             nats_url: nats_url.to_owned(),
             nats_subject_prefix: "tasks".into(),
+            nats_legacy_subjects: "on".into(),
             write_batch_max: 256,
             relay_poll_interval_ms: 1000,
             event_retention_secs: 7 * 24 * 3600,
@@ -297,6 +306,10 @@ mod tests {
         );
         assert_eq!(cli_default("metrics_port"), built.metrics_port.to_string());
         assert_eq!(cli_default("nats_url"), "nats://localhost:4222");
+        assert_eq!(
+            cli_default("nats_legacy_subjects"),
+            built.nats_legacy_subjects
+        );
         assert_eq!(built.nats_url, "nats://n");
     }
 

@@ -114,6 +114,7 @@ pub async fn run_with_metrics(
             pg: pg.clone(),
             nats: nats.clone(),
             subject_prefix: config.nats_subject_prefix.clone(),
+            legacy_subjects: config.nats_legacy_subjects == "on",
             poll,
             retention: Duration::from_secs(config.event_retention_secs),
             wake: wake_tx,

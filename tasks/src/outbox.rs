@@ -49,6 +49,8 @@ pub struct Relay {
     pub pg: tokio_postgres::Config,
     pub nats: async_nats::Client,
     pub subject_prefix: String,
+    /// Also publish each event on the Go original's subject (NATS_LEGACY_SUBJECTS=on).
+    pub legacy_subjects: bool,
     pub poll: Duration,
     pub retention: Duration,
     /// Bumped on every NOTIFY: WatchTasks streams wait on it.
@@ -201,8 +203,19 @@ impl Relay {
             return Ok(false);
         }
         for ev in events {
+            let h = headers(ev);
+            if self.legacy_subjects {
+                self.nats
+                    .publish_with_headers(
+                        contract::legacy_subject(&self.subject_prefix, &ev.kind),
+                        h.clone(),
+                        ev.payload.clone(),
+                    )
+                    .await
+                    .map_err(|e| Error::Nats(e.to_string()))?;
+            }
             self.nats
-                .publish_with_headers(self.subject(ev), headers(ev), ev.payload.clone())
+                .publish_with_headers(self.subject(ev), h, ev.payload.clone())
                 .await
                 .map_err(|e| Error::Nats(e.to_string()))?;
         }
@@ -241,7 +254,7 @@ impl Relay {
     }
 
     fn subject(&self, ev: &EventRow) -> String {
-        contract::subject(&self.subject_prefix, &ev.kind)
+        contract::board_subject(&self.subject_prefix, ev.board_id, &ev.kind)
     }
 }
 

@@ -180,6 +180,8 @@ pub fn free_port() -> u16 {
 /// a fixed free port, for tests that stop, pause or kill it. Killed on drop.
 pub struct PrivateNats {
     pub port: u16,
+    /// Its HTTP monitoring port (`/connz`, `/subsz`, ...).
+    pub monitor_port: u16,
     child: Option<Child>,
 }
 
@@ -191,6 +193,7 @@ impl PrivateNats {
     pub async fn start() -> PrivateNats {
         let mut n = PrivateNats {
             port: free_port(),
+            monitor_port: free_port(),
             child: None,
         };
         n.restart().await;
@@ -209,6 +212,7 @@ impl PrivateNats {
         let bin = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into());
         let child = Command::new(bin)
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-m", &self.monitor_port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -261,11 +265,36 @@ impl Drop for PrivateNats {
 
 /// A TCP proxy in front of a real server, so a test can cut one service's link without touching
 /// the server others use: `cut()` drops every connection and refuses new ones (they are accepted
-/// and closed at once, as by a dead peer) until `restore()`.
+/// and closed at once, as by a dead peer) until `restore()`; `hold()` keeps the connections but
+/// forwards nothing either way (a stalled link) until `release()`.
 pub struct TcpProxy {
     pub addr: SocketAddr,
     open: Arc<watch::Sender<bool>>,
+    held: Arc<watch::Sender<bool>>,
     task: JoinHandle<()>,
+}
+
+/// Copies `r` to `w`, never while `held`.
+async fn pump(
+    mut r: tokio::net::tcp::OwnedReadHalf,
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    mut held: watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        if held.wait_for(|h| !*h).await.is_err() {
+            return;
+        }
+        let n = match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        // Read just before a hold: still held back.
+        if held.wait_for(|h| !*h).await.is_err() || w.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }
 
 impl TcpProxy {
@@ -277,25 +306,45 @@ impl TcpProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("addr");
         let open = Arc::new(watch::channel(true).0);
-        let state = open.clone();
+        let held = Arc::new(watch::channel(false).0);
+        let (state, hold) = (open.clone(), held.clone());
         let task = tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
+            while let Ok((client, _)) = listener.accept().await {
                 if !*state.borrow() {
                     continue; // dropped: closed at once
                 }
                 let mut cut = state.subscribe();
+                let (up, down) = (hold.subscribe(), hold.subscribe());
                 tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(target).await else {
+                    let Ok(server) = TcpStream::connect(target).await else {
                         return;
                     };
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        () = pump(cr, sw, up) => {}
+                        () = pump(sr, cw, down) => {}
                         _ = cut.wait_for(|open| !*open) => {}
                     }
                 });
             }
         });
-        TcpProxy { addr, open, task }
+        TcpProxy {
+            addr,
+            open,
+            held,
+            task,
+        }
+    }
+
+    /// Forwards nothing (either way) until [`TcpProxy::release`]; connections stay open.
+    pub fn hold(&self) {
+        self.held.send_replace(true);
+    }
+
+    /// Forwards again what was held back, and what follows.
+    pub fn release(&self) {
+        self.held.send_replace(false);
     }
 
     /// Drops every proxied connection and refuses new ones.

@@ -28,7 +28,7 @@ const MOST_CREATES_PER_CALL: usize = 200;
     about = "Taskboard gateway: REST API over the task service, live events over WebSocket",
     long_about = "Taskboard gateway.\n\nServes the REST API (/api/tasks...), /health, /ready and the \
 WebSocket feed /ws?board_id=B&since=S. Task calls go to the task service over gRPC, with deadlines; \
-events arrive from NATS (<prefix>.>) and are fanned out to WebSocket clients in per-board seq order, \
+events arrive from NATS (each watched board's <prefix>.board.<id>.*) and are fanned out to WebSocket clients in per-board seq order, \
 gaps filled from the task service. Starts even when the task service or NATS is not up yet: /ready \
 answers 503 until both are reachable."
 )]
@@ -126,9 +126,22 @@ pub struct Config {
     #[arg(long, env = "NATS_URL", default_value = DEFAULT_NATS_URL)]
     pub nats_url: String,
 
-    /// First token of the event subjects; the gateway subscribes `<prefix>.>`.
+    /// First token of the event subjects (`<prefix>.board.<id>.<kind>`).
     #[arg(long, env = "NATS_SUBJECT_PREFIX", default_value = "tasks")]
     pub nats_subject_prefix: String,
+
+    /// `board`: subscribe to a board's events (and presence) only while a WebSocket client here
+    /// watches it, so each gateway receives only its own boards' events; an all-boards client adds
+    /// one subscription to every board. `wildcard`: everything under the prefix, always (in front
+    /// of a task service that publishes only the original's `<prefix>.<kind>`, such as the Go
+    /// original or one from before per-board subjects).
+    #[arg(long, env = "NATS_SUBSCRIBE", default_value = "board", value_parser = ["board", "wildcard"])]
+    pub nats_subscribe: String,
+
+    /// How long a board's subscription is kept after its last client here left (a page that
+    /// reloads or reconnects does not make the gateway unsubscribe and subscribe again).
+    #[arg(long, env = "NATS_UNSUBSCRIBE_LINGER_MS", default_value_t = 5000)]
+    pub nats_unsubscribe_linger_ms: u64,
 
     /// Other browser origins allowed to call the API and open /ws, comma-separated (the page's
     /// own origin always is). Unset: none with AUTH=on, any (`*`, as the original) with AUTH=off.
@@ -250,6 +263,8 @@ impl Config {
             create_batch_max: DEFAULT_CREATE_BATCH_MAX,
             nats_url: nats_url.to_owned(),
             nats_subject_prefix: "tasks".into(),
+            nats_subscribe: "board".into(),
+            nats_unsubscribe_linger_ms: 5000,
             cors_origins: String::new(),
             ws_queue: DEFAULT_WS_QUEUE,
             ws_direct_budget_us: DEFAULT_WS_DIRECT_BUDGET_US,

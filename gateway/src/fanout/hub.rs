@@ -2,13 +2,14 @@
 //! every board), forgotten when the last one leaves; each event is one shared `Bytes`. Per board
 //! it also knows the latest seq it has seen, which is where a new subscriber without `since`
 //! starts.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use std::time::Duration;
 
+use crate::fanout::budget::DirectBudget;
 use crate::fanout::delivery::{Delivery, Kind};
 use crate::fanout::outlet::Outlet;
 
@@ -25,23 +26,14 @@ struct Inner {
     boards: HashMap<i64, Board>,
     /// Subscribers of every board.
     all: Arc<Vec<Arc<Outlet>>>,
+    /// Boards (`None`: every board) that gained their first subscriber or lost their last since
+    /// the intake last looked.
+    changed: HashSet<Option<i64>>,
 }
 
 /// How often (in recipients) a publish looks at the clock to see whether its direct-write budget
 /// is spent.
 const BUDGET_CHECK_EVERY: usize = 16;
-/// The direct-write budget refills at 1/DIRECT_SHARE of wall-clock time: sparse events are
-/// written to every idle socket by the publisher, while a flood leaves most of the writing to
-/// the sessions (on every core, several queued frames per write) instead of serialising it in
-/// the one task that reads NATS.
-const DIRECT_SHARE: u32 = 4;
-
-/// Time the publisher may still spend writing to sockets itself.
-struct Budget {
-    left: Duration,
-    at: Instant,
-}
-
 /// The hub. Cheap operations under a short std mutex; no I/O ever happens while it is held.
 pub struct Hub {
     pub metrics: crate::metrics::WsMetrics,
@@ -49,11 +41,14 @@ pub struct Hub {
     /// Per-subscriber queue bound: a subscriber further behind than this is closed with 1013.
     capacity: usize,
     /// How long one publish may spend writing frames to parked sessions' sockets itself before
-    /// it queues the rest for their sessions (zero: always queue); also the bucket size of
-    /// `budget`.
-    direct_budget: Duration,
-    budget: Mutex<Budget>,
+    /// it queues the rest for their sessions (zero: always queue).
+    budget: DirectBudget,
     clients: AtomicUsize,
+    /// Woken when `changed` gains an entry.
+    changes: tokio::sync::Notify,
+    /// Whether the server has confirmed this gateway's subscription to every board (set by the
+    /// intake): an all-boards client is answered once it has, so it misses nothing after.
+    all_live: tokio::sync::watch::Sender<bool>,
 }
 
 impl Hub {
@@ -68,14 +63,13 @@ impl Hub {
             inner: Mutex::new(Inner {
                 boards: HashMap::new(),
                 all: Arc::new(Vec::new()),
+                changed: HashSet::new(),
             }),
             capacity: capacity.max(1),
-            direct_budget: budget,
-            budget: Mutex::new(Budget {
-                left: budget,
-                at: Instant::now(),
-            }),
+            budget: DirectBudget::new(budget),
             clients: AtomicUsize::new(0),
+            changes: tokio::sync::Notify::new(),
+            all_live: tokio::sync::watch::channel(false).0,
         }
     }
 
@@ -100,31 +94,79 @@ impl Hub {
     /// [`Hub::remove`].
     pub fn add(&self, outlet: &Arc<Outlet>, boards: &[i64]) -> Vec<(i64, Option<i64>)> {
         let mut inner = self.lock();
+        let before = inner.changed.len();
         if boards.is_empty() {
+            if inner.all.is_empty() {
+                inner.changed.insert(None);
+            }
             Arc::make_mut(&mut inner.all).push(outlet.clone());
+            self.signal(inner, before);
             return Vec::new();
         }
+        let mut fresh = Vec::new();
         let known = boards
             .iter()
             .map(|&b| {
-                let entry = inner.boards.entry(b).or_insert_with(|| Board {
-                    subs: Arc::new(Vec::new()),
-                    seq: None,
+                let entry = inner.boards.entry(b).or_insert_with(|| {
+                    fresh.push(b);
+                    Board {
+                        subs: Arc::new(Vec::new()),
+                        seq: None,
+                    }
                 });
                 Arc::make_mut(&mut entry.subs).push(outlet.clone());
                 (b, entry.seq)
             })
             .collect();
+        inner.changed.extend(fresh.into_iter().map(Some));
         self.metrics.boards.set(inner.boards.len() as f64);
+        self.signal(inner, before);
         known
+    }
+
+    /// Wakes the intake if `changed` grew since it held `before` entries.
+    fn signal(&self, inner: std::sync::MutexGuard<'_, Inner>, before: usize) {
+        let grew = inner.changed.len() > before;
+        drop(inner);
+        if grew {
+            self.changes.notify_one();
+        }
+    }
+
+    /// Waits until a board has gained its first subscriber or lost its last (at once if one has
+    /// since the last [`Hub::take_changes`]).
+    pub async fn changed(&self) {
+        self.changes.notified().await;
+    }
+
+    /// The boards (`None`: every board) whose first subscriber arrived or last one left since the
+    /// last call, each with whether it is watched now.
+    pub fn take_changes(&self) -> Vec<(Option<i64>, bool)> {
+        let mut inner = self.lock();
+        let changed = std::mem::take(&mut inner.changed);
+        changed
+            .into_iter()
+            .map(|k| {
+                let watched = match k {
+                    Some(b) => inner.boards.contains_key(&b),
+                    None => !inner.all.is_empty(),
+                };
+                (k, watched)
+            })
+            .collect()
     }
 
     /// Unsubscribes `outlet` from `boards` (every board when empty); a board nobody watches any
     /// more is forgotten.
     pub fn remove(&self, outlet: &Arc<Outlet>, boards: &[i64]) {
         let mut inner = self.lock();
+        let before = inner.changed.len();
         if boards.is_empty() {
             Arc::make_mut(&mut inner.all).retain(|o| !Arc::ptr_eq(o, outlet));
+            if inner.all.is_empty() {
+                inner.changed.insert(None);
+            }
+            self.signal(inner, before);
             return;
         }
         for b in boards {
@@ -132,10 +174,26 @@ impl Hub {
                 Arc::make_mut(&mut e.subs).retain(|o| !Arc::ptr_eq(o, outlet));
                 if e.subs.is_empty() {
                     inner.boards.remove(b);
+                    inner.changed.insert(Some(*b));
                 }
             }
         }
         self.metrics.boards.set(inner.boards.len() as f64);
+        self.signal(inner, before);
+    }
+
+    /// The intake has (or no longer has) a confirmed subscription to every board.
+    pub fn set_all_boards_live(&self, live: bool) {
+        self.all_live.send_replace(live);
+    }
+
+    /// Waits up to `within` until the subscription to every board is confirmed; whether it is.
+    pub async fn all_boards_live(&self, within: Duration) -> bool {
+        let mut rx = self.all_live.subscribe();
+        let live = tokio::time::timeout(within, rx.wait_for(|live| *live))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        live
     }
 
     /// Records a board head fetched from the task service (never moves the known seq back).
@@ -175,7 +233,7 @@ impl Hub {
             // Set before any recipient can finish.
             t.expect(n);
         }
-        let allowed = self.allowance();
+        let allowed = self.budget.allowance();
         let mut direct = !allowed.is_zero();
         let started = Instant::now();
         let mut spent = Duration::ZERO;
@@ -191,31 +249,9 @@ impl Hub {
             spent = started.elapsed();
         }
         if !allowed.is_zero() {
-            self.spend(spent);
+            self.budget.spend(spent);
         }
         n
-    }
-
-    fn budget(&self) -> std::sync::MutexGuard<'_, Budget> {
-        self.budget.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// What this publish may spend writing to sockets itself: the bucket, refilled at
-    /// 1/DIRECT_SHARE of the time since the last publish, up to `direct_budget`.
-    fn allowance(&self) -> Duration {
-        if self.direct_budget.is_zero() {
-            return Duration::ZERO;
-        }
-        let mut b = self.budget();
-        let now = Instant::now();
-        b.left = (b.left + (now - b.at) / DIRECT_SHARE).min(self.direct_budget);
-        b.at = now;
-        b.left
-    }
-
-    fn spend(&self, spent: Duration) {
-        let mut b = self.budget();
-        b.left = b.left.saturating_sub(spent);
     }
 
     /// Boards that currently have at least one subscriber.
@@ -232,6 +268,11 @@ impl Hub {
     pub fn is_watched(&self, board: i64) -> bool {
         let inner = self.lock();
         !inner.all.is_empty() || inner.boards.contains_key(&board)
+    }
+
+    /// Whether `board` has a subscriber of its own.
+    pub fn is_watched_board(&self, board: i64) -> bool {
+        self.lock().boards.contains_key(&board)
     }
 
     /// Counts a connected client; returns the new total.
@@ -346,23 +387,6 @@ mod tests {
     }
 
     #[test]
-    fn the_direct_write_budget_is_a_share_of_the_time_that_passes() {
-        let budget = Duration::from_millis(2);
-        let hub = Hub::with_direct_budget(8, budget);
-        assert_eq!(hub.allowance(), budget, "full at start");
-        hub.spend(budget);
-        assert!(hub.allowance() < budget, "spent");
-        std::thread::sleep(Duration::from_millis(4));
-        assert!(
-            hub.allowance() >= Duration::from_millis(1),
-            "a quarter of 4 ms came back"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-        assert_eq!(hub.allowance(), budget, "never more than one event's worth");
-        assert_eq!(Hub::new(8).allowance(), Duration::ZERO, "off");
-    }
-
-    #[test]
     fn a_board_channel_is_freed_when_its_last_subscriber_leaves() {
         let hub = Hub::new(2);
         let a = hub.subscribe(Some(7));
@@ -375,6 +399,31 @@ mod tests {
         hub.remove(&b, &[7]);
         assert_eq!(hub.board_count(), 0);
         assert!(hub.watched_boards().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_first_subscriber_of_a_board_and_its_last_are_changes() {
+        let hub = Hub::new(2);
+        let a = hub.subscribe(Some(7));
+        let b = hub.subscribe(Some(7));
+        tokio::time::timeout(Duration::from_secs(1), hub.changed())
+            .await
+            .expect("woken");
+        assert_eq!(hub.take_changes(), [(Some(7), true)], "once, for the first");
+        hub.remove(&a, &[7]);
+        assert!(hub.take_changes().is_empty(), "one is left");
+        hub.remove(&b, &[7]);
+        let all = hub.subscribe(None);
+        let mut c = hub.take_changes();
+        c.sort();
+        assert_eq!(c, [(None, true), (Some(7), false)]);
+        // Joined and left before the intake looked: it sees where things stand now.
+        hub.remove(&all, &[]);
+        let again = hub.subscribe(Some(8));
+        hub.remove(&again, &[8]);
+        let mut c = hub.take_changes();
+        c.sort();
+        assert_eq!(c, [(None, false), (Some(8), false)]);
     }
 
     #[test]

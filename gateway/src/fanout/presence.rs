@@ -5,7 +5,6 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -23,6 +22,11 @@ struct Announcement {
     board: i64,
     /// Users with a WebSocket on the board there; empty: none any more.
     users: Vec<i64>,
+    /// "I have just subscribed to this board: tell me who is on it" (every gateway with viewers
+    /// of it announces them at once instead of at its next heartbeat). Absent means false, so
+    /// gateways that do not know it read the rest.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    ask: bool,
 }
 
 /// The `presence` frame of a board.
@@ -44,8 +48,10 @@ struct State {
     shown: HashMap<i64, Vec<i64>>,
     /// Boards to send at the next flush (also when unchanged: a new session needs the list).
     dirty: HashSet<i64>,
-    /// Boards to announce at once (a local join or leave).
+    /// Boards to announce at once (a local join or leave, or another gateway asked).
     announce: HashSet<i64>,
+    /// Boards whose next announcement asks the others for theirs.
+    asking: HashSet<i64>,
 }
 
 /// The presence of every board this gateway knows about.
@@ -58,8 +64,9 @@ pub struct Presence {
 }
 
 impl Presence {
-    /// Presence on subjects `presence.<prefix>.<board>`; an announcement holds for `ttl`, and
-    /// each gateway repeats its own every third of that.
+    /// Presence on subjects `presence.<prefix>.<board>` (the intake subscribes them with the
+    /// boards' events and hands what it hears to [`Presence::heard_payload`]); an announcement
+    /// holds for `ttl`, and each gateway repeats its own every third of that.
     pub fn new(nats_prefix: &str, ttl: Duration, hub: Arc<Hub>) -> Arc<Self> {
         Arc::new(Presence {
             // Unique enough among gateways (and among several in one test process).
@@ -70,7 +77,7 @@ impl Presence {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_nanos())
             ),
-            subject_prefix: format!("presence.{nats_prefix}"),
+            subject_prefix: nats_prefix.to_owned(),
             ttl,
             hub,
             state: Mutex::new(State::default()),
@@ -140,6 +147,22 @@ impl Presence {
         all.into_iter().collect()
     }
 
+    /// Takes in a message heard on a presence subject.
+    pub fn heard_payload(&self, payload: &[u8]) {
+        match serde_json::from_slice::<Announcement>(payload) {
+            Ok(a) => self.heard(a, Instant::now()),
+            Err(e) => tracing::debug!(error = %e, "presence: not an announcement"),
+        }
+    }
+
+    /// This gateway has just subscribed to `board`'s presence: its next announcement asks the
+    /// other gateways for theirs.
+    pub fn ask(&self, board: i64) {
+        let mut s = self.lock();
+        s.announce.insert(board);
+        s.asking.insert(board);
+    }
+
     /// Takes in another gateway's announcement.
     fn heard(&self, a: Announcement, now: Instant) {
         if a.gateway == self.id {
@@ -147,6 +170,9 @@ impl Presence {
         }
         let mut s = self.lock();
         let board = a.board;
+        if a.ask && s.local.contains_key(&board) {
+            s.announce.insert(board);
+        }
         if a.users.is_empty() {
             s.remote.remove(&(a.gateway, board));
         } else {
@@ -211,38 +237,30 @@ impl Presence {
                 gateway: self.id.clone(),
                 board,
                 users: Self::local_users(&s, board),
+                ask: false,
+            })
+            .collect::<Vec<_>>();
+        let out = out
+            .into_iter()
+            .map(|mut a| {
+                a.ask = s.asking.remove(&a.board);
+                a
             })
             .collect();
         (frames, out)
     }
 
     fn subject(&self, board: i64) -> String {
-        format!("{}.{board}", self.subject_prefix)
+        taskboard_proto::nats::presence_subject(&self.subject_prefix, board)
     }
 
-    /// Listens to the other gateways, sends frames, announces and expires, until `shutdown`;
-    /// then announces that this gateway's users are gone.
+    /// Sends frames, announces and expires, until `shutdown`; then announces that this gateway's
+    /// users are gone. (What the other gateways announce comes in through the intake.)
     pub async fn run(self: Arc<Self>, nats: async_nats::Client, shutdown: CancellationToken) {
-        let wildcard = format!("{}.*", self.subject_prefix);
-        let mut sub = match nats.subscribe(wildcard.clone()).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(subject = %wildcard, error = %e, "presence: cannot subscribe; viewers of other gateways are not shown");
-                return;
-            }
-        };
         let mut flush = tokio::time::interval(FLUSH_EVERY);
         let mut heartbeat = tokio::time::interval(self.ttl / 3);
         loop {
             let beat = tokio::select! {
-                m = sub.next() => {
-                    match m.map(|m| serde_json::from_slice::<Announcement>(&m.payload)) {
-                        Some(Ok(a)) => self.heard(a, Instant::now()),
-                        Some(Err(e)) => tracing::debug!(error = %e, "presence: not an announcement"),
-                        None => return,
-                    }
-                    continue;
-                }
                 _ = flush.tick() => false,
                 _ = heartbeat.tick() => true,
                 () = shutdown.cancelled() => break,
@@ -263,6 +281,7 @@ impl Presence {
                 gateway: self.id.clone(),
                 board,
                 users: Vec::new(),
+                ask: false,
             })
             .collect();
         self.publish(&nats, gone).await;
@@ -334,6 +353,7 @@ mod tests {
             gateway: "other".into(),
             board: 1,
             users,
+            ask: false,
         };
         p.heard(them(vec![9, 7]), t);
         assert_eq!(Presence::merged(&p.lock(), 1, t), vec![7, 9]);
@@ -343,6 +363,7 @@ mod tests {
                 gateway: p.id.clone(),
                 board: 1,
                 users: vec![],
+                ask: false,
             },
             t,
         );
@@ -368,5 +389,38 @@ mod tests {
         assert_eq!(boards, vec![3, 4]);
         let (_, a) = p.take(now, false);
         assert!(a.is_empty(), "nothing changed");
+    }
+
+    #[test]
+    fn a_gateway_that_asks_is_answered_at_once_by_those_with_viewers() {
+        let p = presence();
+        let now = Instant::now();
+        let _v = p.join(&[3], 1);
+        p.take(now, false);
+        let ask = |board| Announcement {
+            gateway: "new".into(),
+            board,
+            users: vec![],
+            ask: true,
+        };
+        p.heard(ask(4), now);
+        assert!(announced(&p, now).is_empty(), "no viewers of board 4 here");
+        p.heard(ask(3), now);
+        assert_eq!(
+            announced(&p, now),
+            vec![(3, vec![1])],
+            "not at the next heartbeat"
+        );
+        // Its own ask goes out once, and an older gateway's message (no `ask`) still parses.
+        p.ask(3);
+        let (_, a) = p.take(now, false);
+        assert!(a[0].ask);
+        assert!(!p.take(now, false).1.iter().any(|a| a.ask));
+        let old: Announcement =
+            serde_json::from_str(r#"{"gateway":"g","board":3,"users":[2]}"#).unwrap();
+        assert!(!old.ask);
+        assert!(!serde_json::to_string(&Announcement { ask: false, ..old })
+            .unwrap()
+            .contains("ask"));
     }
 }

@@ -291,7 +291,9 @@ async fn a_client_whose_socket_stays_full_gets_1013_with_a_usable_hint_and_is_co
 
 #[tokio::test]
 async fn header_less_events_of_the_original_are_delivered_without_breaking_the_seq() {
-    let app = spawn_app().await;
+    // In front of the Go original's task service (which publishes only `<prefix>.<kind>`), a
+    // gateway subscribes to everything.
+    let app = spawn_app_with(|_| {}, |g| g.nats_subscribe = "wildcard".into()).await;
     let prefix = app.tasks.as_ref().unwrap().subject_prefix.clone();
     let mut ws = app.ws("board_id=12").await;
     let mut all = app.ws("").await;

@@ -7,5 +7,6 @@ mod hardening;
 mod helpers;
 mod resilience;
 mod rest;
+mod scale;
 mod tracing_otel;
 mod websocket;

@@ -660,7 +660,7 @@ async fn boards_are_renamed_archived_and_deleted_with_events_on_their_seq() {
         .await
         .unwrap();
     let mut sub = nats
-        .subscribe(format!("{}.>", t.handle.subject_prefix))
+        .subscribe(taskboard_proto::nats::all_boards(&t.handle.subject_prefix))
         .await
         .unwrap();
     nats.flush().await.unwrap();

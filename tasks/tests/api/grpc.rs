@@ -594,7 +594,7 @@ async fn a_retried_create_with_its_idempotency_key_answers_the_first_result_and_
         .await
         .unwrap();
     let mut sub = nats
-        .subscribe(format!("{}.>", t.handle.subject_prefix))
+        .subscribe(taskboard_proto::nats::all_boards(&t.handle.subject_prefix))
         .await
         .unwrap();
     nats.flush().await.unwrap();

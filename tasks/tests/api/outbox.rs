@@ -11,7 +11,7 @@ async fn events_are_published_with_routing_headers_and_the_cursor_moves_past_the
     let mut t = spawn().await;
     let nats = async_nats::connect(testing::nats_url()).await.unwrap();
     let mut sub = nats
-        .subscribe(format!("{}.>", t.handle.subject_prefix))
+        .subscribe(taskboard_proto::nats::all_boards(&t.handle.subject_prefix))
         .await
         .unwrap();
     nats.flush().await.unwrap();
@@ -22,7 +22,7 @@ async fn events_are_published_with_routing_headers_and_the_cursor_moves_past_the
         .unwrap();
     assert_eq!(
         m.subject.as_str(),
-        format!("{}.created", t.handle.subject_prefix)
+        format!("{}.board.4.created", t.handle.subject_prefix)
     );
     let h = m.headers.expect("headers");
     assert_eq!(h.get("Taskboard-Board").unwrap().as_str(), "4");
@@ -46,6 +46,74 @@ async fn events_are_published_with_routing_headers_and_the_cursor_moves_past_the
     }
 }
 
+/// Every event on the original's subject (with the same headers and payload) and on its board's,
+/// with NATS_LEGACY_SUBJECTS=on (the default); only on the board's with off.
+#[tokio::test]
+async fn legacy_subjects_carry_the_same_event_until_they_are_turned_off() {
+    for legacy in ["on", "off"] {
+        let mut t = spawn_with(|c| c.nats_legacy_subjects = legacy.into()).await;
+        let prefix = t.handle.subject_prefix.clone();
+        let nats = async_nats::connect(testing::nats_url()).await.unwrap();
+        let mut sub = nats
+            .subscribe(taskboard_proto::nats::wildcard(&prefix))
+            .await
+            .unwrap();
+        nats.flush().await.unwrap();
+        let (_, first) = t.create(5, "one").await;
+        let (_, second) = t.create(5, "two").await;
+        let mut got = Vec::new();
+        let want = if legacy == "on" { 4 } else { 2 };
+        while got.len() < want {
+            let m = tokio::time::timeout(WAIT, sub.next())
+                .await
+                .unwrap_or_else(|_| panic!("legacy={legacy}: {} of {want} copies", got.len()))
+                .unwrap();
+            let seq: i64 = m
+                .headers
+                .as_ref()
+                .unwrap()
+                .get("Taskboard-Seq")
+                .unwrap()
+                .as_str()
+                .parse()
+                .unwrap();
+            got.push((m.subject.to_string(), seq, m.payload));
+        }
+        // Nothing more arrives (a round trip through the server proves it).
+        let mut rt = taskboard_proto::nats::RoundTrip::new(&nats).await.unwrap();
+        assert!(rt.confirm(&nats, WAIT).await.unwrap());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), sub.next())
+                .await
+                .is_err(),
+            "legacy={legacy}: an extra copy"
+        );
+        let board_subject = format!("{prefix}.board.5.created");
+        let legacy_subject = format!("{prefix}.created");
+        for seq in [first, second] {
+            let copies: Vec<_> = got.iter().filter(|(_, s, _)| *s == seq).collect();
+            let on_board = copies
+                .iter()
+                .filter(|(s, _, _)| *s == board_subject)
+                .count();
+            let on_legacy = copies
+                .iter()
+                .filter(|(s, _, _)| *s == legacy_subject)
+                .count();
+            assert_eq!(
+                on_board, 1,
+                "legacy={legacy}: seq {seq} on its board's subject"
+            );
+            assert_eq!(
+                on_legacy,
+                usize::from(legacy == "on"),
+                "legacy={legacy}: seq {seq} on the original's subject"
+            );
+            assert!(copies.windows(2).all(|w| w[0].2 == w[1].2), "same payload");
+        }
+    }
+}
+
 /// Where board `board`'s outbox cursor stands (0 before its first publish).
 pub async fn published_up_to(db: &tokio_postgres::Client, board: i64) -> i64 {
     db.query_opt(
@@ -63,7 +131,7 @@ async fn the_committing_replica_publishes_without_waiting_for_the_scan() {
     let t = spawn_with(|c| c.relay_poll_interval_ms = 60_000).await;
     let nats = async_nats::connect(testing::nats_url()).await.unwrap();
     let mut sub = nats
-        .subscribe(format!("{}.>", t.handle.subject_prefix))
+        .subscribe(taskboard_proto::nats::all_boards(&t.handle.subject_prefix))
         .await
         .unwrap();
     nats.flush().await.unwrap();
@@ -97,7 +165,7 @@ async fn events_a_replica_committed_but_never_published_are_published_by_the_sca
     let t = spawn().await;
     let nats = async_nats::connect(testing::nats_url()).await.unwrap();
     let mut sub = nats
-        .subscribe(format!("{}.>", t.handle.subject_prefix))
+        .subscribe(taskboard_proto::nats::all_boards(&t.handle.subject_prefix))
         .await
         .unwrap();
     nats.flush().await.unwrap();
@@ -190,7 +258,7 @@ async fn two_replicas_on_one_database_publish_every_event_and_the_cursor_follows
     let b = testing::spawn_tasks(second_config).await;
     let nats = async_nats::connect(testing::nats_url()).await.unwrap();
     let mut sub = nats
-        .subscribe(format!("{}.>", a.subject_prefix))
+        .subscribe(taskboard_proto::nats::all_boards(&a.subject_prefix))
         .await
         .unwrap();
     nats.flush().await.unwrap();

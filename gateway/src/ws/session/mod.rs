@@ -102,6 +102,11 @@ impl Session {
     ) -> Session {
         let Client { peer, expires_at } = client;
         let (feed, known) = Feed::new(&hub, &sub.boards);
+        // Every board: answered once the gateway's subscription to every board is confirmed, so
+        // nothing committed after the 101 is missed (there is no per-board head to catch up from).
+        if sub.boards.is_empty() && !hub.all_boards_live(HEADS_DEADLINE).await {
+            tracing::warn!(peer.addr = %peer, "the subscription to every board is not confirmed yet; events until it is are not delivered");
+        }
         let mut start: HashMap<i64, i64> = sub.since.iter().map(|(b, s)| (*b, *s)).collect();
         let mut unknown = Vec::new();
         for (b, seq) in known {

@@ -1,21 +1,26 @@
-//! NATS intake: reads `<prefix>.>`, takes routing data from the headers (the payload is never
-//! parsed, except for header-less events of the Go original's task service), drops duplicates,
-//! fills short gaps from the task service, and hands events to the hub in per-board seq order.
-//! It also makes sure nothing committed stays lost: after every (re)connect, and periodically, it
-//! compares the watched boards' heads in the log with what it has seen. (Long, but one concern: dedup,
-//! gap fills and head checks share the per-board state below.)
+//! NATS intake: reads the subscriptions of the boards watched here (`follow`: made on a board's
+//! first subscriber, confirmed, then the board brought to its head), takes routing data from the
+//! headers (the payload is never parsed, except for header-less events of the Go original's task
+//! service), drops duplicates, fills short gaps from the task service, and hands events to the hub
+//! in per-board seq order. It also makes sure nothing committed stays lost: after every
+//! (re)connect, and periodically, it compares the watched boards' heads in the log with what it
+//! has seen (`heads`).
+mod follow;
+mod heads;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use taskboard_proto::nats::{RoundTrip, HEADER_COMMITTED_AT_US};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::fanout::delivery::Delivery;
 use crate::fanout::hub::Hub;
+use crate::fanout::interest::{Interest, Source};
+use crate::fanout::presence::Presence;
 use crate::fanout::routing::{board_of_payload, route};
 use crate::upstream::client::TasksClient;
 
@@ -51,6 +56,8 @@ pub struct Intake {
     last: HashMap<i64, i64>,
     /// Heads seen behind on the previous periodic check.
     behind: HashMap<i64, i64>,
+    /// Takes in other gateways' presence announcements, when presence is on.
+    presence: Option<Arc<Presence>>,
 }
 
 impl Intake {
@@ -61,41 +68,69 @@ impl Intake {
             settings,
             last: HashMap::new(),
             behind: HashMap::new(),
+            presence: None,
         }
     }
 
-    /// Runs until shutdown. Sets `subscribed` once the server has confirmed the subscription.
-    /// `reconnected` fires whenever the NATS connection is (re)established: what was committed
-    /// meanwhile is fetched for every watched board.
+    /// Hands presence announcements heard on the boards' subscriptions to `presence`.
+    pub fn with_presence(mut self, presence: Option<Arc<Presence>>) -> Self {
+        self.presence = presence;
+        self
+    }
+
+    /// Runs until shutdown, on the subscriptions of `interest`. Sets `subscribed` once the server
+    /// has answered a round trip (any fixed subscription is then in place). `reconnected` fires
+    /// whenever the NATS connection is (re)established: what was committed meanwhile is fetched
+    /// for every watched board.
     pub async fn run(
         mut self,
         nats: async_nats::Client,
-        mut sub: async_nats::Subscriber,
+        interest: Interest,
         subscribed: Arc<AtomicBool>,
         mut reconnected: mpsc::Receiver<()>,
         shutdown: CancellationToken,
     ) {
-        tokio::select! {
-            () = confirm(&nats) => {
-                subscribed.store(true, Ordering::Release);
-                tracing::info!("✅ Hub subscribed to task events (confirmed by the server)");
-            }
+        let rt = tokio::select! {
+            rt = confirm(&nats) => rt,
             _ = shutdown.cancelled() => return,
+        };
+        subscribed.store(true, Ordering::Release);
+        if interest.is_wildcard() {
+            tracing::info!("✅ Hub subscribed to task events (confirmed by the server)");
+        } else {
+            tracing::info!(
+                "✅ Hub connected to NATS (confirmed by the server); subscribing per watched board"
+            );
         }
+        if interest.is_wildcard() {
+            self.hub.set_all_boards_live(true);
+        }
+        let mut follow = follow::Follow::new(interest, nats, rt);
+        // Boards watched before the connection was confirmed.
+        self.follow_changes(&mut follow).await;
         let mut check = tokio::time::interval(self.settings.check_every);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         check.tick().await;
+        let hub = self.hub.clone();
         loop {
             tokio::select! {
-                m = sub.next() => match m {
-                    Some(m) => self.on_message(m).await,
-                    None => {
-                        tracing::error!("NATS subscription ended");
-                        return;
+                step = follow.next(&hub) => match step {
+                    follow::Step::Message(Source::Events, m) => self.on_message(m).await,
+                    follow::Step::Message(Source::Presence, m) => {
+                        if let Some(p) = &self.presence {
+                            p.heard_payload(&m.payload);
+                        }
                     }
+                    follow::Step::Changed => self.follow_changes(&mut follow).await,
+                    follow::Step::Confirmed(boards) => self.confirmed(boards).await,
+                    follow::Step::Sweep => self.sweep(&mut follow),
                 },
-                Some(()) = reconnected.recv() => self.catch_up(true).await,
-                _ = check.tick() => self.catch_up(false).await,
+                Some(()) = reconnected.recv() => self.catch_up(heads::Check::Reconnect).await,
+                _ = check.tick() => {
+                    // A change whose wake-up was lost would wait here at most a check.
+                    self.follow_changes(&mut follow).await;
+                    self.catch_up(heads::Check::Periodic).await;
+                }
                 _ = shutdown.cancelled() => return,
             }
         }
@@ -227,110 +262,21 @@ impl Intake {
         }
         self.last.insert(board, seq);
     }
-
-    /// Publishes the board's events in (after, upto] from the task service. On failure the hub
-    /// gets the next live event anyway; subscribers see the gap by seq and fetch it themselves.
-    async fn fill(&mut self, board: i64, after: i64, upto: i64) {
-        let mut cursor = after;
-        while cursor < upto {
-            match self.tasks.list_events(board, cursor, FILL_PAGE, 0).await {
-                Ok(page) if !page.reset && !page.events.is_empty() => {
-                    for e in page.events {
-                        if e.seq > upto {
-                            return;
-                        }
-                        cursor = e.seq;
-                        self.remember(board, e.seq);
-                        self.hub.publish(Delivery::new(board, e.seq, &e.payload));
-                    }
-                }
-                Ok(_) => return,
-                Err(s) => {
-                    tracing::warn!(board, status = %s, "could not fill event gap");
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Brings every watched board to its head in the log. After a reconnect (`now`), whatever is
-    /// behind is fetched at once; on a periodic check, only what was already behind on the
-    /// previous check (so events merely in flight are not fetched twice).
-    async fn catch_up(&mut self, now: bool) {
-        let mut boards = self.hub.watched_boards();
-        if self.hub.has_all_boards_subscribers() {
-            boards.extend(self.last.keys().copied());
-            boards.sort_unstable();
-            boards.dedup();
-        }
-        let mut behind = HashMap::new();
-        for chunk in boards.chunks(HEADS_CHUNK) {
-            let heads = match self.tasks.board_heads(chunk.to_vec(), None).await {
-                Ok(h) => h,
-                Err(s) => {
-                    tracing::warn!(status = %s, "board heads unavailable; checking again later");
-                    return;
-                }
-            };
-            for (board, head) in heads {
-                let Some(last) = self.expected(board) else {
-                    // Nobody here knew where this board stood: now they do. Its subscribers know
-                    // their own start, and any that started before `head` (an event that has not
-                    // reached NATS yet, say) read the rest from the log; the others ignore this.
-                    self.hub.note_head(board, head);
-                    self.remember(board, head);
-                    self.hub.publish(Delivery::head(board, head));
-                    continue;
-                };
-                if head <= last {
-                    continue;
-                }
-                let due = now || self.behind.get(&board).is_some_and(|h| *h > last);
-                if !due {
-                    behind.insert(board, head);
-                    continue;
-                }
-                // On a periodic check only what was already behind last time is overdue.
-                let upto = if now {
-                    head
-                } else {
-                    self.behind.get(&board).copied().unwrap_or(head).min(head)
-                };
-                metrics::counter!("taskboard_events_recovered_total")
-                    .increment(u64::try_from(upto - last).unwrap_or(0));
-                tracing::warn!(
-                    board,
-                    from = last + 1,
-                    to = upto,
-                    "events missing from NATS; bringing them from the log"
-                );
-                if upto - last <= self.settings.inline_fill {
-                    self.fill(board, last, upto).await;
-                } else {
-                    self.remember(board, upto);
-                    self.hub.publish(Delivery::head(board, upto));
-                }
-                if head > upto {
-                    behind.insert(board, head);
-                }
-            }
-        }
-        self.behind = behind;
-    }
 }
 
-/// Waits until the server has confirmed the subscription made before this call (a round trip on
-/// the same connection), retrying while NATS is unreachable.
-async fn confirm(nats: &async_nats::Client) {
+/// Waits until the server has answered a round trip on the connection (so it has every
+/// subscription made before this call), retrying while NATS is unreachable; returns the round
+/// trip for later confirmations.
+async fn confirm(nats: &async_nats::Client) -> RoundTrip {
     let mut delay = Duration::from_millis(50);
     loop {
         match RoundTrip::new(nats).await {
             Ok(mut rt) => match rt.confirm(nats, CONFIRM_TIMEOUT).await {
-                Ok(true) => return,
-                Ok(false) => tracing::warn!("NATS has not confirmed the subscription yet"),
-                Err(e) => tracing::warn!(error = %e, "NATS subscription check failed"),
+                Ok(true) => return rt,
+                Ok(false) => tracing::warn!("NATS has not answered a round trip yet"),
+                Err(e) => tracing::warn!(error = %e, "NATS round trip failed"),
             },
-            Err(e) => tracing::warn!(error = %e, "NATS subscription check failed"),
+            Err(e) => tracing::warn!(error = %e, "NATS round trip failed"),
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(2));
