@@ -9,6 +9,9 @@ pub const DEFAULT_PORT: u16 = 50051;
 pub const DEFAULT_METRICS_PORT: u16 = 9091;
 
 /// Configuration of `taskboard-tasks`.
+/// How long one attempt to connect to a PostgreSQL host may take before the next is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "taskboard-tasks",
@@ -63,11 +66,14 @@ pub struct Config {
     #[arg(long, env = "MAX_STREAMS_PER_CONNECTION", default_value_t = 1024)]
     pub max_streams_per_connection: u32,
 
-    /// Full PostgreSQL URL; when set it wins over the DB_* variables.
+    /// Full PostgreSQL URL; when set it wins over the DB_* variables. Several hosts, for a
+    /// primary and its standbys: `postgres://u@h1:5432,h2:5432/db?target_session_attrs=read-write`
+    /// (each connection goes to the first that takes writes, so a promoted standby is found by
+    /// itself). A 5 s connect timeout applies unless the URL sets `connect_timeout`.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
-    /// PostgreSQL host.
+    /// PostgreSQL host; a comma list (primary, standbys) connects to whichever takes writes.
     #[arg(long, env = "DB_HOST", default_value = "localhost")]
     pub db_host: String,
 
@@ -184,9 +190,18 @@ impl Config {
     /// A malformed `DATABASE_URL` or an unsupported `DB_SSLMODE`.
     pub fn pg_config(&self) -> Result<tokio_postgres::Config, crate::Error> {
         if let Some(url) = &self.database_url {
-            return url
+            let mut pg: tokio_postgres::Config = url
                 .parse()
-                .map_err(|e| crate::Error::Config(format!("invalid DATABASE_URL: {e}")));
+                .map_err(|e| crate::Error::Config(format!("invalid DATABASE_URL: {e}")))?;
+            if pg.get_connect_timeout().is_none() {
+                // A dead host (not a refused port) would otherwise hang each connection attempt
+                // for the kernel's TCP timeout, minutes, before the next host is tried.
+                pg.connect_timeout(CONNECT_TIMEOUT);
+            }
+            if pg.get_application_name().is_none() {
+                pg.application_name("taskboard-tasks");
+            }
+            return Ok(pg);
         }
         if self.db_sslmode != "disable" {
             return Err(crate::Error::Config(format!(
@@ -195,13 +210,19 @@ impl Config {
             )));
         }
         let mut pg = tokio_postgres::Config::new();
-        pg.host(&self.db_host)
-            .port(self.db_port)
+        let hosts: Vec<&str> = self.db_host.split(',').map(str::trim).collect();
+        for h in &hosts {
+            pg.host(*h);
+        }
+        if hosts.len() > 1 {
+            pg.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
+        }
+        pg.port(self.db_port)
             .user(&self.db_user)
             .password(&self.db_password)
             .dbname(&self.db_name)
             .application_name("taskboard-tasks")
-            .connect_timeout(Duration::from_secs(5));
+            .connect_timeout(CONNECT_TIMEOUT);
         Ok(pg)
     }
 
@@ -243,6 +264,36 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn several_db_hosts_connect_only_to_the_one_taking_writes() {
+        use tokio_postgres::config::{Host, TargetSessionAttrs};
+        let mut c = Config::for_urls("postgres://x@h/db", "nats://h");
+        c.database_url = None;
+        c.db_host = "pg-a, pg-b".into();
+        let pg = c.pg_config().unwrap();
+        assert_eq!(
+            pg.get_hosts(),
+            [Host::Tcp("pg-a".into()), Host::Tcp("pg-b".into())]
+        );
+        assert_eq!(pg.get_target_session_attrs(), TargetSessionAttrs::ReadWrite);
+        c.db_host = "pg-a".into();
+        let one = c.pg_config().unwrap();
+        assert_eq!(one.get_target_session_attrs(), TargetSessionAttrs::Any);
+    }
+
+    #[test]
+    fn a_database_url_gets_a_connect_timeout_unless_it_sets_one() {
+        let c = Config::for_urls("postgres://x@h1,h2/db?target_session_attrs=read-write", "n");
+        let pg = c.pg_config().unwrap();
+        assert_eq!(pg.get_connect_timeout(), Some(&CONNECT_TIMEOUT));
+        assert_eq!(pg.get_hosts().len(), 2);
+        let c = Config::for_urls("postgres://x@h/db?connect_timeout=1", "n");
+        assert_eq!(
+            c.pg_config().unwrap().get_connect_timeout(),
+            Some(&Duration::from_secs(1))
+        );
+    }
 
     /// The default clap would use for `--id` (from the definition, never the environment).
     fn cli_default(id: &str) -> String {

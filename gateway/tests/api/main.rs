@@ -3,6 +3,7 @@
 mod auth;
 mod bounds;
 mod delivery;
+mod failover;
 mod hardening;
 mod helpers;
 mod resilience;

@@ -5,16 +5,22 @@
 //! `TASKBOARD_TEST_NATS` (default `nats://127.0.0.1:4222`) say where they are; `scripts/test.sh`
 //! sets both, starting private servers when the usual ones are not reachable.
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::{Config, Error};
+
+mod nats;
+mod postgres;
+mod proxy;
+
+pub use nats::{NatsCluster, PrivateNats};
+pub use postgres::PostgresPair;
+pub use proxy::TcpProxy;
 
 /// Service logs for tests, captured per test by the harness and shown when a test fails:
 /// warnings and errors by default, `TEST_LOG=<filter>` (e.g. `TEST_LOG=debug`) for more. Safe to
@@ -174,194 +180,6 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
-}
-
-/// A private `nats-server` (the binary in `NATS_SERVER_BIN`, else `nats-server` on the PATH) on
-/// a fixed free port, for tests that stop, pause or kill it. Killed on drop.
-pub struct PrivateNats {
-    pub port: u16,
-    /// Its HTTP monitoring port (`/connz`, `/subsz`, ...).
-    pub monitor_port: u16,
-    child: Option<Child>,
-}
-
-impl PrivateNats {
-    /// Starts it and waits until it accepts connections.
-    ///
-    /// # Panics
-    /// nats-server is not installed or does not start.
-    pub async fn start() -> PrivateNats {
-        let mut n = PrivateNats {
-            port: free_port(),
-            monitor_port: free_port(),
-            child: None,
-        };
-        n.restart().await;
-        n
-    }
-
-    pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    /// Starts it again on the same port (after [`PrivateNats::kill`]).
-    ///
-    /// # Panics
-    /// As [`PrivateNats::start`].
-    pub async fn restart(&mut self) {
-        let bin = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into());
-        let child = Command::new(bin)
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(["-m", &self.monitor_port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server must be installed (scripts/test.sh installs it)");
-        self.child = Some(child);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "nats-server did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        if let Some(c) = &self.child {
-            let ok = Command::new("kill")
-                .args([sig, &c.id().to_string()])
-                .status()
-                .is_ok_and(|s| s.success());
-            assert!(ok, "kill {sig} failed");
-        }
-    }
-
-    /// SIGSTOP: the server keeps its sockets (the kernel still takes bytes) but does nothing.
-    pub fn pause(&self) {
-        self.signal("-STOP");
-    }
-
-    /// SIGCONT after [`PrivateNats::pause`].
-    pub fn resume(&self) {
-        self.signal("-CONT");
-    }
-
-    /// SIGKILL, and reaps it.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for PrivateNats {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// A TCP proxy in front of a real server, so a test can cut one service's link without touching
-/// the server others use: `cut()` drops every connection and refuses new ones (they are accepted
-/// and closed at once, as by a dead peer) until `restore()`; `hold()` keeps the connections but
-/// forwards nothing either way (a stalled link) until `release()`.
-pub struct TcpProxy {
-    pub addr: SocketAddr,
-    open: Arc<watch::Sender<bool>>,
-    held: Arc<watch::Sender<bool>>,
-    task: JoinHandle<()>,
-}
-
-/// Copies `r` to `w`, never while `held`.
-async fn pump(
-    mut r: tokio::net::tcp::OwnedReadHalf,
-    mut w: tokio::net::tcp::OwnedWriteHalf,
-    mut held: watch::Receiver<bool>,
-) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        if held.wait_for(|h| !*h).await.is_err() {
-            return;
-        }
-        let n = match r.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        // Read just before a hold: still held back.
-        if held.wait_for(|h| !*h).await.is_err() || w.write_all(&buf[..n]).await.is_err() {
-            return;
-        }
-    }
-}
-
-impl TcpProxy {
-    /// Listens on a free port and forwards to `target`.
-    ///
-    /// # Panics
-    /// No port can be bound.
-    pub async fn start(target: SocketAddr) -> TcpProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        let addr = listener.local_addr().expect("addr");
-        let open = Arc::new(watch::channel(true).0);
-        let held = Arc::new(watch::channel(false).0);
-        let (state, hold) = (open.clone(), held.clone());
-        let task = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                if !*state.borrow() {
-                    continue; // dropped: closed at once
-                }
-                let mut cut = state.subscribe();
-                let (up, down) = (hold.subscribe(), hold.subscribe());
-                tokio::spawn(async move {
-                    let Ok(server) = TcpStream::connect(target).await else {
-                        return;
-                    };
-                    let (cr, cw) = client.into_split();
-                    let (sr, sw) = server.into_split();
-                    tokio::select! {
-                        () = pump(cr, sw, up) => {}
-                        () = pump(sr, cw, down) => {}
-                        _ = cut.wait_for(|open| !*open) => {}
-                    }
-                });
-            }
-        });
-        TcpProxy {
-            addr,
-            open,
-            held,
-            task,
-        }
-    }
-
-    /// Forwards nothing (either way) until [`TcpProxy::release`]; connections stay open.
-    pub fn hold(&self) {
-        self.held.send_replace(true);
-    }
-
-    /// Forwards again what was held back, and what follows.
-    pub fn release(&self) {
-        self.held.send_replace(false);
-    }
-
-    /// Drops every proxied connection and refuses new ones.
-    pub fn cut(&self) {
-        self.open.send_replace(false);
-    }
-
-    /// Proxies again.
-    pub fn restore(&self) {
-        self.open.send_replace(true);
-    }
-}
-
-impl Drop for TcpProxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 /// The `host:port` of a URL such as `nats://127.0.0.1:4222` or `postgres://u@h:5432/db`.
