@@ -41,6 +41,7 @@ ALL_ON = {
 # Values only used in another mode of the same chart: (chart, path) → overrides that select it.
 MODE_OF = {
     ("postgres", "cnpg.instances"): {"mode": "cnpg"},
+    ("postgres", "cnpg.syncReplicas"): {"mode": "cnpg"},
     ("gateway", "replicas"): {"autoscaling": {"enabled": False}},
     # The key sources take precedence in this order: each one is checked with those before it empty.
     ("gateway", "auth.publicKey"): {"auth": {"jwks": ""}},

@@ -75,6 +75,18 @@ impl Tracker {
         self.boards.get(&board).map_or(0, |s| s.max)
     }
 
+    /// The keys of `board` below the highest seen that never came (what a report names when
+    /// something is missing), at most `most` of them.
+    pub fn gaps(&self, board: i64, most: usize) -> Vec<i64> {
+        let Some(s) = self.boards.get(&board) else {
+            return Vec::new();
+        };
+        (1..s.max)
+            .filter(|k| s.bits[*k as usize / 64] & (1 << (*k as usize % 64)) == 0)
+            .take(most)
+            .collect()
+    }
+
     pub fn unparsed(&mut self) {
         self.delivered += 1;
         self.unparsed += 1;
@@ -131,6 +143,17 @@ mod tests {
         assert_eq!(r.out_of_order, 1, "3 arrived after 4");
         assert_eq!(r.missing, 1, "5 never came");
         assert_eq!(r.delivered, 6);
+    }
+
+    #[test]
+    fn gaps_name_the_keys_that_never_came() {
+        let mut t = Tracker::default();
+        for k in [1, 2, 4, 7] {
+            t.observe(9, k);
+        }
+        assert_eq!(t.gaps(9, 10), [3, 5, 6]);
+        assert_eq!(t.gaps(9, 1), [3]);
+        assert!(t.gaps(8, 10).is_empty());
     }
 
     #[test]

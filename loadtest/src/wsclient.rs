@@ -12,8 +12,12 @@ use tokio::net::TcpSocket;
 
 pub type Ws = WebSocket<TokioIo<Upgraded>>;
 
-/// Source address number `i` of `k` in 127.0.0.0/8 (127.0.0.1, 127.0.0.2, …).
+/// Source address number `i` of `k` in 127.0.0.0/8 (127.0.0.1, 127.0.0.2, …); with `k` 0 the
+/// unspecified address (the kernel picks the source, for a server that is not on loopback).
 pub fn source_ip(i: usize, k: usize) -> Ipv4Addr {
+    if k == 0 {
+        return Ipv4Addr::UNSPECIFIED;
+    }
     let n = i % k.clamp(1, 250 * 250);
     Ipv4Addr::new(127, 0, (n / 250) as u8, (n % 250 + 1) as u8)
 }
@@ -80,6 +84,7 @@ mod tests {
     fn sources_cycle_through_loopback_addresses() {
         assert_eq!(source_ip(0, 4), Ipv4Addr::new(127, 0, 0, 1));
         assert_eq!(source_ip(5, 4), Ipv4Addr::new(127, 0, 0, 2));
+        assert_eq!(source_ip(5, 0), Ipv4Addr::UNSPECIFIED);
         assert_eq!(source_ip(300, 1000), Ipv4Addr::new(127, 0, 1, 51));
     }
 }

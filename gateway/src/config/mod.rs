@@ -93,7 +93,8 @@ pub struct Config {
     #[arg(long, env = "SERVICE_TOKEN_FILE")]
     pub service_token_file: Option<std::path::PathBuf>,
 
-    /// Task service address, host:port (or an http:// URL).
+    /// Task service address, host:port (or an http:// URL); a comma list of replicas spreads the
+    /// calls over them and leaves out one that is down.
     #[arg(long, env = "TASK_SERVICE_ADDR", default_value = DEFAULT_TASK_SERVICE_ADDR)]
     pub task_service_addr: String,
 
@@ -287,13 +288,20 @@ impl Config {
         }
     }
 
-    /// The task service endpoint as a URI.
+    /// The task service endpoint(s) as URIs, comma-separated.
     pub fn task_service_uri(&self) -> String {
-        if self.task_service_addr.contains("://") {
-            self.task_service_addr.clone()
-        } else {
-            format!("http://{}", self.task_service_addr)
-        }
+        self.task_service_addr
+            .split(',')
+            .map(str::trim)
+            .map(|a| {
+                if a.contains("://") {
+                    a.to_owned()
+                } else {
+                    format!("http://{a}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     pub fn grpc_timeout(&self) -> Duration {
@@ -319,9 +327,11 @@ impl Config {
                 "WS_PING_INTERVAL_MS must be at least 1".into(),
             ));
         }
-        self.task_service_uri()
-            .parse::<http::Uri>()
-            .map_err(|e| crate::Error::Config(format!("invalid TASK_SERVICE_ADDR: {e}")))?;
+        for uri in self.task_service_uri().split(',') {
+            uri.parse::<http::Uri>().map_err(|e| {
+                crate::Error::Config(format!("invalid TASK_SERVICE_ADDR {uri:?}: {e}"))
+            })?;
+        }
         self.verifier()?;
         self.service_token()?;
         Ok(())
@@ -336,8 +346,14 @@ mod tests {
     fn bare_host_port_becomes_an_http_uri() {
         let c = Config::for_addrs("tasks:50051", "nats://n");
         assert_eq!(c.task_service_uri(), "http://tasks:50051");
-        let c = Config::for_addrs("http://tasks:1", "nats://n");
+        let mut c = Config::for_addrs("http://tasks:1", "nats://n");
         assert_eq!(c.task_service_uri(), "http://tasks:1");
+        c.task_service_addr = "tasks-0:50051, http://tasks-1:50051".into();
+        assert_eq!(
+            c.task_service_uri(),
+            "http://tasks-0:50051,http://tasks-1:50051"
+        );
+        assert!(c.validate().is_ok());
     }
 
     #[test]

@@ -1,15 +1,16 @@
 //! The gRPC client of the task service: one lazily connected channel (the gateway starts before the
-//! task service is up), a deadline on every call, and a readiness probe.
+//! task service is up) per replica (`replicas`), a deadline on every call, and a readiness probe.
 use std::time::Duration;
 
 use taskboard_proto::v1::{self, task_service_client::TaskServiceClient};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
 
 use taskboard_telemetry::{GrpcMetrics, GrpcMetricsLayer, Side};
 
 use crate::auth::Principal;
 use crate::upstream::breaker::{Breaker, BreakerLayer, Breaking};
+use crate::upstream::replicas::Replicas;
 use crate::Error;
 
 type Metadata = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
@@ -17,7 +18,7 @@ type Metadata = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
 /// A cheap-to-clone handle on the task service.
 #[derive(Clone)]
 pub struct TasksClient {
-    channel: Channel,
+    channel: Replicas,
     timeout: Duration,
     /// `Bearer <SERVICE_TOKEN>`, sent on every call.
     token: Option<Metadata>,
@@ -38,16 +39,23 @@ impl TasksClient {
                     .map_err(|_| Error::Config("SERVICE_TOKEN must be printable ASCII".into()))
             })
             .transpose()?;
-        let endpoint = Endpoint::from_shared(uri.to_owned())
-            .map_err(|e| Error::Config(format!("invalid TASK_SERVICE_ADDR {uri:?}: {e}")))?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .keep_alive_while_idle(true);
+        let endpoints = uri
+            .split(',')
+            .map(|u| {
+                Ok(Endpoint::from_shared(u.to_owned())
+                    .map_err(|e| Error::Config(format!("invalid TASK_SERVICE_ADDR {u:?}: {e}")))?
+                    .connect_timeout(Duration::from_secs(2))
+                    .timeout(timeout)
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(20))
+                    .keep_alive_timeout(Duration::from_secs(10))
+                    .keep_alive_while_idle(true))
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        // A lazily connected channel per replica; calls take turns over those not left out.
+        let channel = Replicas::new(endpoints.iter().map(Endpoint::connect_lazy).collect());
         Ok(TasksClient {
-            channel: endpoint.connect_lazy(),
+            channel,
             timeout,
             token,
             breaker: BreakerLayer(None),
@@ -63,7 +71,7 @@ impl TasksClient {
 
     /// A client whose every call passes the breaker, then is counted and timed by method and code
     /// (a call the breaker refuses is not a call: it is counted by the breaker).
-    fn client(&self) -> TaskServiceClient<Breaking<GrpcMetrics<Channel>>> {
+    fn client(&self) -> TaskServiceClient<Breaking<GrpcMetrics<Replicas>>> {
         let metered = tower::Layer::layer(
             &GrpcMetricsLayer::new(Side::Client, taskboard_proto::method_of),
             self.channel.clone(),

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use taskboard_tasks::testing::{self, NatsCluster, PostgresPair};
+use taskboard_tasks::testing::{self, NatsCluster, PostgresPair, TcpProxy};
 use tokio::sync::watch;
 
 use crate::helpers::*;
@@ -301,4 +301,35 @@ async fn the_task_service_rides_a_postgres_failover_and_every_acknowledged_creat
          {duplicates} events published twice",
         written.refused, written.slowest
     );
+}
+
+#[tokio::test]
+async fn with_two_task_services_listed_the_gateway_keeps_writing_when_one_is_killed() {
+    let tc = testing::test_config().await;
+    let first = testing::spawn_tasks(tc.clone()).await;
+    let other = testing::spawn_tasks(tc).await;
+    // The second is reached through a proxy, so "killed" can be as abrupt as kill -9: every
+    // connection dropped, every new one reset.
+    let link = TcpProxy::start(other.addr).await;
+    let list = format!("{},{}", first.grpc_addr(), link.addr);
+    let app = spawn_gateway(gw_config(
+        &list,
+        &first.subject_prefix,
+        &testing::nats_url(),
+    ))
+    .await;
+    app.wait_ready().await;
+    let mut load = Load::start(&app, &[95]).await;
+    load.acked_at_least(20).await;
+    link.cut();
+    let at_kill = load.acked();
+    load.acked_at_least(at_kill + 60).await;
+    let (written, _) = load.finish(&app).await;
+    eprintln!(
+        "one of two task services killed: {} creates refused, slowest {:?}",
+        written.refused, written.slowest
+    );
+    // The calls in flight on it at the kill, and one probe per 2 s it is left out.
+    assert!(written.refused <= 5, "{written:?}");
+    drop((first, other));
 }

@@ -89,7 +89,8 @@ pub struct FanoutArgs {
     /// Concurrent publishers (HTTP requests in flight).
     #[arg(long, default_value_t = 32)]
     pub publishers: usize,
-    /// Loopback source addresses to spread connections over (127.0.0.1, .2, …).
+    /// Loopback source addresses to spread connections over (127.0.0.1, .2, …); 0 lets the kernel
+    /// pick (for a gateway that is not on loopback, e.g. in scripts/cluster.sh's namespaces).
     #[arg(long, default_value_t = 16)]
     pub source_ips: usize,
     /// New connections per second while connecting (0: as fast as possible).
@@ -123,6 +124,11 @@ impl FanoutArgs {
         }
         Wrap::parse_from(["fanout"]).a
     }
+}
+
+/// Whether the target's frames are keyed by per-board seq (so a gap names a seq).
+fn target_is_seqs(t: Target) -> bool {
+    t != Target::Original
 }
 
 /// Shared counters of a run.
@@ -309,7 +315,18 @@ pub async fn run(args: FanoutArgs) -> Result<RunResult> {
             Target::Original => HashMap::from([(0, all_events)]),
             _ => per_board.clone(),
         };
+        let missing_before = totals.missing;
         t.settle(&expected, &watched, &mut totals);
+        if totals.missing > missing_before && target_is_seqs(args.target) {
+            let b = watched[0];
+            eprintln!(
+                "subscriber {i} (board {b}): {} of {} events missing; seqs never received: {:?}, highest received {}",
+                totals.missing - missing_before,
+                expected.get(&b).copied().unwrap_or(0),
+                t.gaps(b, 20),
+                t.last(b)
+            );
+        }
     }
     let latency = LatencySummary::of(&shared.lat.merged());
     let answered = shared.answered.merged();
