@@ -28,7 +28,7 @@ fault_nats-kill() {
 
 # Everything between gateway 1 and its NATS node dropped for 10 s, both ways.
 fault_partition() {
-  local conn n
+  local conn n t0 now
   conn=$(nats_conn_of "$(gw_ip 1)") || die "gateway 1 is connected to no NATS node"
   n=${conn%% *}
   log "  partition gateway 1 from NATS node $n for 10 s"
@@ -40,9 +40,18 @@ table inet $PFX {
 NFT
   sleep 10
   on gw1 nft delete table inet "$PFX"
-  sleep 1
-  conn=$(nats_conn_of "$(gw_ip 1)") || conn="none"
-  rec="10 s partition; 1 s after the heal gateway 1 is on node ${conn%% *} (was $n)"
+  t0=$(date +%s.%N)
+  rec="10 s partition; gateway 1 not connected to NATS 60 s after the heal"
+  for _ in $(seq 1 600); do
+    if conn=$(nats_conn_of "$(gw_ip 1)"); then
+      now=$(date +%s.%N)
+      rec="10 s partition; gateway 1 on node ${conn%% *} (was $n) $(python3 -c "print(f'{$now - $t0:.1f}')") s after the heal"
+      break
+    fi
+    sleep 0.1
+  done
+  # What the gateway itself saw (its log): when it lost the link and got one back.
+  rec="$rec; gateway log: $(grep -c 'NATS disconnected' "$state/gw1.log" || true) disconnect(s)"
 }
 
 # kill -9 the PostgreSQL primary's postmaster, promote the standby.
