@@ -92,14 +92,19 @@ async fn metrics_count_real_traffic_and_pass_promtool() {
         Some(4.0)
     );
     assert_eq!(sample(&gw, "taskboard_nats_connected", &[]), Some(1.0));
-    // One subscriber wrote all four: each event's fan-out and end-to-end time was recorded once.
+    // One subscriber wrote all four: each live event's fan-out and end-to-end time was recorded
+    // once. The board's NATS subscription is made when the socket arrives, so the first create can
+    // commit before NATS confirms it: that event comes from the log (counted as a window event,
+    // untimed) and its NATS copy is then a duplicate. Live plus window is exactly four.
+    let window = sample(&gw, "taskboard_events_window_total", &[]).unwrap_or(0.0);
+    assert!(window <= 3.0, "window events: {window}");
     assert_eq!(
         sample(&gw, "taskboard_fanout_seconds_count", &[]),
-        Some(4.0)
+        Some(4.0 - window)
     );
     assert_eq!(
         sample(&gw, "taskboard_end_to_end_lag_seconds_count", &[]),
-        Some(4.0)
+        Some(4.0 - window)
     );
     // Task service.
     assert_eq!(

@@ -12,7 +12,7 @@ use crate::helpers::*;
 /// What a writer saw: per board, how many creates were acknowledged; and the longest a create
 /// took (acknowledged or not).
 #[derive(Default, Debug)]
-struct Written {
+pub(crate) struct Written {
     acked: BTreeMap<i64, Vec<i64>>,
     refused: usize,
     slowest: Duration,
@@ -62,7 +62,7 @@ async fn write(
 }
 
 /// Watchers on `boards` and a writer creating tasks on them, for a fault to strike mid-writes.
-struct Load {
+pub(crate) struct Load {
     boards: Vec<i64>,
     watchers: Vec<Ws>,
     stop: watch::Sender<bool>,
@@ -72,7 +72,7 @@ struct Load {
 
 impl Load {
     /// Opens a WebSocket per board, then starts writing.
-    async fn start(app: &TestApp, boards: &[i64]) -> Load {
+    pub(crate) async fn start(app: &TestApp, boards: &[i64]) -> Load {
         let mut watchers = Vec::new();
         for b in boards {
             watchers.push(app.ws(&format!("board_id={b}")).await);
@@ -96,20 +96,20 @@ impl Load {
     }
 
     /// Waits until `n` creates have been acknowledged in all.
-    async fn acked_at_least(&mut self, n: usize) {
+    pub(crate) async fn acked_at_least(&mut self, n: usize) {
         tokio::time::timeout(Duration::from_secs(30), self.progress.wait_for(|k| *k >= n))
             .await
             .unwrap_or_else(|_| panic!("fewer than {n} creates were acknowledged in 30 s"))
             .expect("writer alive");
     }
 
-    fn acked(&self) -> usize {
+    pub(crate) fn acked(&self) -> usize {
         *self.progress.borrow()
     }
 
     /// Stops writing; checks every watcher got its board's every event once, in order (see
     /// [`all_once_in_order`]); returns what was written and each board's event count.
-    async fn finish(mut self, app: &TestApp) -> (Written, BTreeMap<i64, usize>) {
+    pub(crate) async fn finish(mut self, app: &TestApp) -> (Written, BTreeMap<i64, usize>) {
         self.stop.send_replace(true);
         let written = self.writer.await.expect("writer");
         let mut heads = BTreeMap::new();

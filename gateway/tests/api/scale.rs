@@ -259,3 +259,33 @@ async fn an_all_boards_client_is_answered_once_the_subscription_to_every_board_i
     app.create(81, "right after the 101").await;
     assert_eq!(all.event().await.unwrap()["board_id"], 81);
 }
+
+#[tokio::test]
+async fn a_client_joining_a_board_on_another_gateway_under_write_load_misses_nothing() {
+    let app = spawn_app().await;
+    let tasks = app.tasks.as_ref().unwrap();
+    let other = spawn_gateway(gw_config(
+        &tasks.grpc_addr(),
+        &tasks.subject_prefix,
+        &testing::nats_url(),
+    ))
+    .await;
+    other.wait_ready().await;
+    // Writes keep coming through the first gateway (whose watcher checks them all)...
+    let mut load = crate::failover::Load::start(&app, &[98]).await;
+    load.acked_at_least(20).await;
+    // ...while a client joins the board on the second, which has no subscription for it yet.
+    let mut late = other.ws("board_id=98").await;
+    load.acked_at_least(load.acked() + 40).await;
+    let (_, heads) = load.finish(&app).await;
+    let head = heads[&98] as i64;
+    let first = seq(&late.event().await.unwrap());
+    let rest = late.events((head - first) as usize).await.unwrap();
+    let got: Vec<i64> = std::iter::once(first).chain(rest.iter().map(seq)).collect();
+    let want: Vec<i64> = (first..=head).collect();
+    assert_eq!(
+        got, want,
+        "from where it joined to the head, once each, in order"
+    );
+    late.expect_silence(Duration::from_millis(300)).await;
+}
