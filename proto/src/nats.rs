@@ -79,26 +79,27 @@ where
         .map_err(|e| ConnectError::Connect(e.to_string()))
 }
 
-// Subjects. Every event goes to its board's subject, `<prefix>.board.<id>.<kind>`, so a gateway
+// Subjects. Every event goes to its board's subject, `board.<prefix>.<id>.<kind>`, so a gateway
 // subscribes only to the boards its WebSocket clients watch (`board_interest`), and one with an
 // all-boards client to `all_boards`. The Go original's subjects, `<prefix>.<kind>`
-// (`tasks.created`, ...), are published as well with NATS_LEGACY_SUBJECTS=on. A subscriber of
-// `wildcard` (an older gateway) gets both copies of an event; they carry the same seq, and the
-// second is dropped as a duplicate.
+// (`tasks.created`, ...), are published as well with NATS_LEGACY_SUBJECTS=on. The board subjects
+// lie outside `<prefix>.>` on purpose: a subscriber of `wildcard` (the Go original's api-gateway,
+// or ours with NATS_SUBSCRIBE=wildcard) gets each event once, on its legacy subject, and never a
+// second copy it might not deduplicate.
 
 /// The subject of `board`'s events of `kind` (`created`, `updated`, `deleted`, `board_updated`, ...).
 pub fn board_subject(prefix: &str, board: i64, kind: &str) -> String {
-    format!("{prefix}.board.{board}.{kind}")
+    format!("board.{prefix}.{board}.{kind}")
 }
 
 /// What a gateway subscribes to for one board: each of its events, whatever the kind.
 pub fn board_interest(prefix: &str, board: i64) -> String {
-    format!("{prefix}.board.{board}.*")
+    format!("board.{prefix}.{board}.*")
 }
 
 /// What a gateway with an all-boards WebSocket client subscribes to: every board's events.
 pub fn all_boards(prefix: &str) -> String {
-    format!("{prefix}.board.*.*")
+    format!("board.{prefix}.*.*")
 }
 
 /// The Go original's subject of an event of `kind`: `<prefix>.<kind>`.
@@ -106,8 +107,9 @@ pub fn legacy_subject(prefix: &str, kind: &str) -> String {
     format!("{prefix}.{kind}")
 }
 
-/// Everything under `prefix`: the legacy subjects and every board's (NATS_SUBSCRIBE=wildcard, for
-/// a task service that publishes only the legacy subjects, such as the Go original).
+/// Everything under `prefix`: the legacy subjects only, not the board subjects
+/// (NATS_SUBSCRIBE=wildcard, for a task service that publishes only the legacy subjects, such as
+/// the Go original; in front of ours it needs NATS_LEGACY_SUBJECTS=on).
 pub fn wildcard(prefix: &str) -> String {
     format!("{prefix}.>")
 }
@@ -196,15 +198,16 @@ mod tests {
     #[test]
     fn each_subscription_gets_exactly_its_subjects() {
         let ev = board_subject("tasks", 12, "created");
-        assert_eq!(ev, "tasks.board.12.created");
+        assert_eq!(ev, "board.tasks.12.created");
         assert!(matches(&board_interest("tasks", 12), &ev));
         assert!(!matches(&board_interest("tasks", 1), &ev), "not board 1");
         assert!(!matches(&board_interest("tasks", 123), &ev));
         assert!(matches(&all_boards("tasks"), &ev));
         assert!(
-            matches(&wildcard("tasks"), &ev),
-            "older gateways still get it"
+            !matches(&wildcard("tasks"), &ev),
+            "the original's api-gateway (tasks.>) must not get a second copy"
         );
+        assert!(!matches(&all_boards("other"), &ev), "another prefix");
         let legacy = legacy_subject("tasks", "created");
         assert_eq!(legacy, "tasks.created", "the Go original's subject");
         assert!(matches(&wildcard("tasks"), &legacy));
@@ -213,7 +216,11 @@ mod tests {
         let p = presence_subject("tasks", 12);
         assert!(matches(&presence_wildcard("tasks"), &p));
         assert!(!matches(&wildcard("tasks"), &p), "presence is not an event");
-        assert!(!matches(&all_boards("tasks"), "tasks.board.12.created.x"));
+        assert!(!matches(&all_boards("tasks"), "board.tasks.12.created.x"));
+        assert!(
+            !matches(&all_boards("tasks"), &p),
+            "presence is not a board event"
+        );
     }
 
     #[test]

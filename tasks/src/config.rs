@@ -19,7 +19,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
     about = "Taskboard task service: gRPC (task.v1) over PostgreSQL, events relayed to NATS",
     long_about = "Taskboard task service.\n\nServes task.v1.TaskService, grpc.health.v1 and server \
 reflection over plaintext gRPC. Every mutation commits the task row, the board's next sequence number \
-and the event in one transaction; a relay publishes committed events to NATS (tasks.board.<id>.created|updated|\
+and the event in one transaction; a relay publishes committed events to NATS (board.tasks.<id>.created|updated|\
 deleted|..., and the original's tasks.created|updated|deleted) in per-board seq order. Migrations run at start-up under an advisory lock, so replicas can \
 start together."
 )]
@@ -117,7 +117,7 @@ pub struct Config {
     pub nats_url: String,
 
     /// First token of the event subjects: each event goes to its board's subject,
-    /// `<prefix>.board.<board id>.<kind>` (gateways subscribe only to the boards they serve).
+    /// `board.<prefix>.<board id>.<kind>` (gateways subscribe only to the boards they serve).
     #[arg(long, env = "NATS_SUBJECT_PREFIX", default_value = "tasks")]
     pub nats_subject_prefix: String,
 

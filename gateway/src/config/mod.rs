@@ -28,7 +28,7 @@ const MOST_CREATES_PER_CALL: usize = 200;
     about = "Taskboard gateway: REST API over the task service, live events over WebSocket",
     long_about = "Taskboard gateway.\n\nServes the REST API (/api/tasks...), /health, /ready and the \
 WebSocket feed /ws?board_id=B&since=S. Task calls go to the task service over gRPC, with deadlines; \
-events arrive from NATS (each watched board's <prefix>.board.<id>.*) and are fanned out to WebSocket clients in per-board seq order, \
+events arrive from NATS (each watched board's board.<prefix>.<id>.*) and are fanned out to WebSocket clients in per-board seq order, \
 gaps filled from the task service. Starts even when the task service or NATS is not up yet: /ready \
 answers 503 until both are reachable."
 )]
@@ -127,7 +127,7 @@ pub struct Config {
     #[arg(long, env = "NATS_URL", default_value = DEFAULT_NATS_URL)]
     pub nats_url: String,
 
-    /// First token of the event subjects (`<prefix>.board.<id>.<kind>`).
+    /// First token of the event subjects (`board.<prefix>.<id>.<kind>`).
     #[arg(long, env = "NATS_SUBJECT_PREFIX", default_value = "tasks")]
     pub nats_subject_prefix: String,
 

@@ -61,7 +61,10 @@ async fn a_change_is_one_trace_from_the_request_to_the_fan_out() {
     let app = spawn_app().await;
     let prefix = app.tasks.as_ref().unwrap().subject_prefix.clone();
     let nats = async_nats::connect(testing::nats_url()).await.unwrap();
-    let mut sub = nats.subscribe(format!("{prefix}.>")).await.unwrap();
+    let mut sub = nats
+        .subscribe(taskboard_proto::nats::all_boards(&prefix))
+        .await
+        .unwrap();
     nats.flush().await.unwrap();
     let mut ws = app.ws("board_id=31").await;
 

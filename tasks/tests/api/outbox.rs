@@ -22,7 +22,7 @@ async fn events_are_published_with_routing_headers_and_the_cursor_moves_past_the
         .unwrap();
     assert_eq!(
         m.subject.as_str(),
-        format!("{}.board.4.created", t.handle.subject_prefix)
+        taskboard_proto::nats::board_subject(&t.handle.subject_prefix, 4, "created")
     );
     let h = m.headers.expect("headers");
     assert_eq!(h.get("Taskboard-Board").unwrap().as_str(), "4");
@@ -54,10 +54,16 @@ async fn legacy_subjects_carry_the_same_event_until_they_are_turned_off() {
         let mut t = spawn_with(|c| c.nats_legacy_subjects = legacy.into()).await;
         let prefix = t.handle.subject_prefix.clone();
         let nats = async_nats::connect(testing::nats_url()).await.unwrap();
-        let mut sub = nats
+        // The original's subjects (what its api-gateway subscribes to) and every board's.
+        let legacy_sub = nats
             .subscribe(taskboard_proto::nats::wildcard(&prefix))
             .await
             .unwrap();
+        let boards_sub = nats
+            .subscribe(taskboard_proto::nats::all_boards(&prefix))
+            .await
+            .unwrap();
+        let mut sub = futures_util::stream::select(legacy_sub, boards_sub);
         nats.flush().await.unwrap();
         let (_, first) = t.create(5, "one").await;
         let (_, second) = t.create(5, "two").await;
@@ -88,7 +94,7 @@ async fn legacy_subjects_carry_the_same_event_until_they_are_turned_off() {
                 .is_err(),
             "legacy={legacy}: an extra copy"
         );
-        let board_subject = format!("{prefix}.board.5.created");
+        let board_subject = taskboard_proto::nats::board_subject(&prefix, 5, "created");
         let legacy_subject = format!("{prefix}.created");
         for seq in [first, second] {
             let copies: Vec<_> = got.iter().filter(|(_, s, _)| *s == seq).collect();
