@@ -124,10 +124,14 @@ pub async fn run_with_metrics(
         config.create_batch_max,
         tracker.clone(),
     );
-    let hub = Arc::new(hub::Hub::with_direct_budget(
+    let mut hub = hub::Hub::with_direct_budget(
         config.ws_queue,
         Duration::from_micros(config.ws_direct_budget_us),
-    ));
+    );
+    if config.ws_deflate == "on" {
+        hub = hub.with_deflate(config.ws_deflate_min_bytes);
+    }
+    let hub = Arc::new(hub);
 
     // Reconnects are signalled to the intake, which then fetches what watched boards missed.
     let (reconnected_tx, reconnected_rx) = mpsc::channel(4);

@@ -60,6 +60,10 @@ pub fn describe() {
         "Bytes of event frames written to WebSocket clients"
     );
     describe_counter!(
+        "taskboard_ws_frames_deflated_total",
+        "Compressed (permessage-deflate) frames built: one per event that a client which negotiated compression receives, however many do, plus one per replayed event such a client reads"
+    );
+    describe_counter!(
         "taskboard_ws_direct_writes_total",
         "Event frames the fan-out wrote to an idle connection's socket itself, without waking its task (counted in frames sent too)"
     );
@@ -147,6 +151,8 @@ pub struct WsMetrics {
     pub bytes_sent: Counter,
     /// Frames the hub wrote to a parked session's socket itself (included in `frames_sent`).
     pub direct_writes: Counter,
+    /// Compressed frames built (one per event, shared by every socket that negotiated it).
+    pub frames_deflated: Counter,
     pub slow_consumers: Counter,
     pub resumes: Counter,
     pub events_replayed: Counter,
@@ -167,6 +173,7 @@ impl WsMetrics {
             frames_sent: counter!("taskboard_ws_frames_sent_total"),
             bytes_sent: counter!("taskboard_ws_bytes_sent_total"),
             direct_writes: counter!("taskboard_ws_direct_writes_total"),
+            frames_deflated: counter!("taskboard_ws_frames_deflated_total"),
             slow_consumers: counter!("taskboard_ws_slow_consumers_total"),
             resumes: counter!("taskboard_ws_resumes_total"),
             events_replayed: counter!("taskboard_ws_events_replayed_total"),

@@ -15,6 +15,7 @@ pub const DEFAULT_NATS_URL: &str = "nats://localhost:4222";
 /// behind than this is closed with 1013 and resumes with `since`.
 pub const DEFAULT_WS_QUEUE: usize = 256;
 pub const DEFAULT_WS_DIRECT_BUDGET_US: u64 = 2_000;
+pub const DEFAULT_WS_DEFLATE_MIN_BYTES: usize = 64;
 pub const DEFAULT_CREATE_CALLS: usize = 4;
 pub const DEFAULT_CREATE_BATCH_MAX: usize = 64;
 /// 200 creates of at most a request body each (64 KiB) stay under the gRPC message limit.
@@ -159,6 +160,16 @@ pub struct Config {
     #[arg(long, env = "WS_DIRECT_BUDGET_US", default_value_t = DEFAULT_WS_DIRECT_BUDGET_US)]
     pub ws_direct_budget_us: u64,
 
+    /// WebSocket compression (permessage-deflate, RFC 7692, without context takeover): offered
+    /// to clients that ask (browsers do). Each event is compressed once, whatever the number of
+    /// clients that negotiated it; events smaller than WS_DEFLATE_MIN_BYTES go out plain.
+    #[arg(long, env = "WS_DEFLATE", default_value = "on", value_parser = ["on", "off"])]
+    pub ws_deflate: String,
+
+    /// Smallest event payload (bytes) worth compressing.
+    #[arg(long, env = "WS_DEFLATE_MIN_BYTES", default_value_t = DEFAULT_WS_DEFLATE_MIN_BYTES)]
+    pub ws_deflate_min_bytes: usize,
+
     /// Interval between server pings; a client that has not answered the previous ping by the
     /// next one is dropped.
     #[arg(long, env = "WS_PING_INTERVAL_MS", default_value_t = 30_000)]
@@ -269,6 +280,8 @@ impl Config {
             cors_origins: String::new(),
             ws_queue: DEFAULT_WS_QUEUE,
             ws_direct_budget_us: DEFAULT_WS_DIRECT_BUDGET_US,
+            ws_deflate: "on".into(),
+            ws_deflate_min_bytes: DEFAULT_WS_DEFLATE_MIN_BYTES,
             ws_ping_interval_ms: 30_000,
             ws_write_timeout_ms: 10_000,
             ws_send_buffer: None,

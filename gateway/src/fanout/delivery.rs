@@ -17,6 +17,9 @@ pub struct Delivery {
     pub seq: i64,
     pub kind: Kind,
     pub frame: Bytes,
+    /// The same event as a compressed frame (permessage-deflate), built once by the hub when a
+    /// recipient negotiated compression and the event is worth compressing.
+    pub deflated: Option<Bytes>,
     /// For live events: when it arrived and how many recipients have yet to write it.
     pub timing: Option<Arc<Timing>>,
 }
@@ -35,9 +38,13 @@ pub enum Kind {
     Head,
 }
 
-impl AsRef<[u8]> for Delivery {
-    fn as_ref(&self) -> &[u8] {
-        &self.frame
+impl Delivery {
+    /// The frame to write to a socket that negotiated compression (`deflate`) or not.
+    pub fn wire(&self, deflate: bool) -> &Bytes {
+        match &self.deflated {
+            Some(d) if deflate => d,
+            _ => &self.frame,
+        }
     }
 }
 
@@ -66,6 +73,7 @@ impl Delivery {
             seq,
             kind: Kind::Event,
             frame: crate::ws::frame::text_frame(payload),
+            deflated: None,
             timing: None,
         }
     }
@@ -77,6 +85,7 @@ impl Delivery {
             seq: 0,
             kind: Kind::Unsequenced,
             frame: crate::ws::frame::text_frame(payload),
+            deflated: None,
             timing: None,
         }
     }
@@ -88,6 +97,7 @@ impl Delivery {
             seq,
             kind: Kind::Head,
             frame: Bytes::new(),
+            deflated: None,
             timing: None,
         }
     }

@@ -42,6 +42,8 @@ pub struct Outlet {
     state: Mutex<State>,
     notify: Notify,
     capacity: usize,
+    /// Its socket negotiated permessage-deflate: it gets events' compressed frames.
+    deflate: bool,
 }
 
 #[derive(Default)]
@@ -62,11 +64,22 @@ struct State {
 impl Outlet {
     /// An outlet whose queue holds at most `capacity` deliveries.
     pub fn new(capacity: usize) -> Arc<Self> {
+        Self::with_deflate(capacity, false)
+    }
+
+    /// An outlet whose socket gets compressed frames (`deflate`) or plain ones.
+    pub fn with_deflate(capacity: usize, deflate: bool) -> Arc<Self> {
         Arc::new(Outlet {
             state: Mutex::new(State::default()),
             notify: Notify::new(),
             capacity: capacity.max(1),
+            deflate,
         })
+    }
+
+    /// Whether its socket negotiated permessage-deflate.
+    pub fn deflate(&self) -> bool {
+        self.deflate
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -96,13 +109,14 @@ impl Outlet {
                         d.done(m);
                         return Offered::Dropped;
                     }
-                    Step::Write => match sock.try_write(&d.frame) {
+                    Step::Write => match sock.try_write(d.wire(self.deflate)) {
                         Ok(n) if n > 0 => {
                             if d.kind == Kind::Event {
                                 last.insert(d.board_id, d.seq);
                             }
                             m.direct_writes.increment(1);
-                            if n == d.frame.len() {
+                            let wire = d.wire(self.deflate);
+                            if n == wire.len() {
                                 m.frames_sent.increment(1);
                                 m.bytes_sent.increment(n as u64);
                                 d.done(m);
@@ -110,7 +124,7 @@ impl Outlet {
                             }
                             // The socket's buffer is full: the session sends the rest (under
                             // its write deadline) before anything else.
-                            s.rest = Some((d.frame.slice(n..), d.clone()));
+                            s.rest = Some((wire.slice(n..), d.clone()));
                             drop(guard);
                             self.notify.notify_one();
                             return Offered::Direct;

@@ -1,6 +1,8 @@
-//! `/ws`: query parsing (here), the upgrade (`upgrade`), and the connection itself (`session`,
-//! with its `feed`, `inbound` reader and `outbound` writer over a `socket` shared with the hub).
+//! `/ws`: query parsing (here), the upgrade (`upgrade`, with `deflate` negotiation), and the
+//! connection itself (`session`, with its `feed`, `inbound` reader and `outbound` writer over a
+//! `socket` shared with the hub).
 mod close;
+pub mod deflate;
 mod feed;
 pub mod frame;
 mod inbound;

@@ -15,9 +15,28 @@ pub enum WriteError {
     Io(String),
 }
 
+/// What a writer writes: frames as they are, or an event in the form its socket negotiated.
+pub trait Wire {
+    fn wire(&self, deflate: bool) -> &[u8];
+}
+
+impl<T: AsRef<[u8]>> Wire for T {
+    fn wire(&self, _: bool) -> &[u8] {
+        self.as_ref()
+    }
+}
+
+impl Wire for crate::fanout::delivery::Delivery {
+    fn wire(&self, deflate: bool) -> &[u8] {
+        Self::wire(self, deflate)
+    }
+}
+
 /// The writing side: raw frames to the socket, with a deadline on every write.
 pub struct Writer<W> {
     pub io: W,
+    /// The socket negotiated permessage-deflate: events go out as their compressed frames.
+    pub deflate: bool,
     timeout: Duration,
     /// Scratch space for control frames.
     scratch: Vec<u8>,
@@ -31,6 +50,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     pub fn new(io: W, timeout: Duration) -> Self {
         Writer {
             io,
+            deflate: false,
             timeout,
             scratch: Vec::new(),
             unfinished: Vec::new(),
@@ -44,21 +64,23 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
 
     /// Writes several frames with as few syscalls as the socket allows. On a timeout, `whole` and
     /// `unfinished` say where it stopped.
-    pub async fn frames<F: AsRef<[u8]>>(&mut self, frames: &[F]) -> Result<(), WriteError> {
+    pub async fn frames<F: Wire>(&mut self, frames: &[F]) -> Result<(), WriteError> {
         let mut first = 0; // first frame not completely written
         let mut offset = 0; // bytes of it already written
+        let deflate = self.deflate;
+        let frame = |i: usize| frames[i].wire(deflate);
         let io = &mut self.io;
         let write_all = async {
             while first < frames.len() {
                 let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(frames.len() - first);
-                slices.push(IoSlice::new(&frames[first].as_ref()[offset..]));
-                slices.extend(frames[first + 1..].iter().map(|f| IoSlice::new(f.as_ref())));
+                slices.push(IoSlice::new(&frame(first)[offset..]));
+                slices.extend((first + 1..frames.len()).map(|i| IoSlice::new(frame(i))));
                 let mut n = io.write_vectored(&slices).await?;
                 if n == 0 {
                     return Err(std::io::Error::from(std::io::ErrorKind::WriteZero));
                 }
                 while first < frames.len() && n > 0 {
-                    let left = frames[first].as_ref().len() - offset;
+                    let left = frame(first).len() - offset;
                     if n >= left {
                         n -= left;
                         first += 1;
@@ -78,8 +100,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                 self.whole = first;
                 self.unfinished.clear();
                 if offset > 0 {
-                    self.unfinished
-                        .extend_from_slice(&frames[first].as_ref()[offset..]);
+                    self.unfinished.extend_from_slice(&frame(first)[offset..]);
                     // The half-written frame will be finished before the close: count it.
                     self.whole += 1;
                 }

@@ -80,6 +80,9 @@ pub async fn upgrade(state: &Arc<AppState>, mut req: Request<Incoming>, peer: So
                 .into_response()
         }
     };
+    // Compression when the gateway offers it (WS_DEFLATE=on) and the client's offer can be
+    // honoured: every compressed frame is then one message on its own, shared by all such clients.
+    let deflate = state.hub.deflates() && super::deflate::accepts(req.headers());
     // A member's session counts as viewing its boards (the service role's do not: they are
     // services, and a load test of them would send every join to every subscriber).
     let viewing = match (&state.presence, &who) {
@@ -97,6 +100,7 @@ pub async fn upgrade(state: &Arc<AppState>, mut req: Request<Incoming>, peer: So
         super::session::Client {
             peer,
             expires_at: who.map(|p| expiry(p.expires_at)),
+            deflate,
         },
         state.replays.clone(),
     )
@@ -118,6 +122,12 @@ pub async fn upgrade(state: &Arc<AppState>, mut req: Request<Incoming>, peer: So
         parts.headers.insert(
             header::SEC_WEBSOCKET_PROTOCOL,
             HeaderValue::from_static(WS_PROTOCOL),
+        );
+    }
+    if deflate {
+        parts.headers.insert(
+            header::SEC_WEBSOCKET_EXTENSIONS,
+            HeaderValue::from_static(super::deflate::ACCEPTED),
         );
     }
     Response::from_parts(parts, Full::new(Bytes::new()))

@@ -2,6 +2,7 @@
 //! and NATS subjects.
 mod auth;
 mod bounds;
+mod compression;
 mod delivery;
 mod failover;
 mod hardening;

@@ -160,6 +160,34 @@ test("a task created in one page appears in the other within a second", async ()
   await b.context().close();
 });
 
+test("Chromium negotiates permessage-deflate and the board works over it", async () => {
+  const board = await newBoard();
+  const ctx = await browser.newContext({ viewport: { width: 1100, height: 800 } });
+  const page = await ctx.newPage();
+  const cdp = await ctx.newCDPSession(page);
+  await cdp.send("Network.enable");
+  const handshakes = [];
+  const frames = [];
+  cdp.on("Network.webSocketHandshakeResponseReceived", (e) => handshakes.push(e.response));
+  cdp.on("Network.webSocketFrameReceived", (e) => frames.push(e.response.payloadData));
+  await page.goto(`${gw1.url}/#board=${board}&token=${OWNER}`);
+  await page.locator("#conn", { hasText: "connected" }).waitFor({ timeout: 5000 });
+  const other = await openBoard(board);
+  const title = "A long enough title that the gateway compresses its event before sending it";
+  await addTask(other, title);
+  await task(page, title).waitFor({ timeout: 2000 });
+  const ws = handshakes.find((r) => r.status === 101);
+  assert.ok(ws, "a WebSocket handshake was seen");
+  const ext = Object.entries(ws.headers).find(([k]) => k.toLowerCase() === "sec-websocket-extensions");
+  assert.ok(ext, `no Sec-WebSocket-Extensions in ${JSON.stringify(ws.headers)}`);
+  assert.match(ext[1], /permessage-deflate/);
+  assert.match(ext[1], /server_no_context_takeover/);
+  // Chromium inflated the frame: the page (and CDP) saw the event's JSON.
+  assert.ok(frames.some((f) => f.includes(title)), "the event arrived whole");
+  await ctx.close();
+  await other.context().close();
+});
+
 test("completing, editing and deleting flow between pages", async () => {
   const board = await newBoard();
   const a = await openBoard(board);

@@ -111,6 +111,11 @@ pub struct FanoutArgs {
     /// Longest wait for the last deliveries after publishing ends, seconds.
     #[arg(long, default_value_t = 15.0)]
     pub drain: f64,
+    /// Gateway subscribers offer permessage-deflate (as browsers do) and inflate what comes
+    /// compressed; a subscriber whose offer is declined fails. The report's "wire bytes" then
+    /// counts the compressed frames.
+    #[arg(long)]
+    pub deflate: bool,
 }
 
 impl FanoutArgs {
@@ -137,6 +142,10 @@ struct Shared {
     /// `Authorization` for the gateway's REST and WebSocket.
     auth: Option<String>,
     delivered: AtomicU64,
+    /// Bytes of delivered frames on the wire (headers included, compressed if so).
+    wire: AtomicU64,
+    /// Subscribers offer permessage-deflate (`--deflate`).
+    deflate: bool,
     lat: Latencies,
     /// REST publishes: intended send time → 201.
     answered: Latencies,
@@ -187,6 +196,8 @@ pub async fn run(args: FanoutArgs) -> Result<RunResult> {
         auth: args.token.as_ref().map(|t| format!("Bearer {t}")),
         base: Instant::now(),
         delivered: AtomicU64::new(0),
+        wire: AtomicU64::new(0),
+        deflate: args.deflate,
         lat: Latencies::new(64),
         answered: Latencies::new(8),
         stop: stop_rx,
@@ -338,6 +349,18 @@ pub async fn run(args: FanoutArgs) -> Result<RunResult> {
         && totals.out_of_order == 0
         && publish_errors == 0
         && failed.load(Ordering::Relaxed) == 0;
+    let wire = shared.wire.load(Ordering::Relaxed);
+    if totals.delivered > 0 {
+        println!(
+            "wire bytes          {wire} ({:.1} per delivery{})",
+            wire as f64 / totals.delivered as f64,
+            if args.deflate {
+                ", permessage-deflate"
+            } else {
+                ""
+            }
+        );
+    }
     Ok(RunResult {
         mode: "fanout".into(),
         target: args.target.name().to_owned(),

@@ -40,7 +40,24 @@ pub(super) async fn subscribe(
             Target::Original => "/ws".to_owned(),
             Target::NatsWs => "/".to_owned(),
         };
-        let mut ws = wsclient::connect(addr, &path, source, auth).await?;
+        let deflate = shared.deflate && target == Target::Gateway;
+        let (mut ws, accepted) = wsclient::connect_with(addr, &path, source, auth, deflate).await?;
+        if deflate && !accepted {
+            bail!("the gateway declined permessage-deflate (WS_DEFLATE=off?)");
+        }
+        if deflate {
+            if let Some(ready) = on_ready.take() {
+                ready();
+            }
+            let mut raw = wsclient::Inflating::new(ws);
+            match read_inflating(shared, t, &mut raw, board, shard).await? {
+                Ended::Closed(1013) if !*shared.stop.borrow() => {
+                    t.resumed += 1;
+                    continue;
+                }
+                _ => return Ok(()),
+            }
+        }
         if target == Target::NatsWs {
             nats_subscribe(&mut ws, &format!("{prefix}.{board}")).await?;
         }
@@ -78,6 +95,40 @@ async fn nats_subscribe(ws: &mut wsclient::Ws, subject: &str) -> Result<()> {
             if s.contains("-ERR") {
                 bail!("nats-server: {s}");
             }
+        }
+    }
+}
+
+/// [`read`] for a subscriber that negotiated permessage-deflate.
+async fn read_inflating(
+    shared: &Shared,
+    t: &mut Tracker,
+    raw: &mut wsclient::Inflating,
+    board: i64,
+    shard: usize,
+) -> Result<Ended> {
+    let mut stop = shared.stop.clone();
+    loop {
+        let before = raw.wire;
+        let (op, payload) = tokio::select! {
+            biased;
+            _ = stop.changed() => return Ok(Ended::Stopped),
+            f = raw.next() => f?,
+        };
+        match op {
+            0x8 => {
+                let code = payload
+                    .get(..2)
+                    .map_or(0, |c| u16::from_be_bytes([c[0], c[1]]));
+                return Ok(Ended::Closed(code));
+            }
+            0x1 | 0x2 => {
+                shared
+                    .wire
+                    .fetch_add(raw.wire - before, std::sync::atomic::Ordering::Relaxed);
+                shared.on_frame(t, shard, board, Target::Gateway, &payload);
+            }
+            _ => {}
         }
     }
 }
@@ -124,6 +175,10 @@ async fn read(
                 }
             }
             OpCode::Text | OpCode::Binary => {
+                shared.wire.fetch_add(
+                    wsclient::wire_len(frame.payload.len()) as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
                 shared.on_frame(t, shard, board, target, &frame.payload)
             }
             _ => {}

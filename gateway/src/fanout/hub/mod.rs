@@ -9,9 +9,12 @@ use std::time::Instant;
 
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use crate::fanout::budget::DirectBudget;
 use crate::fanout::delivery::{Delivery, Kind};
 use crate::fanout::outlet::Outlet;
+use crate::ws::deflate::Compressor;
 
 /// One watched board.
 struct Board {
@@ -49,6 +52,9 @@ pub struct Hub {
     /// Whether the server has confirmed this gateway's subscription to every board (set by the
     /// intake): an all-boards client is answered once it has, so it misses nothing after.
     all_live: tokio::sync::watch::Sender<bool>,
+    /// permessage-deflate (WS_DEFLATE=on): the compressor every event's compressed frame is
+    /// built with, once per event, and the smallest payload worth compressing.
+    deflate: Option<(Mutex<Compressor>, usize)>,
 }
 
 impl Hub {
@@ -70,7 +76,33 @@ impl Hub {
             clients: AtomicUsize::new(0),
             changes: tokio::sync::Notify::new(),
             all_live: tokio::sync::watch::channel(false).0,
+            deflate: None,
         }
+    }
+
+    /// Offers permessage-deflate to clients and compresses events of at least `min_bytes` for
+    /// those that accept it.
+    #[must_use]
+    pub fn with_deflate(mut self, min_bytes: usize) -> Self {
+        self.deflate = Some((Mutex::new(Compressor::default()), min_bytes));
+        self
+    }
+
+    /// Whether clients are offered compression.
+    pub fn deflates(&self) -> bool {
+        self.deflate.is_some()
+    }
+
+    /// The compressed frame of `payload` (one message on its own), when compression is on and
+    /// it is worth it.
+    pub fn deflated(&self, payload: &[u8]) -> Option<Bytes> {
+        let (c, min) = self.deflate.as_ref()?;
+        if payload.len() < *min {
+            return None;
+        }
+        let f = c.lock().unwrap_or_else(|p| p.into_inner()).frame(payload);
+        self.metrics.frames_deflated.increment(1);
+        f
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -78,13 +110,13 @@ impl Hub {
     }
 
     /// A new outlet with this hub's queue bound, not yet subscribed.
-    pub fn outlet(&self) -> Arc<Outlet> {
-        Outlet::new(self.capacity)
+    pub fn outlet(&self, deflate: bool) -> Arc<Outlet> {
+        Outlet::with_deflate(self.capacity, deflate && self.deflates())
     }
 
     /// Subscribes a new outlet to one board, or to every board with `None`.
     pub fn subscribe(&self, board: Option<i64>) -> Arc<Outlet> {
-        let o = self.outlet();
+        let o = self.outlet(false);
         self.add(&o, board.as_slice());
         o
     }
@@ -216,7 +248,7 @@ impl Hub {
     /// Hands `d` to every subscriber of its board and every all-boards subscriber; returns how
     /// many it reached. Within the direct-write budget, frames go straight to the sockets of
     /// parked sessions (see [`Outlet::offer`]); past it, to their queues.
-    pub fn publish(&self, d: Delivery) -> usize {
+    pub fn publish(&self, mut d: Delivery) -> usize {
         let (subs, all) = {
             let mut inner = self.lock();
             let all = inner.all.clone();
@@ -229,6 +261,11 @@ impl Hub {
             (subs, all)
         };
         let n = subs.as_ref().map_or(0, |s| s.len()) + all.len();
+        let mut outlets = subs.iter().flat_map(|s| s.iter()).chain(all.iter());
+        if d.kind != Kind::Head && d.deflated.is_none() && outlets.any(|o| o.deflate()) {
+            // Once per event, whatever the number of recipients that negotiated compression.
+            d.deflated = self.deflated(crate::ws::frame::payload(&d.frame));
+        }
         if let Some(t) = &d.timing {
             // Set before any recipient can finish.
             t.expect(n);
@@ -294,151 +331,4 @@ impl Hub {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::fanout::outlet::Lagged;
-
-    fn d(board: i64, seq: i64) -> Delivery {
-        Delivery::new(board, seq, format!("{{\"seq\":{seq}}}").as_bytes())
-    }
-
-    #[test]
-    fn board_subscribers_get_only_their_board() {
-        let hub = Hub::new(8);
-        let one = hub.subscribe(Some(1));
-        let two = hub.subscribe(Some(2));
-        assert_eq!(hub.publish(d(1, 1)), 1);
-        assert_eq!(one.try_recv().unwrap().unwrap().seq, 1);
-        assert!(two.try_recv().unwrap().is_none());
-    }
-
-    #[test]
-    fn all_boards_subscribers_get_everything() {
-        let hub = Hub::new(8);
-        let all = hub.subscribe(None);
-        hub.publish(d(1, 1));
-        hub.publish(d(2, 1));
-        assert_eq!(all.try_recv().unwrap().unwrap().board_id, 1);
-        assert_eq!(all.try_recv().unwrap().unwrap().board_id, 2);
-    }
-
-    #[test]
-    fn every_recipient_shares_one_buffer() {
-        let hub = Hub::new(8);
-        let a = hub.subscribe(Some(1));
-        let b = hub.subscribe(Some(1));
-        hub.publish(d(1, 1));
-        let (x, y) = (
-            a.try_recv().unwrap().unwrap(),
-            b.try_recv().unwrap().unwrap(),
-        );
-        assert_eq!(x.frame.as_ptr(), y.frame.as_ptr());
-    }
-
-    #[test]
-    fn a_receiver_past_capacity_sees_lagged() {
-        let hub = Hub::new(2);
-        let slow = hub.subscribe(Some(1));
-        for s in 1..=2 {
-            hub.publish(d(1, s));
-        }
-        assert_eq!(slow.try_recv().unwrap().unwrap().seq, 1, "within the bound");
-        for s in 3..=5 {
-            hub.publish(d(1, s));
-        }
-        assert!(matches!(slow.try_recv(), Err(Lagged)));
-    }
-
-    #[test]
-    fn the_last_recipient_records_the_fan_out_time() {
-        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-        let handle = recorder.handle();
-        let count = |h: &metrics_exporter_prometheus::PrometheusHandle| {
-            h.render()
-                .lines()
-                .find_map(|l| l.strip_prefix("taskboard_fanout_seconds_count "))
-                .map(|v| v.trim().to_owned())
-        };
-        metrics::with_local_recorder(&recorder, || {
-            let hub = Hub::new(8);
-            let a = hub.subscribe(Some(1));
-            let b = hub.subscribe(Some(1));
-            let all = hub.subscribe(None);
-            hub.publish(Delivery::live(1, 1, b"{}", None));
-            let (x, y, z) = (
-                a.try_recv().unwrap().unwrap(),
-                b.try_recv().unwrap().unwrap(),
-                all.try_recv().unwrap().unwrap(),
-            );
-            x.done(&hub.metrics);
-            y.done(&hub.metrics);
-            assert_eq!(
-                count(&handle).as_deref().unwrap_or("0"),
-                "0",
-                "two of three wrote it"
-            );
-            z.done(&hub.metrics);
-            assert_eq!(
-                count(&handle).as_deref(),
-                Some("1"),
-                "the third records it once"
-            );
-        });
-    }
-
-    #[test]
-    fn a_board_channel_is_freed_when_its_last_subscriber_leaves() {
-        let hub = Hub::new(2);
-        let a = hub.subscribe(Some(7));
-        let b = hub.subscribe(Some(7));
-        assert_eq!(hub.board_count(), 1);
-        hub.remove(&a, &[7]);
-        assert_eq!(hub.board_count(), 1, "one subscriber is left");
-        assert_eq!(hub.publish(d(7, 1)), 1);
-        assert!(a.try_recv().unwrap().is_none(), "removed");
-        hub.remove(&b, &[7]);
-        assert_eq!(hub.board_count(), 0);
-        assert!(hub.watched_boards().is_empty());
-    }
-
-    #[tokio::test]
-    async fn the_first_subscriber_of_a_board_and_its_last_are_changes() {
-        let hub = Hub::new(2);
-        let a = hub.subscribe(Some(7));
-        let b = hub.subscribe(Some(7));
-        tokio::time::timeout(Duration::from_secs(1), hub.changed())
-            .await
-            .expect("woken");
-        assert_eq!(hub.take_changes(), [(Some(7), true)], "once, for the first");
-        hub.remove(&a, &[7]);
-        assert!(hub.take_changes().is_empty(), "one is left");
-        hub.remove(&b, &[7]);
-        let all = hub.subscribe(None);
-        let mut c = hub.take_changes();
-        c.sort();
-        assert_eq!(c, [(None, true), (Some(7), false)]);
-        // Joined and left before the intake looked: it sees where things stand now.
-        hub.remove(&all, &[]);
-        let again = hub.subscribe(Some(8));
-        hub.remove(&again, &[8]);
-        let mut c = hub.take_changes();
-        c.sort();
-        assert_eq!(c, [(None, false), (Some(8), false)]);
-    }
-
-    #[test]
-    fn a_new_subscriber_learns_the_latest_seq_under_the_same_lock() {
-        let hub = Hub::new(8);
-        let first = hub.outlet();
-        assert_eq!(hub.add(&first, &[3]), [(3, None)], "nothing known yet");
-        hub.note_head(3, 5);
-        hub.publish(d(3, 6));
-        hub.note_head(3, 4);
-        let second = hub.outlet();
-        assert_eq!(hub.add(&second, &[3]), [(3, Some(6))], "never moves back");
-        hub.publish(d(3, 7));
-        assert_eq!(second.try_recv().unwrap().unwrap().seq, 7);
-        hub.publish(Delivery::unsequenced(3, b"{}"));
-        assert_eq!(hub.known(3), Some(7), "unsequenced events do not count");
-    }
-}
+mod tests;

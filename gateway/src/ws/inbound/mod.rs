@@ -6,6 +6,8 @@
 //! frame has been consumed.
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use super::deflate::{InflateError, Inflater};
+
 /// RFC 6455 opcodes the session acts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -40,38 +42,47 @@ pub struct Reader<R> {
     io: R,
     buf: Vec<u8>,
     max: usize,
-    /// The message in progress: `None` between messages, `Some(true)` inside a text message
-    /// (whose UTF-8 is checked as it arrives), `Some(false)` inside a binary one.
-    message: Option<bool>,
+    /// The message in progress: `None` between messages, else whether it is text (whose UTF-8
+    /// is checked as it arrives) and whether it is compressed.
+    message: Option<Message>,
     /// The start of a UTF-8 character cut by a fragment boundary (at most 3 bytes).
     partial: Vec<u8>,
+    /// With permessage-deflate negotiated: compressed messages (RSV1 on their first frame) are
+    /// inflated, within `max`, so that their text can be checked like any other.
+    inflater: Option<Box<Inflater>>,
+}
+
+/// A data message in progress.
+#[derive(Clone, Copy, Debug)]
+struct Message {
+    text: bool,
+    compressed: bool,
 }
 
 /// Buffers above this are released once drained, so one large frame does not pin memory.
 const KEEP: usize = 256;
 
 impl<R: AsyncRead + Unpin> Reader<R> {
-    pub fn new(io: R, max_payload: usize) -> Self {
+    /// A reader of frames up to `max_payload` bytes (and, with `deflate`, of compressed messages
+    /// that inflate to no more than that).
+    pub fn new(io: R, max_payload: usize, deflate: bool) -> Self {
         Reader {
             io,
             buf: Vec::new(),
             max: max_payload,
             message: None,
             partial: Vec::new(),
+            inflater: deflate.then(Box::default),
         }
     }
 
     /// The next frame. Cancel-safe between frames: partial input stays in the buffer.
     pub async fn next(&mut self) -> Result<Inbound, ReadError> {
         loop {
-            if let Some((frame, used)) = parse(&self.buf, self.max)? {
+            let deflate = self.inflater.is_some();
+            if let Some((frame, used)) = parse(&self.buf, self.max, deflate)? {
                 if let Some(data) = frame.data {
-                    check_message(
-                        &mut self.message,
-                        &mut self.partial,
-                        &self.buf[..used],
-                        data,
-                    )?;
+                    self.check_message(used, data)?;
                 }
                 let frame = frame.inbound;
                 self.buf.drain(..used);
@@ -90,36 +101,56 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     }
 }
 
-/// Follows data frames across fragments: continuations only inside a message, no new message
-/// inside one, and text that is valid UTF-8 (RFC 6455 §8.1: else close with 1007). `message` and
-/// `partial` are the reader's state (see [`Reader`]).
-fn check_message(
-    message: &mut Option<bool>,
-    partial: &mut Vec<u8>,
-    raw: &[u8],
-    d: DataFrame,
-) -> Result<(), ReadError> {
-    let text = match (d.opcode, *message) {
-        (0x0, Some(text)) => text,
-        (0x0, None) => return Err(protocol("continuation frame outside a message")),
-        (_, Some(_)) => return Err(protocol("new message inside a fragmented one")),
-        (op, None) => op == 0x1,
-    };
-    *message = (!d.fin).then_some(text);
-    if !text {
-        return Ok(());
-    }
-    let mut bytes = std::mem::take(partial);
-    bytes.extend(
-        raw[d.payload.clone()]
+impl<R> Reader<R> {
+    /// Follows data frames across fragments: continuations only inside a message, no new
+    /// message inside one, and text that is valid UTF-8 (RFC 6455 §8.1: else close with 1007),
+    /// after inflation for a compressed message. The frame is the first `used` bytes of `buf`.
+    fn check_message(&mut self, used: usize, d: DataFrame) -> Result<(), ReadError> {
+        let m = match (d.opcode, self.message) {
+            (0x0, Some(m)) if !d.compressed => m,
+            (0x0, Some(_)) => return Err(protocol("RSV1 set on a continuation frame")),
+            (0x0, None) => return Err(protocol("continuation frame outside a message")),
+            (_, Some(_)) => return Err(protocol("new message inside a fragmented one")),
+            (op, None) => Message {
+                text: op == 0x1,
+                compressed: d.compressed,
+            },
+        };
+        self.message = (!d.fin).then_some(m);
+        if !m.text && !m.compressed {
+            return Ok(());
+        }
+        let payload: Vec<u8> = self.buf[..used][d.payload.clone()]
             .iter()
             .enumerate()
-            .map(|(i, v)| v ^ d.mask[i % 4]),
-    );
+            .map(|(i, v)| v ^ d.mask[i % 4])
+            .collect();
+        let partial = &mut self.partial;
+        match self.inflater.as_deref_mut() {
+            Some(inflater) if m.compressed => {
+                let mut check = |chunk: &[u8]| match m.text {
+                    true => utf8(partial, chunk, true),
+                    false => Ok(()),
+                };
+                inflater.feed(&payload, d.fin, self.max, &mut check)?;
+                match m.text {
+                    true => utf8(partial, &[], !d.fin),
+                    false => Ok(()),
+                }
+            }
+            _ => utf8(partial, &payload, !d.fin),
+        }
+    }
+}
+
+/// Checks that `chunk`, after the cut character in `partial`, is UTF-8; with `more` to come, a
+/// character cut at its end is kept in `partial` for the next chunk.
+fn utf8(partial: &mut Vec<u8>, chunk: &[u8], more: bool) -> Result<(), ReadError> {
+    let mut bytes = std::mem::take(partial);
+    bytes.extend_from_slice(chunk);
     match std::str::from_utf8(&bytes) {
         Ok(_) => Ok(()),
-        // A character cut at the end of a fragment that is not the last: wait for the rest.
-        Err(e) if e.error_len().is_none() && !d.fin => {
+        Err(e) if e.error_len().is_none() && more => {
             *partial = bytes[e.valid_up_to()..].to_vec();
             Ok(())
         }
@@ -127,6 +158,21 @@ fn check_message(
             close_code: 1007,
             reason: "invalid UTF-8 in a text message",
         }),
+    }
+}
+
+impl From<InflateError> for ReadError {
+    fn from(e: InflateError) -> Self {
+        match e {
+            InflateError::TooBig => ReadError::Protocol {
+                close_code: 1009,
+                reason: "message too big once inflated",
+            },
+            InflateError::Corrupt => ReadError::Protocol {
+                close_code: 1007,
+                reason: "invalid compressed data",
+            },
+        }
     }
 }
 
@@ -142,6 +188,8 @@ fn protocol(reason: &'static str) -> ReadError {
 struct DataFrame {
     opcode: u8,
     fin: bool,
+    /// RSV1: the first frame of a compressed message.
+    compressed: bool,
     mask: [u8; 4],
     payload: std::ops::Range<usize>,
 }
@@ -153,13 +201,16 @@ struct Parsed {
     data: Option<DataFrame>,
 }
 
-/// Parses one frame from the front of `b`: `None` if more bytes are needed.
-fn parse(b: &[u8], max: usize) -> Result<Option<(Parsed, usize)>, ReadError> {
+/// Parses one frame from the front of `b`: `None` if more bytes are needed. RSV1 is allowed on
+/// data frames when compression was negotiated (`deflate`).
+fn parse(b: &[u8], max: usize, deflate: bool) -> Result<Option<(Parsed, usize)>, ReadError> {
     if b.len() < 2 {
         return Ok(None);
     }
     let fin = b[0] & 0x80 != 0;
-    if b[0] & 0x70 != 0 {
+    let compressed = b[0] & 0x40 != 0;
+    let rsv1_allowed = deflate && b[0] & 0x0f < 0x8;
+    if b[0] & 0x30 != 0 || (compressed && !rsv1_allowed) {
         return Err(protocol("reserved bits set"));
     }
     let kind = match b[0] & 0x0f {
@@ -200,6 +251,7 @@ fn parse(b: &[u8], max: usize) -> Result<Option<(Parsed, usize)>, ReadError> {
         let data = DataFrame {
             opcode: b[0] & 0x0f,
             fin,
+            compressed,
             mask,
             payload: at..at + len,
         };
@@ -222,186 +274,4 @@ fn parse(b: &[u8], max: usize) -> Result<Option<(Parsed, usize)>, ReadError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A masked client frame, as a browser sends it.
-    fn client_frame(op: u8, payload: &[u8]) -> Vec<u8> {
-        let mask = [0x11, 0x22, 0x33, 0x44];
-        let mut f = vec![0x80 | op];
-        match payload.len() {
-            n if n < 126 => f.push(0x80 | n as u8),
-            n if n <= 0xffff => {
-                f.push(0x80 | 126);
-                f.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                f.push(0x80 | 127);
-                f.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        f.extend_from_slice(&mask);
-        f.extend(payload.iter().enumerate().map(|(i, v)| v ^ mask[i % 4]));
-        f
-    }
-
-    /// A frame with `fin` and `op` as given (client-masked).
-    fn fragment(fin: bool, op: u8, payload: &[u8]) -> Vec<u8> {
-        let mut f = client_frame(op, payload);
-        if !fin {
-            f[0] &= 0x7f;
-        }
-        f
-    }
-
-    async fn read_all(bytes: Vec<u8>) -> Result<Vec<Kind>, ReadError> {
-        let mut io = tokio_test_io(bytes);
-        let mut r = Reader::new(&mut io, 4096);
-        let mut kinds = Vec::new();
-        loop {
-            match r.next().await {
-                Ok(f) => kinds.push(f.kind),
-                Err(ReadError::Eof) => return Ok(kinds),
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    #[tokio::test]
-    async fn text_must_be_utf8_even_when_a_character_spans_fragments() {
-        let e = read_all(client_frame(0x1, b"ok \xff")).await.unwrap_err();
-        assert_eq!(
-            e,
-            ReadError::Protocol {
-                close_code: 1007,
-                reason: "invalid UTF-8 in a text message"
-            }
-        );
-        // "é" = C3 A9, cut between two fragments: fine.
-        let mut split = fragment(false, 0x1, b"caf\xc3");
-        split.extend(fragment(true, 0x0, b"\xa9!"));
-        assert_eq!(read_all(split).await.unwrap().len(), 2);
-        // A cut character never completed.
-        let mut cut = fragment(false, 0x1, b"caf\xc3");
-        cut.extend(fragment(true, 0x0, b"!"));
-        assert!(matches!(
-            read_all(cut).await,
-            Err(ReadError::Protocol {
-                close_code: 1007,
-                ..
-            })
-        ));
-        let mut trailing = fragment(false, 0x1, b"a");
-        trailing.extend(fragment(true, 0x0, b"\xc3"));
-        assert!(read_all(trailing).await.is_err());
-        // Binary data is not text.
-        assert!(read_all(client_frame(0x2, b"\xff\xfe")).await.is_ok());
-    }
-
-    #[tokio::test]
-    async fn fragments_must_belong_to_a_message() {
-        let stray = read_all(client_frame(0x0, b"x")).await.unwrap_err();
-        assert!(matches!(
-            stray,
-            ReadError::Protocol {
-                close_code: 1002,
-                ..
-            }
-        ));
-        let mut nested = fragment(false, 0x1, b"a");
-        nested.extend(client_frame(0x1, b"b"));
-        assert!(matches!(
-            read_all(nested).await,
-            Err(ReadError::Protocol {
-                close_code: 1002,
-                ..
-            })
-        ));
-        // A control frame may come between fragments.
-        let mut ok = fragment(false, 0x1, b"a");
-        ok.extend(client_frame(0x9, b"p"));
-        ok.extend(fragment(true, 0x0, b"b"));
-        assert_eq!(
-            read_all(ok).await.unwrap(),
-            vec![Kind::Data, Kind::Ping, Kind::Data]
-        );
-    }
-
-    #[tokio::test]
-    async fn reads_control_frames_split_anywhere_and_skips_data() {
-        let mut bytes = client_frame(0x1, b"hello, ignored");
-        bytes.extend(client_frame(0xA, b"pong-data"));
-        bytes.extend(client_frame(0x8, &[0x03, 0xe8, b'b', b'y', b'e']));
-        // Deliver one byte at a time: every split point must work.
-        let mut builder = tokio_test_io(bytes);
-        let mut r = Reader::new(&mut builder, 4096);
-        assert_eq!(r.next().await.unwrap().kind, Kind::Data);
-        assert_eq!(
-            r.next().await.unwrap(),
-            Inbound {
-                kind: Kind::Pong,
-                payload: b"pong-data".to_vec()
-            }
-        );
-        let close = r.next().await.unwrap();
-        assert_eq!(close.kind, Kind::Close);
-        assert_eq!(close.payload, [0x03, 0xe8, b'b', b'y', b'e']);
-        assert_eq!(r.next().await.unwrap_err(), ReadError::Eof);
-    }
-
-    /// A reader that yields one byte per read.
-    fn tokio_test_io(bytes: Vec<u8>) -> impl AsyncRead + Unpin {
-        struct OneByte(std::collections::VecDeque<u8>);
-        impl AsyncRead for OneByte {
-            fn poll_read(
-                mut self: std::pin::Pin<&mut Self>,
-                _: &mut std::task::Context<'_>,
-                buf: &mut tokio::io::ReadBuf<'_>,
-            ) -> std::task::Poll<std::io::Result<()>> {
-                if let Some(b) = self.0.pop_front() {
-                    buf.put_slice(&[b]);
-                }
-                std::task::Poll::Ready(Ok(()))
-            }
-        }
-        OneByte(bytes.into())
-    }
-
-    #[test]
-    fn unmasked_oversized_and_bad_control_frames_are_refused() {
-        assert_eq!(
-            parse(&[0x89, 0x00], 4096).unwrap_err(),
-            protocol("client frames must be masked")
-        );
-        let big = client_frame(0x2, &vec![0; 5000]);
-        assert!(matches!(
-            parse(&big, 4096),
-            Err(ReadError::Protocol {
-                close_code: 1009,
-                ..
-            })
-        ));
-        let long_ping = client_frame(0x9, &[0; 126]);
-        assert_eq!(
-            parse(&long_ping, 4096).unwrap_err(),
-            protocol("invalid control frame")
-        );
-        assert_eq!(
-            parse(&[0xC9, 0x80], 4096).unwrap_err(),
-            protocol("reserved bits set")
-        );
-    }
-
-    #[test]
-    fn a_large_frame_does_not_keep_its_buffer() {
-        let f = client_frame(0x2, &vec![7; 3000]);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let mut r = Reader::new(&f[..], 4096);
-            r.next().await.unwrap();
-            assert_eq!(r.buf.capacity(), 0);
-        });
-    }
-}
+mod tests;

@@ -27,7 +27,7 @@ impl Ctx {
         if let Some((bytes, d)) = rest {
             wr.finish(&bytes).await?;
             m.frames_sent.increment(1);
-            m.bytes_sent.increment(d.frame.len() as u64);
+            m.bytes_sent.increment(d.wire(self.deflate).len() as u64);
             d.done(m);
         }
         batch.clear();
@@ -80,8 +80,12 @@ impl Ctx {
         }
         let m = &self.hub.metrics;
         m.frames_sent.increment(batch.len() as u64);
-        m.bytes_sent
-            .increment(batch.iter().map(|d| d.frame.len() as u64).sum());
+        m.bytes_sent.increment(
+            batch
+                .iter()
+                .map(|d| d.wire(self.deflate).len() as u64)
+                .sum(),
+        );
         for d in batch.drain(..) {
             d.done(m);
         }
@@ -110,7 +114,16 @@ impl Ctx {
                 last.insert(board, page.head_seq);
                 return Ok(());
             }
-            let frames: Vec<Bytes> = page.events.iter().map(|e| text_frame(&e.payload)).collect();
+            let frames: Vec<Bytes> = page
+                .events
+                .iter()
+                .map(|e| {
+                    self.deflate
+                        .then(|| self.hub.deflated(&e.payload))
+                        .flatten()
+                        .unwrap_or_else(|| text_frame(&e.payload))
+                })
+                .collect();
             let (last_seq, head) = (page.events.last().map(|e| e.seq), page.head_seq);
             // Only the frames are kept while the client reads them.
             drop(page);

@@ -68,6 +68,8 @@ struct Ctx {
     expires_at: Option<tokio::time::Instant>,
     /// Replay page reads, shared and bounded (MAX_REPLAYS).
     replays: Arc<crate::fanout::replay::ReplayReads>,
+    /// The client negotiated permessage-deflate.
+    deflate: bool,
 }
 
 /// What woke a running session.
@@ -79,11 +81,14 @@ enum Woke {
     Ping,
 }
 
-/// Who is on the other end: their address, and when their token expires.
+/// Who is on the other end: their address, when their token expires, and whether they
+/// negotiated compression.
 pub struct Client {
     pub peer: SocketAddr,
     /// The session is closed with 1008 at this instant.
     pub expires_at: Option<tokio::time::Instant>,
+    /// permessage-deflate was negotiated (see `ws::deflate`).
+    pub deflate: bool,
 }
 
 impl Session {
@@ -100,8 +105,12 @@ impl Session {
         client: Client,
         replays: Arc<crate::fanout::replay::ReplayReads>,
     ) -> Session {
-        let Client { peer, expires_at } = client;
-        let (feed, known) = Feed::new(&hub, &sub.boards);
+        let Client {
+            peer,
+            expires_at,
+            deflate,
+        } = client;
+        let (feed, known) = Feed::new(&hub, &sub.boards, deflate);
         // Every board: answered once the gateway's subscription to every board is confirmed, so
         // nothing committed after the 101 is missed (there is no per-board head to catch up from).
         if sub.boards.is_empty() && !hub.all_boards_live(HEADS_DEADLINE).await {
@@ -150,6 +159,7 @@ impl Session {
                 peer,
                 expires_at,
                 replays,
+                deflate,
             },
             feed,
         }
@@ -201,8 +211,9 @@ impl Ctx {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        let mut rd = inbound::Reader::new(r, MAX_INBOUND);
+        let mut rd = inbound::Reader::new(r, MAX_INBOUND, self.deflate);
         let mut wr = Writer::new(w, self.settings.write_timeout);
+        wr.deflate = self.deflate;
 
         // The feed was subscribed before the replay, so nothing committed in between is missed;
         // live events the replay already covered are skipped by seq. Boards without `since`
