@@ -101,7 +101,9 @@ impl Hub {
             return None;
         }
         let f = c.lock().unwrap_or_else(|p| p.into_inner()).frame(payload);
-        self.metrics.frames_deflated.increment(1);
+        if f.is_some() {
+            self.metrics.frames_deflated.increment(1);
+        }
         f
     }
 
