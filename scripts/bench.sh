@@ -5,7 +5,9 @@
 # starts what it needs, writes bench/results/<timestamp>.json (every run's figures and the
 # machine) and .html (the plot); logs in bench/runs/<timestamp>/.
 #
-# Usage: scripts/bench.sh [--quick]     (--quick: a small matrix, under two minutes once built)
+# Usage: scripts/bench.sh [--quick | --deflate]
+#   --quick    a small matrix, under two minutes once built
+#   --deflate  only the permessage-deflate A/B (wire bytes and gateway CPU per delivered frame)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/services.sh
@@ -14,7 +16,8 @@ cd "$(dirname "$0")/.."
 quick=0
 case "${1:-}" in
   --quick) quick=1 ;;
-  -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  --deflate) quick=deflate ;;
+  -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   "") ;;
   *) die "unknown option $1 (try --help)" ;;
 esac
@@ -142,6 +145,20 @@ metrics_ab() { # seconds
     --duration "$1" --server-pid "$gw_nm_pid"
 }
 
+deflate_ab() { # name subscribers rate seconds rounds
+  # Alternating rounds against the one gateway (WS_DEFLATE=on, its default): subscribers that do
+  # not offer permessage-deflate, then subscribers that do, so drift on this noisy machine falls on
+  # both sides alike. Events are created through the replica, so the measured process only fans out.
+  local name=$1 subs=$2 rate=$3 secs=$4 rounds=$5 r
+  for r in $(seq 1 "$rounds"); do
+    local common=(fanout --url "$gw_url" --publish-url "http://127.0.0.1:$http_port_nm"
+      --subscribers "$subs" --boards 1 --rate "$rate" --duration "$secs" --source-ips 32
+      --server-pid "$gw_pid")
+    run "$name-plain-r$r" "${common[@]}"
+    run "$name-deflate-r$r" "${common[@]}" --deflate
+  done
+}
+
 pgbench_run() { # name clients seconds board_lo board_hi
   local name=$1 clients=$2 secs=$3 lo=$4 hi=$5
   log "$name"
@@ -169,7 +186,10 @@ rest_run() { # name boards users seconds
   echo "    creates/s $rps" >&2
 }
 
-if [ "$quick" = 1 ]; then
+if [ "$quick" = deflate ]; then
+  deflate_ab deflate-200-1board-20ps 200 20 10 3
+  deflate_ab deflate-1k-1board-100ps 1000 100 10 3
+elif [ "$quick" = 1 ]; then
   run idle-5k-gateway connections --url "$gw_url" --connections 5000 --ramp 5000 --hold 3 --server-pid "$gw_pid"
   fanout_pair fanout-1k-1board-100ps 1000 1 100 5
   run fanout-1k-100boards-100ps-gateway fanout --url "$gw_url" --subscribers 1000 --boards 100 --rate 100 \
@@ -198,6 +218,8 @@ else
   fanout_pair fanout-1k-1board-1000ps 1000 1 1000 10
   fanout_pair fanout-10k-1board-100ps 10000 1 100 10
   metrics_ab 10
+  deflate_ab deflate-200-1board-20ps 200 20 10 3
+  deflate_ab deflate-1k-1board-100ps 1000 100 10 3
   rest_run rest-creates-1board 1 64 15
   rest_run rest-creates-100boards 100 64 15
   # As many concurrent statements as the task service's pool (DB_POOL_SIZE=32) runs.
@@ -211,6 +233,23 @@ src, dst = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 runs = {p.stem: json.loads(p.read_text()) for p in sorted(src.glob("*.json"))}
 machine = (src / "machine.txt").read_text()
 json.dump({"machine": machine, "runs": runs}, dst.open("w"), indent=1)
+# The deflate A/B, as ratios of the medians over the rounds (deflate / plain).
+import re, statistics
+pairs = {}
+for name, r in runs.items():
+    m = re.fullmatch(r"(deflate-.+)-(plain|deflate)-r\d+", name)
+    if m and r.get("deliveries", {}).get("delivered") and r.get("server_cpu_seconds"):
+        d = r["deliveries"]["delivered"]
+        pairs.setdefault(m[1], {}).setdefault(m[2], []).append(
+            (r["server_cpu_seconds"] * 1e6 / d, r.get("wire_bytes", 0) / d, r["latency"]["p99_ms"]))
+for case, sides in sorted(pairs.items()):
+    if len(sides) < 2:
+        continue
+    med = {k: [statistics.median(x[i] for x in v) for i in range(3)] for k, v in sides.items()}
+    p, z = med["plain"], med["deflate"]
+    print(f"{case}: CPU us/delivery plain {p[0]:.2f} deflate {z[0]:.2f} ({z[0] / p[0]:.2f}x); "
+          f"wire bytes/delivery plain {p[1]:.0f} deflate {z[1]:.0f} ({z[1] / p[1]:.2f}x); "
+          f"p99 ms plain {p[2]:.2f} deflate {z[2]:.2f} ({len(sides['plain'])} rounds each)", file=sys.stderr)
 PY
 "$lt" plot --out "bench/results/$ts.html" "$out"/*-limit.json "$out"/*-gateway.json "$out"/*-nats-ws.json 2>/dev/null \
   || "$lt" plot --out "bench/results/$ts.html" "$out"/*.json

@@ -98,6 +98,9 @@ pub struct RunResult {
     /// RSS growth per open connection (idle connections mode).
     pub bytes_per_connection: Option<f64>,
     pub cpu_us_per_connection_s: Option<f64>,
+    /// Bytes of the delivered frames on the wire, headers included (fan-out mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wire_bytes: Option<u64>,
     pub ok: bool,
 }
 

@@ -379,6 +379,7 @@ pub async fn run(args: FanoutArgs) -> Result<RunResult> {
         server,
         bytes_per_connection: None,
         cpu_us_per_connection_s: None,
+        wire_bytes: Some(wire),
         ok,
     })
 }
