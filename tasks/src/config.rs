@@ -85,15 +85,14 @@ pub struct Config {
     #[arg(long, env = "DB_USER", default_value = "taskboard")]
     pub db_user: String,
 
-    /// PostgreSQL password.
-    #[arg(
-        long,
-        env = "DB_PASSWORD",
-        default_value = "taskboard",
-        hide_env_values = true,
-        hide_default_value = true
-    )]
-    pub db_password: String,
+    /// PostgreSQL password [default: taskboard].
+    #[arg(long, env = "DB_PASSWORD", hide_env_values = true)]
+    pub db_password: Option<String>,
+
+    /// A file holding the PostgreSQL password (a mounted secret), instead of DB_PASSWORD. One
+    /// trailing newline is ignored.
+    #[arg(long, env = "DB_PASSWORD_FILE")]
+    pub db_password_file: Option<std::path::PathBuf>,
 
     /// PostgreSQL database name.
     #[arg(long, env = "DB_NAME", default_value = "taskboard")]
@@ -209,6 +208,7 @@ impl Config {
                 self.db_sslmode
             )));
         }
+        let password = self.db_password()?;
         let mut pg = tokio_postgres::Config::new();
         let hosts: Vec<&str> = self.db_host.split(',').map(str::trim).collect();
         for h in &hosts {
@@ -219,11 +219,29 @@ impl Config {
         }
         pg.port(self.db_port)
             .user(&self.db_user)
-            .password(&self.db_password)
+            .password(&password)
             .dbname(&self.db_name)
             .application_name("taskboard-tasks")
             .connect_timeout(CONNECT_TIMEOUT);
         Ok(pg)
+    }
+
+    /// DB_PASSWORD, or the contents of DB_PASSWORD_FILE, or the default.
+    fn db_password(&self) -> Result<String, crate::Error> {
+        match (&self.db_password, &self.db_password_file) {
+            (Some(_), Some(_)) => Err(crate::Error::Config(
+                "set DB_PASSWORD or DB_PASSWORD_FILE, not both".into(),
+            )),
+            (Some(p), None) => Ok(p.clone()),
+            (None, Some(f)) => {
+                let s = std::fs::read_to_string(f).map_err(|e| {
+                    crate::Error::Config(format!("DB_PASSWORD_FILE {}: {e}", f.display()))
+                })?;
+                let s = s.strip_suffix('\n').unwrap_or(&s);
+                Ok(s.strip_suffix('\r').unwrap_or(s).to_owned())
+            }
+            (None, None) => Ok("taskboard".into()),
+        }
     }
 
     /// Config for tests and embedding: the defaults, with the given database and NATS, and AUTH=off
@@ -243,7 +261,8 @@ impl Config {
             db_host: "localhost".into(),
             db_port: 5432,
             db_user: "taskboard".into(),
-            db_password: String::new(),
+            db_password: None,
+            db_password_file: None,
             db_name: "taskboard".into(),
             db_sslmode: "disable".into(),
             db_pool_size: 16,
@@ -280,6 +299,33 @@ mod tests {
         c.db_host = "pg-a".into();
         let one = c.pg_config().unwrap();
         assert_eq!(one.get_target_session_attrs(), TargetSessionAttrs::Any);
+    }
+
+    #[test]
+    fn the_db_password_comes_from_a_mounted_file() {
+        let dir = std::env::temp_dir().join(format!("tb-pw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("password");
+        std::fs::write(&file, "s3cret pass\n").unwrap();
+        let mut c = Config::for_urls("postgres://x@h/db", "nats://h");
+        c.database_url = None;
+        assert_eq!(
+            c.pg_config().unwrap().get_password(),
+            Some(&b"taskboard"[..])
+        );
+        c.db_password_file = Some(file.clone());
+        assert_eq!(
+            c.pg_config().unwrap().get_password(),
+            Some(&b"s3cret pass"[..])
+        );
+        c.db_password = Some("other".into());
+        let both = c.pg_config().unwrap_err().to_string();
+        assert!(both.contains("not both"), "{both}");
+        c.db_password = None;
+        c.db_password_file = Some(dir.join("absent"));
+        let absent = c.pg_config().unwrap_err().to_string();
+        assert!(absent.contains("DB_PASSWORD_FILE"), "{absent}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
