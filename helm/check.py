@@ -232,18 +232,28 @@ def semantic(docs, label):
                         if not QUANTITY.match(str(v)):
                             fail(f"{label}: {name}: {kind}.{k} {v!r} is not a quantity")
                 for e in c.get("env", []):
-                    ref = e.get("valueFrom", {}).get("secretKeyRef")
-                    # Alone, postgres reads the task service's Secret (the umbrella renders both).
-                    shared = (label.startswith("postgres") and ref and ref["name"].endswith("-tasks-db")) or (
-                        label.startswith("gateway") and ref and ref["name"].endswith("-service-token"))
-                    if ref and ("Secret", ref["name"]) not in names and "existing" not in label and not shared:
-                        fail(f"{label}: {name}: Secret {ref['name']} is not rendered")
+                    # Secrets reach the processes as mounted files (the *_FILE variables).
+                    if e.get("valueFrom", {}).get("secretKeyRef"):
+                        fail(f"{label}: {name}: secret {e['name']} passed as an environment variable")
+                    if e["name"].endswith("_FILE") and not any(
+                            e["value"].startswith(m["mountPath"] + "/") for m in c.get("volumeMounts", [])):
+                        fail(f"{label}: {name}: {e['name']}={e['value']} is on no mounted volume")
                 env = {e["name"]: e.get("value") for e in c.get("env", [])}
                 if c["name"] == "gateway":
                     pre = c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
                     if pod["terminationGracePeriodSeconds"] <= pre + int(env["SHUTDOWN_GRACE_SECS"]):
                         fail(f"{label}: gateway grace period does not outlast preStop + its drain")
+            if pod.get("automountServiceAccountToken") is not False:
+                fail(f"{label}: {name}: mounts a service-account token (none of our pods uses the API)")
+            # Alone, postgres reads the task service's Secret (the umbrella renders both).
             for v in pod.get("volumes", []):
+                secrets = [v.get("secret", {}).get("secretName")] + [
+                    s.get("secret", {}).get("name") for s in v.get("projected", {}).get("sources", [])]
+                for sn in filter(None, secrets):
+                    shared = (label.startswith("postgres") and sn.endswith("-tasks-db")) or (
+                        label.startswith("gateway") and sn.endswith("-service-token"))
+                    if ("Secret", sn) not in names and "existing" not in label and not shared:
+                        fail(f"{label}: {name}: Secret {sn} is not rendered")
                 cm = v.get("configMap", {}).get("name")
                 if cm and ("ConfigMap", cm) not in names:
                     fail(f"{label}: {name}: ConfigMap {cm} is not rendered")

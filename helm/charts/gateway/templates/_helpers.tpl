@@ -11,3 +11,5 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 {{- define "gateway.jwtSecret" -}}{{ .Values.auth.hs256Secret | default (printf "%s-jwt" (include "gateway.name" .)) }}{{- end -}}
 {{- define "gateway.jwtFiles" -}}{{ or .Values.auth.jwks .Values.auth.publicKey }}{{- end -}}
+{{- /* repository@digest when a digest is given (pinned), else repository:tag. */ -}}
+{{- define "gateway.image" -}}{{ if .digest }}{{ printf "%s@%s" .repository .digest }}{{ else }}{{ printf "%s:%s" .repository .tag }}{{ end }}{{- end -}}

@@ -8,3 +8,5 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/part-of: taskboard
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
+{{- /* repository@digest when a digest is given (pinned), else repository:tag. */ -}}
+{{- define "nats.image" -}}{{ if .digest }}{{ printf "%s@%s" .repository .digest }}{{ else }}{{ printf "%s:%s" .repository .tag }}{{ end }}{{- end -}}

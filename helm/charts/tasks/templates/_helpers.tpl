@@ -11,3 +11,5 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 {{- define "tasks.secretName" -}}{{ .Values.database.existingSecret | default (printf "%s-db" (include "tasks.name" .)) }}{{- end -}}
 {{- define "tasks.serviceTokenSecret" -}}{{ .Values.auth.serviceTokenSecret | default (printf "%s-service-token" .Release.Name) }}{{- end -}}
+{{- /* repository@digest when a digest is given (pinned), else repository:tag. */ -}}
+{{- define "tasks.image" -}}{{ if .digest }}{{ printf "%s@%s" .repository .digest }}{{ else }}{{ printf "%s:%s" .repository .tag }}{{ end }}{{- end -}}
