@@ -2,7 +2,9 @@
 # Builds both images from this machine's binaries (scripts/images.sh) and runs them with podman the
 # way the Helm chart will: non-root (65532), read-only root filesystem, every capability dropped,
 # no new privileges, against the PostgreSQL and NATS the tests use. Checks /health, /ready, a
-# create and its WebSocket event, and that SIGTERM drains both within the chart's grace period.
+# create and its WebSocket event, that SIGTERM drains both within the chart's grace period, and
+# --help. Then plays the dev render's two Deployments with `podman kube play` and checks a create
+# and its WebSocket event through them, and that `podman kube down` leaves nothing behind.
 # Steps that cannot run on a machine (no buildah/podman) say so and are skipped.
 #
 # Usage: scripts/check-images.sh [BIN_DIR]   (default: cargo's target dir /debug)
@@ -19,8 +21,8 @@ target_dir=$(cargo metadata --format-version 1 --no-deps |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 bin_dir=${1:-$target_dir/debug}
 
-if ! command -v buildah >/dev/null || ! command -v podman >/dev/null; then
-  (apt_install buildah podman runc uidmap fuse-overlayfs) || {
+if ! command -v buildah >/dev/null || ! command -v podman >/dev/null || ! command -v catatonit >/dev/null; then
+  (apt_install buildah podman runc uidmap fuse-overlayfs catatonit) || {
     log "SKIPPED: buildah/podman unavailable on this machine; images not checked"
     exit 0
   }
@@ -107,41 +109,7 @@ done
 log "health, ready and metrics answer; the containers run as 65532 with a read-only root"
 
 # A create through the gateway, and its event over the WebSocket (a plain socket client).
-python3 - "$http" "$token" <<'PY' || fail "create + WebSocket event failed"
-import base64, json, os, socket, struct, sys, urllib.request
-port, token = int(sys.argv[1]), sys.argv[2]
-s = socket.create_connection(("127.0.0.1", port), timeout=10)
-key = base64.b64encode(os.urandom(16)).decode()
-s.sendall((f"GET /ws?board_id=4242 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-           f"Authorization: Bearer {token}\r\n\r\n").encode())
-head = b""
-while b"\r\n\r\n" not in head:
-    head += s.recv(1)
-assert head.startswith(b"HTTP/1.1 101"), head
-req = urllib.request.Request(f"http://127.0.0.1:{port}/api/tasks", method="POST",
-    data=json.dumps({"board_id": 4242, "title": "from a container"}).encode(),
-    headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
-task = json.load(urllib.request.urlopen(req, timeout=10))
-def exact(n):
-    b = b""
-    while len(b) < n:
-        chunk = s.recv(n - len(b))
-        assert chunk, "connection closed"
-        b += chunk
-    return b
-while True:
-    b0, b1 = exact(2)
-    n = b1 & 0x7F
-    if n == 126: n = struct.unpack(">H", exact(2))[0]
-    elif n == 127: n = struct.unpack(">Q", exact(8))[0]
-    payload = exact(n)
-    if b0 & 0x0F == 1:
-        event = json.loads(payload)
-        break
-assert event["type"] == "created" and event["task"] == task and event["seq"] == 1, event
-print("    event", event["type"], "seq", event["seq"], "task", task["id"])
-PY
+python3 scripts/ws-roundtrip.py "$http" "$token" 4242 || fail "create + WebSocket event failed"
 
 for name in tb-check-gateway tb-check-tasks; do
   start=$(date +%s.%N)
@@ -152,5 +120,96 @@ for name in tb-check-gateway tb-check-tasks; do
   python3 -c "import sys; sys.exit(0 if $took < $POD_GRACE else 1)" || fail "$name took ${took}s to stop"
   log "$name: SIGTERM → exit 0 in ${took}s (grace ${POD_GRACE}s)"
 done
+pod rm tb-check-gateway tb-check-tasks >/dev/null
+for image in gateway tasks; do
+  help=$(pod run --rm --network none "localhost/taskboard-$image:check" --help 2>&1) || true
+  grep -q '^Usage: ' <<<"$help" || fail "taskboard-$image --help in the image prints no usage: $help"
+done
+log "--help answers in both images"
+
+# The chart itself: `podman kube play` of the dev render's gateway and task service, as rendered
+# (images, env, probes, securityContext, secrets as files), against the test PostgreSQL and NATS.
+# What podman 4.3 cannot play is adapted, and only that: pods use the host network (it has no
+# Services, so the addresses point at 127.0.0.1 and free ports; container ports, which it refuses
+# there, are dropped and the probes given their numbers), and Secret/projected volumes
+# (unsupported: only hostPath, configMap, emptyDir and PVC are) become hostPath directories holding
+# the rendered Secrets' keys under the same file names. NATS and PostgreSQL are not played: their
+# public images cannot be pulled here, and the test servers stand in for them.
+kdb=tb_kube_check_$$
+ensure_database "$PG_ADMIN_URL" "$kdb"
+kube=$TB_CONTAINERS_ROOT/kube
+mkdir -p "$kube"
+k_http=$(free_port) k_gw_admin=$(free_port) k_grpc=$(free_port) k_tasks_admin=$(free_port)
+helm=$(ensure_helm)
+# The umbrella takes its subcharts from helm/taskboard/charts/: package them from this tree.
+"$helm" dependency build helm/taskboard 2> >(grep -v 'found symbolic link' >&2) >/dev/null
+"$helm" template tb helm/taskboard -n taskboard -f helm/environments/dev.yaml \
+  --set gateway.image.repository=localhost/taskboard-gateway,gateway.image.tag=check \
+  --set tasks.image.repository=localhost/taskboard-tasks,tasks.image.tag=check \
+  --set gateway.image.pullPolicy=Never,tasks.image.pullPolicy=Never \
+  --set gateway.service.port="$k_http",gateway.metricsPort="$k_gw_admin" \
+  --set tasks.port="$k_grpc",tasks.metricsPort="$k_tasks_admin" \
+  --set gateway.taskServiceAddr="127.0.0.1:$k_grpc" \
+  --set gateway.natsUrl="$NATS_URL",tasks.natsUrl="$NATS_URL" \
+  --set tasks.database.name="$kdb" \
+  2> >(grep -v 'found symbolic link in path' >&2) >"$kube/dev.yaml"
+python3 - "$kube" "$PG_ADMIN_URL" <<'PY' || fail "could not adapt the dev render for podman kube play"
+import base64, os, pathlib, sys, urllib.parse, yaml
+kube, pg = pathlib.Path(sys.argv[1]), urllib.parse.urlsplit(sys.argv[2])
+docs = [d for d in yaml.safe_load_all((kube / "dev.yaml").read_text()) if d]
+secrets = {d["metadata"]["name"]: d["data"] for d in docs if d["kind"] == "Secret"}
+play = []
+for d in docs:
+    if d["kind"] != "Deployment":
+        continue
+    pod = d["spec"]["template"]["spec"]
+    pod["hostNetwork"] = True
+    for c in pod["containers"]:
+        # On the host network podman refuses port mappings: the ports go, probes name numbers.
+        ports = {p["name"]: p["containerPort"] for p in c.pop("ports", [])}
+        for probe in ("readinessProbe", "livenessProbe"):
+            for how in c.get(probe, {}).values():
+                if isinstance(how, dict) and how.get("port") in ports:
+                    how["port"] = ports[how["port"]]
+        for e in c["env"]:
+            e["value"] = {"DB_HOST": pg.hostname, "DB_PORT": str(pg.port or 5432),
+                          "DB_USER": pg.username or "postgres"}.get(e["name"], e["value"])
+    for v in pod.get("volumes", []):
+        sources = [{"secret": v.pop("secret")}] if "secret" in v else v.pop("projected", {}).get("sources", [])
+        if not sources:
+            continue
+        host = kube / d["metadata"]["name"] / v["name"]
+        host.mkdir(parents=True)
+        for src in sources:
+            s = src["secret"]
+            for item in s["items"]:
+                f = host / item["path"]
+                f.write_bytes(base64.b64decode(secrets[s.get("name") or s["secretName"]][item["key"]]))
+                os.chown(f, 65532, 65532)
+                f.chmod(0o440)
+        v["hostPath"] = {"path": str(host), "type": "Directory"}
+    play.append(d)
+assert {d["metadata"]["name"] for d in play} == {"tb-gateway", "tb-tasks"}, [d["metadata"]["name"] for d in play]
+(kube / "play.yaml").write_text(yaml.safe_dump_all(play))
+(kube / "jwt-secret").write_bytes(base64.b64decode(secrets["tb-gateway-jwt"]["jwt-secret"]))
+PY
+kube_down() { pod kube down "$kube/play.yaml" >/dev/null 2>&1 || true; }
+kfail() { pod pod logs tb-tasks-pod-0 2>&1 | tail -20 >&2; pod pod logs tb-gateway-pod-0 2>&1 | tail -20 >&2; kube_down; die "$*"; }
+log "podman kube play: the dev render's gateway and task service"
+# Without systemd podman cannot schedule the probes as healthchecks (it says so per container):
+# they are rendered and schema-checked, but not run by podman here.
+out=$(pod kube play "$kube/play.yaml" 2>&1) || kfail "podman kube play failed: $out"
+for _ in $(seq 1 300); do curl -fsS "http://127.0.0.1:$k_http/ready" >/dev/null 2>&1 && break; sleep 0.1; done
+curl -fsS "http://127.0.0.1:$k_http/ready" >/dev/null || kfail "the played gateway never became ready"
+k_token=$(JWT_SECRET=$(cat "$kube/jwt-secret") "$bin_dir/taskboard-token" --service --ttl-secs 600)
+python3 scripts/ws-roundtrip.py "$k_http" "$k_token" 4343 || kfail "create + WebSocket event through the played chart failed"
+out=$(pod kube down "$kube/play.yaml" 2>&1) || kfail "podman kube down failed: $out"
+left=$(pod ps -aq | wc -l) pods=$(pod pod ps -q | wc -l)
+if [ "$left" != 0 ] || [ "$pods" != 0 ]; then
+  die "podman kube down left $left containers and $pods pods behind"
+fi
+log "the played chart served a create and its WebSocket event; kube down left nothing behind"
+
 psql "$PG_ADMIN_URL" -qc "DROP DATABASE IF EXISTS \"$db\"" >/dev/null 2>&1 || true
+psql "$PG_ADMIN_URL" -qc "DROP DATABASE IF EXISTS \"$kdb\"" >/dev/null 2>&1 || true
 log "images: all checks passed"

@@ -66,12 +66,12 @@ python3 dashboards/check.py
 log "OpenAPI: schemathesis against the running services (no 5xx, every answer as documented)"
 bash scripts/check-openapi.sh "$TASKBOARD_BIN_DIR" 40
 
-log "Helm charts (lint, template, Kubernetes 1.31 schemas, consistency, no dead values)"
+log "Helm charts (lint, template, Kubernetes 1.31 schemas, consistency, no dead values, checkov)"
 bash scripts/check-helm.sh
 log "scripts/deploy.sh --dry-run"
 bash scripts/deploy.sh --dry-run
 
-log "container images (buildah + podman: non-root, read-only, serve, drain)"
+log "container images (buildah + podman: non-root, read-only, serve, drain; podman kube play of the dev render)"
 bash scripts/check-images.sh "$TASKBOARD_BIN_DIR"
 
 log "browser tests (headless Chromium)"
