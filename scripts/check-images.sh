@@ -106,7 +106,7 @@ for name in tb-check-gateway tb-check-tasks; do
   [ "$(pod inspect -f '{{.Config.User}}' "$name")" = 65532:65532 ] || fail "$name: not the non-root user"
   [ "$(pod inspect -f '{{.HostConfig.ReadonlyRootfs}}' "$name")" = true ] || fail "$name: root filesystem writable"
 done
-log "health, ready and metrics answer; the containers run as 65532 with a read-only root"
+log "health, ready (the gateway asks the task service's grpc.health.v1) and metrics answer; the containers run as 65532 with a read-only root"
 
 # A create through the gateway, and its event over the WebSocket (a plain socket client).
 python3 scripts/ws-roundtrip.py "$http" "$token" 4242 || fail "create + WebSocket event failed"
