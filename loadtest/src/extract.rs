@@ -24,6 +24,19 @@ fn number_after(frame: &[u8], key: &[u8]) -> Option<i64> {
     std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
 }
 
+/// Whether the event is a `created` one (its title's send time is then the POST's).
+pub fn is_created(frame: &[u8]) -> bool {
+    let Some(at) = memmem::find(frame, b"\"type\"") else {
+        return false;
+    };
+    let rest = &frame[at + 6..];
+    let start = rest
+        .iter()
+        .position(|b| !matches!(b, b' ' | b':'))
+        .unwrap_or(rest.len());
+    rest[start..].starts_with(b"\"created\"")
+}
+
 /// The prefix of a load-test title; the send time follows it.
 pub const TITLE_MARK: &str = "lt ";
 
@@ -61,6 +74,14 @@ mod tests {
                 }
             );
         }
+    }
+
+    #[test]
+    fn created_is_told_from_the_other_kinds_in_either_spacing() {
+        assert!(is_created(br#"{"type":"created","seq":1}"#));
+        assert!(is_created(br#"{"type" : "created", "seq" : 1}"#));
+        assert!(!is_created(br#"{"type" : "updated", "title" : "created"}"#));
+        assert!(!is_created(br#"{"seq":1}"#));
     }
 
     #[test]

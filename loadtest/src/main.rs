@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use taskboard_loadtest::{connections, fanout, limit, plot, rest};
+use taskboard_loadtest::{connections, fanout, limit, mixed, plot, rest};
 
 #[derive(Parser)]
 #[command(
@@ -22,6 +22,12 @@ enum Cmd {
     /// (Goose's options included, e.g. --users 64 --increase-rate 64 --run-time 30s
     /// --report-file report.html).
     Rest(Box<rest::RestArgs>),
+    /// A Goose attack on the broadcast path: watchers holding board sockets (and resuming),
+    /// browsers, writers, boards Zipf-distributed; every frame checked by seq, POST→frame latency
+    /// in Goose's report (e.g. --users 2100 --watchers 2000 --browsers 50 --writers 50
+    /// --increase-rate 500 --run-time 60s --report-file mixed.html --summary mixed.md). Exits 2
+    /// when a frame was lost, doubled or reordered.
+    Mixed(Box<mixed::MixedArgs>),
     /// WebSocket fan-out: N subscribers over B boards, events published at a fixed rate; latency
     /// (publish → frame) and exactly-once, in-order delivery checks.
     Fanout(fanout::FanoutArgs),
@@ -70,6 +76,12 @@ fn main() -> anyhow::Result<()> {
             }
             Cmd::Plot { out, files } => return plot::write(&out, &files),
             Cmd::Rest(a) => return rest::run(*a).await,
+            Cmd::Mixed(a) => {
+                if !mixed::run(*a).await?.clean() {
+                    std::process::exit(2);
+                }
+                return Ok(());
+            }
             Cmd::LimitServer(_) => unreachable!("handled above"),
         };
         result.print();

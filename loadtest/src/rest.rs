@@ -59,6 +59,80 @@ fn fail(
     user.set_failure(what, request, None, None)
 }
 
+/// An on-start transaction that gives the user a client sending `authorization` (AUTH=on) on
+/// every request.
+pub(crate) fn sign_in(authorization: Option<String>) -> Transaction {
+    let f: TransactionFunction = Arc::new(move |user| {
+        let auth = authorization.clone();
+        Box::pin(async move {
+            let mut headers = reqwest::header::HeaderMap::new();
+            if let Some(a) = auth.as_deref().and_then(|a| a.parse().ok()) {
+                headers.insert(reqwest::header::AUTHORIZATION, a);
+            }
+            let builder = reqwest::Client::builder()
+                .default_headers(headers)
+                .timeout(Duration::from_secs(60));
+            user.set_client_builder(builder).await?;
+            Ok(())
+        })
+    });
+    Transaction::new(f).set_name("sign in").set_on_start()
+}
+
+/// `POST /api/tasks` with the JSON `body` (201 expected).
+pub(crate) async fn create_task(
+    user: &mut GooseUser,
+    body: String,
+) -> Result<GooseResponse, Box<TransactionError>> {
+    let rb = user
+        .get_request_builder(&GooseMethod::Post, "/api/tasks")?
+        .header("content-type", "application/json")
+        .body(body);
+    let req = GooseRequest::builder()
+        .method(GooseMethod::Post)
+        .path("/api/tasks")
+        .name("/api/tasks")
+        .expect_status_code(201)
+        .set_request_builder(rb)
+        .build();
+    user.request(req).await
+}
+
+/// `PUT /api/tasks/{id}` completing the task (200 expected).
+pub(crate) async fn complete_task(
+    user: &mut GooseUser,
+    id: i64,
+) -> Result<GooseResponse, Box<TransactionError>> {
+    let path = format!("/api/tasks/{id}");
+    let rb = user
+        .get_request_builder(&GooseMethod::Put, &path)?
+        .header("content-type", "application/json")
+        .body(r#"{"completed":true}"#);
+    let req = GooseRequest::builder()
+        .method(GooseMethod::Put)
+        .path(path.as_str())
+        .name("/api/tasks/{id}")
+        .expect_status_code(200)
+        .set_request_builder(rb)
+        .build();
+    user.request(req).await
+}
+
+/// `DELETE /api/tasks/{id}` (204 expected).
+pub(crate) async fn delete_task(
+    user: &mut GooseUser,
+    id: i64,
+) -> Result<GooseResponse, Box<TransactionError>> {
+    let path = format!("/api/tasks/{id}");
+    let req = GooseRequest::builder()
+        .method(GooseMethod::Delete)
+        .path(path.as_str())
+        .name("/api/tasks/{id}")
+        .expect_status_code(204)
+        .build();
+    user.request(req).await
+}
+
 /// Runs the attack and prints Goose's report.
 ///
 /// # Errors
@@ -95,18 +169,7 @@ pub async fn run(args: RestArgs) -> Result<()> {
             let body = format!(
                 r#"{{"board_id":{board},"title":"goose task","description":"load test","created_by":1}}"#
             );
-            let rb = user
-                .get_request_builder(&GooseMethod::Post, "/api/tasks")?
-                .header("content-type", "application/json")
-                .body(body);
-            let req = GooseRequest::builder()
-                .method(GooseMethod::Post)
-                .path("/api/tasks")
-                .name("/api/tasks")
-                .expect_status_code(201)
-                .set_request_builder(rb)
-                .build();
-            let r = user.request(req).await?;
+            let r = create_task(user, body).await?;
             let GooseResponse {
                 mut request,
                 response,
@@ -131,19 +194,7 @@ pub async fn run(args: RestArgs) -> Result<()> {
             let Some(&Current(id)) = user.get_session_data::<Current>() else {
                 return Ok(());
             };
-            let path = format!("/api/tasks/{id}");
-            let rb = user
-                .get_request_builder(&GooseMethod::Put, &path)?
-                .header("content-type", "application/json")
-                .body(r#"{"completed":true}"#);
-            let req = GooseRequest::builder()
-                .method(GooseMethod::Put)
-                .path(path.as_str())
-                .name("/api/tasks/{id}")
-                .expect_status_code(200)
-                .set_request_builder(rb)
-                .build();
-            let _ = user.request(req).await?;
+            let _ = complete_task(user, id).await?;
             Ok(())
         })
     });
@@ -152,39 +203,14 @@ pub async fn run(args: RestArgs) -> Result<()> {
             let Some(&Current(id)) = user.get_session_data::<Current>() else {
                 return Ok(());
             };
-            let path = format!("/api/tasks/{id}");
-            let req = GooseRequest::builder()
-                .method(GooseMethod::Delete)
-                .path(path.as_str())
-                .name("/api/tasks/{id}")
-                .expect_status_code(204)
-                .build();
-            let _ = user.request(req).await?;
+            let _ = delete_task(user, id).await?;
             Ok(())
         })
     });
 
     // AUTH=on: every request carries the token (one client per user, built at its start).
     let auth = args.token.as_ref().map(|t| format!("Bearer {t}"));
-    let sign_in: TransactionFunction = Arc::new(move |user| {
-        let auth = auth.clone();
-        Box::pin(async move {
-            let mut headers = reqwest::header::HeaderMap::new();
-            if let Some(a) = auth.as_deref().and_then(|a| a.parse().ok()) {
-                headers.insert(reqwest::header::AUTHORIZATION, a);
-            }
-            let builder = reqwest::Client::builder()
-                .default_headers(headers)
-                .timeout(std::time::Duration::from_secs(60));
-            user.set_client_builder(builder).await?;
-            Ok(())
-        })
-    });
-    let on_start = || {
-        Transaction::new(sign_in.clone())
-            .set_name("sign in")
-            .set_on_start()
-    };
+    let on_start = || sign_in(auth.clone());
 
     let mut attack = GooseAttack::initialize_with_config(config).context("goose")?;
     if args.create_only {
