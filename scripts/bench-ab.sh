@@ -113,7 +113,7 @@ rest() { # side
   log "rest-creates $side"
   "$lt" rest --create-only --boards 100 --board-base $((RANDOM * 1000 + 7000000)) \
     --host "http://127.0.0.1:$port" --users 32 --increase-rate 32 --run-time "${secs}s" --quiet \
-    >"$out/rest-$side-$round.log" 2>&1 || log "rest $side failed (see $out/rest-$side-$round.log)"
+    --report-file "$out/rest-$side-$round.goose.json" >"$out/rest-$side-$round.log" 2>&1 || log "rest $side failed (see $out/rest-$side-$round.log)"
 }
 
 for round in 1 2; do
@@ -129,11 +129,16 @@ python3 - "$out" <<'PY' | tee "$out/summary.txt"
 import json, pathlib, re, statistics, sys
 out = pathlib.Path(sys.argv[1])
 def rest_rate(p):
-    text = p.read_text()
-    m = re.search(r"PER REQUEST METRICS.*?POST /api/tasks\s*\|[^|]*\|[^|]*\|\s*([\d,.]+)", text, re.S)
-    return float(m.group(1).replace(",", "")) if m else None
+    # Goose's own JSON report (--report-file), never its text output.
+    report = p.with_suffix(".goose.json")
+    if not report.exists():
+        return None
+    for r in json.loads(report.read_text())["raw_request_metrics"]:
+        if r["method"] == "POST" and r["name"] == "/api/tasks":
+            return r["requests_per_second"]
+    return None
 rows = {}
-for p in sorted(out.glob("*.json")):
+for p in sorted(q for q in out.glob("*.json") if not q.name.endswith(".goose.json")):
     name, side, _ = p.stem.rsplit("-", 2)
     r = json.loads(p.read_text())
     d = r["deliveries"]

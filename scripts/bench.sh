@@ -5,9 +5,12 @@
 # starts what it needs, writes bench/results/<timestamp>.json (every run's figures and the
 # machine) and .html (the plot); logs in bench/runs/<timestamp>/.
 #
-# Usage: scripts/bench.sh [--quick | --deflate]
+# Usage: scripts/bench.sh [--quick | --deflate | --mixed]
 #   --quick    a small matrix, under two minutes once built
 #   --deflate  only the permessage-deflate A/B (wire bytes and gateway CPU per delivered frame)
+#   --mixed    only the Goose mixed scenario: 2,000 watchers over 1,000 Zipf(1.1) boards, 50
+#              browsers, 50 writers (~200 writes/s), 60 s; Goose's Markdown report and the delivery
+#              summary go to bench/results/mixed-<timestamp>.{goose,delivery}.md
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/services.sh
@@ -17,7 +20,8 @@ quick=0
 case "${1:-}" in
   --quick) quick=1 ;;
   --deflate) quick=deflate ;;
-  -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  --mixed) quick=mixed ;;
+  -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   "") ;;
   *) die "unknown option $1 (try --help)" ;;
 esac
@@ -176,17 +180,35 @@ rest_run() { # name boards users seconds
   log "$name"
   "$lt" rest --create-only --boards "$boards" --board-base $((RANDOM * 1000 + 5000000)) --host "$gw_url" \
     --users "$users" --increase-rate "$users" --run-time "${secs}s" --quiet \
-    --report-file "$out/$name.html" >"$out/$name.log" 2>&1 || log "$name failed (see $out/$name.log)"
+    --report-file "$out/$name.html" --report-file "$out/$name.goose-report.json" >"$out/$name.log" 2>&1 ||
+    log "$name failed (see $out/$name.log)"
   local rps
-  # The final report's request table: "POST /api/tasks | # reqs | # fails | req/s | fail/s".
-  rps=$(grep -A4 'PER REQUEST METRICS' "$out/$name.log" | grep 'POST /api/tasks' | tail -1 \
-    | awk -F'|' '{gsub(/[ ,]/,"",$4); print $4}')
+  # From Goose's own JSON report, never its text output.
+  rps=$(python3 -c 'import json,sys
+print(next((r["requests_per_second"] for r in json.load(open(sys.argv[1]))["raw_request_metrics"]
+            if r["method"] == "POST" and r["name"] == "/api/tasks"), 0))' "$out/$name.goose-report.json" 2>/dev/null || echo 0)
   printf '{"mode":"rest","target":"gateway","params":{"boards":%s,"users":%s,"seconds":%s},"creates_per_s":%s}\n' \
     "$boards" "$users" "$secs" "${rps:-0}" >"$out/$name.json"
   echo "    creates/s $rps" >&2
 }
 
-if [ "$quick" = deflate ]; then
+mixed_run() { # seconds: the Goose mixed scenario through the measured gateway
+  log "mixed: 2000 watchers / 1000 boards (Zipf 1.1), 50 browsers, 50 writers, ${1}s"
+  "$lt" mixed --host "$gw_url" --users 2100 --watchers 2000 --browsers 50 --writers 50 --think-ms 250 \
+    --boards 1000 --zipf 1.1 --increase-rate 500 --run-time "${1}s" --quiet \
+    --report-file "$out/mixed.html" --report-file "bench/results/mixed-$ts.goose.md" \
+    --summary "bench/results/mixed-$ts.delivery.md" >"$out/mixed.log" 2>&1 ||
+    log "mixed reported a delivery fault or failed (see $out/mixed.log)"
+  # The JSON twin stays with the logs; the committed results are the two Markdown reports.
+  mv "bench/results/mixed-$ts.delivery.summary.json" "$out/mixed.delivery.json" 2>/dev/null || true
+  sed -n '1,8p' "bench/results/mixed-$ts.delivery.md" | sed 's/^/    /' >&2 || true
+}
+
+if [ "$quick" = mixed ]; then
+  mixed_run 60
+  log "results: bench/results/mixed-$ts.goose.md, bench/results/mixed-$ts.delivery.md, logs in $out/"
+  exit 0
+elif [ "$quick" = deflate ]; then
   deflate_ab deflate-200-1board-20ps 200 20 10 3
   deflate_ab deflate-1k-1board-100ps 1000 100 10 3
 elif [ "$quick" = 1 ]; then
@@ -220,6 +242,7 @@ else
   metrics_ab 10
   deflate_ab deflate-200-1board-20ps 200 20 10 3
   deflate_ab deflate-1k-1board-100ps 1000 100 10 3
+  mixed_run 60
   rest_run rest-creates-1board 1 64 15
   rest_run rest-creates-100boards 100 64 15
   # As many concurrent statements as the task service's pool (DB_POOL_SIZE=32) runs.
@@ -230,7 +253,9 @@ fi
 python3 - "$out" "bench/results/$ts.json" <<'PY'
 import json, pathlib, sys
 src, dst = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
-runs = {p.stem: json.loads(p.read_text()) for p in sorted(src.glob("*.json"))}
+# Goose's own JSON reports and the mixed run's per-board summary stay with the logs.
+runs = {p.stem: json.loads(p.read_text()) for p in sorted(src.glob("*.json"))
+        if ".goose-report." not in p.name and p.name != "mixed.delivery.json"}
 machine = (src / "machine.txt").read_text()
 json.dump({"machine": machine, "runs": runs}, dst.open("w"), indent=1)
 # The deflate A/B, as ratios of the medians over the rounds (deflate / plain).
