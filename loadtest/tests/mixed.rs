@@ -116,6 +116,10 @@ async fn a_short_mixed_run_delivers_every_frame_once_in_order_and_goose_reports_
     assert!(count("resume") > 0, "no resume in {requests:?}");
     let md = std::fs::read_to_string(&summary).expect("the summary");
     assert!(md.contains("every frame arrived once, in order"), "{md}");
+    assert!(
+        md.contains("[goose.json](goose.json)"),
+        "the summary links Goose's report: {md}"
+    );
     assert!(dir.join("delivery.summary.json").exists());
 
     let _ = stop.send(());

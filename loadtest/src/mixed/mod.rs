@@ -295,6 +295,20 @@ pub async fn run(args: MixedArgs) -> Result<Summary> {
         .collect();
     boards.sort_by_key(|t| std::cmp::Reverse((t.delivered, t.written)));
     summary.boards = boards;
+    // Linked from the summary by their names relative to it when they sit beside it.
+    let here = args.summary.as_deref().and_then(std::path::Path::parent);
+    summary.goose_reports = args
+        .goose
+        .report_file
+        .iter()
+        .map(|r| {
+            let r = std::path::Path::new(r);
+            match (here, r.parent(), r.file_name()) {
+                (Some(h), Some(p), Some(name)) if h == p => name.to_string_lossy().into_owned(),
+                _ => r.display().to_string(),
+            }
+        })
+        .collect();
     if let Some(path) = &args.summary {
         summary::write(path, &summary)?;
     }

@@ -41,6 +41,8 @@ pub struct Summary {
     /// POST→frame of created frames, from the harness's own histogram (Goose has the same
     /// samples in its report, in whole milliseconds).
     pub latency_ms: crate::report::LatencySummary,
+    /// Goose's report files of the same run (`--report-file`), linked from the Markdown.
+    pub goose_reports: Vec<String>,
     pub boards: Vec<BoardTotals>,
 }
 
@@ -65,6 +67,18 @@ pub fn markdown(s: &Summary) -> String {
         "**delivery faults**"
     };
     let _ = writeln!(out, "# Mixed load: WebSocket delivery ({verdict})\n");
+    if !s.goose_reports.is_empty() {
+        let links: Vec<String> = s
+            .goose_reports
+            .iter()
+            .map(|r| format!("[{r}]({r})"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "Goose's report of this run (requests, latency percentiles, `WS` rows): {}\n",
+            links.join(", ")
+        );
+    }
     let _ = writeln!(
         out,
         "| watchers | written | watcher sessions | resumes | server closes | frames delivered | missing | duplicated | out of order | unparsed | unsettled watchers | browser visits | browser frames |"
