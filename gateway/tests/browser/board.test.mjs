@@ -572,6 +572,8 @@ test("the people viewing a board are shown, and leave when they close it", async
   // Someone else opens it through the other gateway replica.
   const b = await openBoard(board, undefined, gw2, tokenFor(2));
   await a.locator("#viewers li", { hasText: "U2" }).waitFor({ timeout: 3000 });
+  // B learns of A through presence on its own gateway: eventually, not at the instant A sees B.
+  await b.locator("#viewers li", { hasText: "U1" }).waitFor({ timeout: 3000 });
   assert.deepEqual(await b.locator("#viewers li").allTextContents(), ["you", "U1"]);
   assert.match(await a.locator("#viewers").getAttribute("aria-label"), /you, user 2/);
   await b.context().close();
