@@ -109,7 +109,6 @@ impl Shared {
 
     fn wrote(&self, board: i64, seq: Option<i64>) {
         lock(&self.totals).entry(board).or_default().written += 1;
-        lock(&self.summary).written += 1;
         if let Some(s) = seq {
             let mut c = lock(&self.committed);
             let e = c.entry(board).or_insert(0);
@@ -294,6 +293,16 @@ pub async fn run(args: MixedArgs) -> Result<Summary> {
         })
         .collect();
     boards.sort_by_key(|t| std::cmp::Reverse((t.delivered, t.written)));
+    // The run's totals are the boards' sums.
+    for b in &boards {
+        summary.written += b.written;
+        summary.sessions += b.sessions;
+        summary.delivered += b.delivered;
+        summary.missing += b.missing;
+        summary.duplicates += b.duplicates;
+        summary.out_of_order += b.out_of_order;
+        summary.unparsed += b.unparsed;
+    }
     summary.boards = boards;
     // Linked from the summary by their names relative to it when they sit beside it.
     let here = args.summary.as_deref().and_then(std::path::Path::parent);

@@ -78,7 +78,7 @@ pub(super) struct Watch {
 struct WatchRef(Arc<tokio::sync::Mutex<Watch>>);
 
 impl Shared {
-    /// Adds a finished (or final) watcher session to the board's totals and the summary.
+    /// Adds a finished (or final) watcher session to its board's totals.
     fn settle(&self, w: &mut Watch, tail_missing: u64) {
         let last = w.seqs.last;
         let s = std::mem::replace(&mut w.seqs, Seqs::starting_after(last));
@@ -92,13 +92,6 @@ impl Shared {
         t.out_of_order += s.out_of_order;
         t.unparsed += s.unparsed;
         drop(totals);
-        let mut sum = lock(&self.summary);
-        sum.sessions += 1;
-        sum.delivered += s.delivered;
-        sum.missing += missing;
-        sum.duplicates += s.duplicates;
-        sum.out_of_order += s.out_of_order;
-        sum.unparsed += s.unparsed;
         if missing + s.duplicates + s.out_of_order > 0 {
             tracing::warn!(
                 board = w.board,
