@@ -26,10 +26,7 @@ worktree=""
 # shellcheck disable=SC2317 # invoked by the trap
 cleanup() {
   trap - INT TERM EXIT
-  if [ ${#pids[@]} -gt 0 ]; then
-    kill -TERM "${pids[@]}" 2>/dev/null || true
-    wait "${pids[@]}" 2>/dev/null || true
-  fi
+  stop_pids "${pids[@]}"
   if [ -n "$worktree" ]; then git worktree remove --force "$worktree" >/dev/null 2>&1 || true; fi
   stop_private_services
 }

@@ -30,12 +30,7 @@ pids=()
 # shellcheck disable=SC2317 # invoked by the trap
 cleanup() {
   trap - INT TERM EXIT
-  # A pid that already died must not stop the cleanup (set -e), and only our own children are
-  # waited for: a bare `wait` would also wait for the private NATS, which is stopped below.
-  if [ ${#pids[@]} -gt 0 ]; then
-    kill -TERM "${pids[@]}" 2>/dev/null || true
-    wait "${pids[@]}" 2>/dev/null || true
-  fi
+  stop_pids "${pids[@]}"
   stop_private_services
 }
 trap cleanup EXIT

@@ -43,10 +43,7 @@ pids=()
 # shellcheck disable=SC2317 # invoked by the trap
 cleanup() {
   trap - INT TERM EXIT
-  if [ ${#pids[@]} -gt 0 ]; then
-    kill -TERM "${pids[@]}" 2>/dev/null || true
-    wait "${pids[@]}" 2>/dev/null || true
-  fi
+  stop_pids "${pids[@]}"
   stop_private_services
 }
 trap cleanup EXIT

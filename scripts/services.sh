@@ -142,6 +142,15 @@ start_private_nats() {
   NATS_URL=nats://127.0.0.1:$port
 }
 
+# Stops and reaps the given pids (a script's own children). A pid that already died must not stop a
+# cleanup (set -e), and only these are waited for: a bare `wait` would also wait for the private
+# NATS, which stop_private_services stops.
+stop_pids() {
+  [ $# -gt 0 ] || return 0
+  kill -TERM "$@" 2>/dev/null || true
+  wait "$@" 2>/dev/null || true
+}
+
 stop_private_services() {
   if [ -n "$TB_PRIVATE_NATS_PID" ]; then
     kill "$TB_PRIVATE_NATS_PID" 2>/dev/null || true
