@@ -63,6 +63,8 @@ pub fn markdown(s: &Summary) -> String {
     let mut out = String::new();
     let verdict = if s.clean() {
         "every frame arrived once, in order"
+    } else if s.delivered == 0 {
+        "**nothing delivered**: connects or writes failed, see Goose's errors (a token that is not a member of the boards gets 403; use a service-role token)"
     } else {
         "**delivery faults**"
     };

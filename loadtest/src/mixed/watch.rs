@@ -215,6 +215,9 @@ pub(super) async fn slice(user: &mut GooseUser, shared: &Shared) -> TransactionR
                     Some(&msg),
                 )
                 .await?;
+                // A refused connect (403, gateway down) is retried a slice later, not at once:
+                // the load suite must not turn into a connect flood.
+                tokio::time::sleep(SLICE).await;
                 return Ok(());
             }
         }
