@@ -234,6 +234,32 @@ pub fn user_id(id: i64) -> Result<i64, Error> {
     Ok(id)
 }
 
+/// An identity provider's subject: 1 to 1000 bytes, no control characters.
+///
+/// # Errors
+/// Empty, too long, or with control characters.
+pub fn subject(s: &str) -> Result<&str, Error> {
+    if s.is_empty() || s.len() > 1000 || s.chars().any(char::is_control) {
+        return Err(invalid(
+            "Subject must be 1 to 1000 bytes without control characters",
+        ));
+    }
+    Ok(s)
+}
+
+/// An identity provider's issuer: up to 1000 bytes, no control characters ("" for none).
+///
+/// # Errors
+/// Too long, or with control characters.
+pub fn issuer(s: &str) -> Result<&str, Error> {
+    if s.len() > 1000 || s.chars().any(char::is_control) {
+        return Err(invalid(
+            "Issuer must be at most 1000 bytes without control characters",
+        ));
+    }
+    Ok(s)
+}
+
 /// Normalises ListTasks paging: page size defaults to 50 and is capped at 100, page defaults to 1.
 /// Returns (page, page_size).
 pub fn paging(page: i32, page_size: i32) -> (i32, i32) {

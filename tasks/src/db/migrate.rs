@@ -15,6 +15,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (7, include_str!("../../migrations/0007_search.sql")),
     (8, include_str!("../../migrations/0008_board_lifecycle.sql")),
     (9, include_str!("../../migrations/0009_task_fields.sql")),
+    (10, include_str!("../../migrations/0010_access.sql")),
 ];
 
 /// Advisory-lock key serialising migrations across replicas ("taskmig" in ASCII).

@@ -2,6 +2,7 @@
 //! `statements`, the migrations in `migrate`.
 pub mod boards;
 mod events;
+pub mod members;
 mod migrate;
 mod mutations;
 mod pool;
@@ -9,6 +10,7 @@ mod relay;
 mod search;
 mod sql;
 mod statements;
+pub mod subjects;
 mod tasks;
 
 use chrono::{DateTime, Utc};

@@ -128,7 +128,7 @@ pub(super) async fn list_members(
         .db_call(async move {
             let board = validate::board_id(req.get_ref().board_id)?;
             service.require(board, who, Role::Viewer).await?;
-            let members = db::boards::members(&service.pool, board).await?;
+            let members = db::members::members(&service.pool, board).await?;
             Ok(Response::new(v1::ListMembersResponse {
                 members: members
                     .into_iter()
@@ -155,8 +155,12 @@ pub(super) async fn set_member(
             let user = validate::user_id(r.user_id)?;
             let role = validate::role(&r.role)?;
             service.require(board, who, Role::Owner).await?;
-            db::boards::set_member(&service.pool, board, user, Some(role)).await?;
-            tracing::info!(by = ?who.user, role = role.as_str(), "member set");
+            let change =
+                db::members::set_member(&service.pool, board, user, Some(role), who.user).await?;
+            tracing::info!(by = ?who.user, role = role.as_str(), before = ?change.before.map(Role::as_str), "member set");
+            if let Some(event) = change.event {
+                service.publish_now(event);
+            }
             Ok(Response::new(v1::SetMemberResponse {
                 member: Some(v1::Member {
                     user_id: user,
@@ -185,14 +189,45 @@ pub(super) async fn remove_member(
                 Role::Owner
             };
             service.require(board, who, least).await?;
-            if !db::boards::set_member(&service.pool, board, user, None).await? {
+            let change =
+                db::members::set_member(&service.pool, board, user, None, who.user).await?;
+            if change.before.is_none() {
                 return Err(Error::NotFound(format!(
                     "user {user} is not a member of board {board}"
                 ))
                 .into());
             }
             tracing::info!(by = ?who.user, "member removed");
+            if let Some(event) = change.event {
+                service.publish_now(event);
+            }
             Ok(Response::new(v1::RemoveMemberResponse {}))
+        })
+        .await
+}
+
+#[tracing::instrument(skip_all)]
+pub(super) async fn resolve_user(
+    service: &Service,
+    req: Request<v1::ResolveUserRequest>,
+) -> Result<Response<v1::ResolveUserResponse>, Status> {
+    let who = Caller::of(&req);
+    // The token holder itself (the gateway), or anyone with authentication off.
+    if who.user.is_some() || !who.all_boards {
+        return Err(Status::permission_denied(
+            "ResolveUser is for the service token's holder, not for calls made for a user",
+        ));
+    }
+    service
+        .db_call(async move {
+            let r = req.get_ref();
+            let subject = validate::subject(&r.subject)?;
+            let issuer = validate::issuer(&r.issuer)?;
+            let (user_id, created) = db::subjects::resolve(&service.pool, issuer, subject).await?;
+            if created {
+                tracing::info!(issuer, subject, user_id, "new user of an identity provider");
+            }
+            Ok(Response::new(v1::ResolveUserResponse { user_id, created }))
         })
         .await
 }

@@ -179,6 +179,13 @@ impl TaskService for Service {
     ) -> Result<Response<v1::RemoveMemberResponse>, Status> {
         boards::remove_member(self, req).await
     }
+
+    async fn resolve_user(
+        &self,
+        req: Request<v1::ResolveUserRequest>,
+    ) -> Result<Response<v1::ResolveUserResponse>, Status> {
+        boards::resolve_user(self, req).await
+    }
 }
 
 impl Service {

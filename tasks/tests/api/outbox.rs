@@ -350,7 +350,7 @@ async fn replicas_starting_together_migrate_once() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(n, 9, "each of the nine migrations recorded once");
+    assert_eq!(n, 10, "each of the ten migrations recorded once");
 }
 
 #[tokio::test]
