@@ -8,6 +8,22 @@ use metrics::{
 /// Registers every gateway metric's help text and unit (shown by `/metrics`).
 pub fn describe() {
     describe_counter!(
+        "taskboard_access_changes_total",
+        "Access changes (member removed or downgraded, board deleted) applied to this gateway's open WebSockets"
+    );
+    describe_counter!(
+        "taskboard_jwks_refreshes_total",
+        "Fetches of the identity provider's signing keys (JWT_JWKS_URL or discovery), by outcome (ok, error) and cause (schedule, unknown_kid, startup)"
+    );
+    describe_gauge!(
+        "taskboard_jwks_keys",
+        "Signing keys in the gateway's cached key set"
+    );
+    describe_gauge!(
+        "taskboard_jwks_age_seconds",
+        "Age of the cached key set (since the last successful fetch)"
+    );
+    describe_counter!(
         "taskboard_replay_reads_shared_total",
         "Replay pages a resuming WebSocket got from a read another resumer had in flight"
     );
@@ -197,6 +213,11 @@ pub fn rejected(kind: &'static str) {
 }
 
 /// `taskboard_ws_disconnects_total{reason}`.
+/// An access change applied to open sockets.
+pub fn access_change() {
+    counter!("taskboard_access_changes_total").increment(1);
+}
+
 pub fn disconnect(reason: &'static str) {
     counter!("taskboard_ws_disconnects_total", "reason" => reason).increment(1);
 }

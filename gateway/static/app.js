@@ -193,6 +193,12 @@
         showError("Your sign-in has expired: sign in again.");
         return;
       }
+      // 4003: removed from the board; 4004: the board was deleted. Retrying cannot help.
+      if (c.code === 4003 || c.code === 4004) {
+        setConn("offline");
+        showError(c.code === 4003 ? "You are no longer a member of this board." : "This board was deleted.");
+        return;
+      }
       // 1013: we fell behind; the server told us to resume, so do it at once.
       const soon = c.code === 1013;
       retryLater(gen, () => connect(gen), soon);
@@ -232,6 +238,10 @@
       render();
       return;
     }
+    if (ev.type === "member_changed") {
+      addFeed(ev);
+      return;
+    }
     if (ev.type === "board_deleted") {
       // The final event: nothing more will come.
       state.generation++;
@@ -267,6 +277,8 @@
     li.textContent = ev.type === "board_updated"
       ? `${when} board changed: “${ev.board.name}”${ev.board.archived ? " (archived)" : ""} (seq ${ev.seq})`
       : ev.type === "board_deleted" ? `${when} board deleted (seq ${ev.seq})`
+      : ev.type === "member_changed"
+        ? `${when} user ${ev.user_id} ${ev.role ? `is now ${ev.role}` : "left the board"} (seq ${ev.seq})`
         : `${when} ${ev.type} “${ev.title}” (#${ev.task_id}, seq ${ev.seq})`;
     const feed = $("feed");
     feed.prepend(li);

@@ -2,6 +2,7 @@
 //! for development, an RS256/ES256 public key (PEM) or a JWKS file for production — and the
 //! principal a valid token names.
 pub mod ratelimit;
+pub mod subjects;
 
 use std::sync::Arc;
 
@@ -28,6 +29,39 @@ pub struct Principal {
     pub service: bool,
     /// The token's `exp` (seconds since the epoch): a WebSocket is closed when it passes.
     pub expires_at: u64,
+}
+
+/// Numeric subjects below this are user ids themselves; ids of string subjects start here
+/// (migration 0010 of the task service).
+pub const MAPPED_IDS_FROM: i64 = 1_000_000_000_000;
+
+/// Whom a verified token names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Subject {
+    /// A numeric `sub` below [`MAPPED_IDS_FROM`]: the user id itself.
+    Id(i64),
+    /// Any other `sub` (a UUID, an email), with the token's `iss` ("" without one): the task
+    /// service maps it to a user id.
+    Named { issuer: String, subject: String },
+}
+
+/// A verified token, before its subject is turned into a user id.
+#[derive(Clone, Debug)]
+pub struct Verified {
+    pub subject: Subject,
+    pub service: bool,
+    pub expires_at: u64,
+}
+
+impl Verified {
+    /// The principal, once the subject's user id is known.
+    pub fn principal(&self, user: i64) -> Principal {
+        Principal {
+            user,
+            service: self.service,
+            expires_at: self.expires_at,
+        }
+    }
 }
 
 /// A token's claims: the registered ones the validation checks, and the roles.
@@ -141,11 +175,26 @@ impl Verifier {
         Ok(Arc::new(Verifier { keys }))
     }
 
-    /// Verifies `token` and names its principal.
+    /// Verifies `token` and names its principal, for tokens with a numeric subject.
+    ///
+    /// # Errors
+    /// Why the token is not accepted, in words fit for the client; a string subject needs the
+    /// task service ([`subjects::Subjects`]).
+    pub fn verify(&self, token: &str) -> Result<Principal, String> {
+        let v = self.verify_token(token)?;
+        match v.subject {
+            Subject::Id(user) => Ok(v.principal(user)),
+            Subject::Named { .. } => {
+                Err("the token's sub must be a positive integer user id".to_owned())
+            }
+        }
+    }
+
+    /// Verifies `token`: its signature, `exp`, `nbf`, `aud` and `iss` (with the leeway).
     ///
     /// # Errors
     /// Why the token is not accepted, in words fit for the client.
-    pub fn verify(&self, token: &str) -> Result<Principal, String> {
+    pub fn verify_token(&self, token: &str) -> Result<Verified, String> {
         let header = decode_header(token).map_err(|e| describe(e.kind()))?;
         let key = match &header.kid {
             Some(kid) => self
@@ -159,14 +208,20 @@ impl Verifier {
         let data =
             decode::<Claims>(token, &key.key, &key.validation).map_err(|e| describe(e.kind()))?;
         let c = data.claims;
-        let user = c
-            .sub
-            .parse::<i64>()
-            .ok()
-            .filter(|u| *u > 0)
-            .ok_or_else(|| "the token's sub must be a positive integer user id".to_owned())?;
-        Ok(Principal {
-            user,
+        if c.sub.is_empty() || c.sub.len() > 1000 || c.sub.chars().any(char::is_control) {
+            return Err(
+                "the token's sub must be 1 to 1000 bytes without control characters".into(),
+            );
+        }
+        let subject = match c.sub.parse::<i64>() {
+            Ok(u) if u > 0 && u < MAPPED_IDS_FROM => Subject::Id(u),
+            _ => Subject::Named {
+                issuer: c.iss.unwrap_or_default(),
+                subject: c.sub,
+            },
+        };
+        Ok(Verified {
+            subject,
             service: c.roles.iter().any(|r| r == SERVICE_ROLE),
             expires_at: c.exp,
         })
@@ -178,14 +233,22 @@ impl Verifier {
     /// # Errors
     /// A 401 saying what is missing or wrong.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, ApiError> {
-        let token = bearer(headers)
-            .or_else(|| ws_token(headers))
-            .ok_or_else(|| {
-                unauthorized("a bearer token is required (Authorization: Bearer <JWT>)")
-            })?;
-        self.verify(token).map_err(|m| unauthorized(&m))
+        self.verify(request_token(headers)?)
+            .map_err(|m| unauthorized(&m))
     }
 }
+
+/// The bearer token of a request: `Authorization: Bearer` or the `bearer.<jwt>` subprotocol.
+///
+/// # Errors
+/// A 401 when there is none.
+pub fn request_token(headers: &HeaderMap) -> Result<&str, ApiError> {
+    bearer(headers)
+        .or_else(|| ws_token(headers))
+        .ok_or_else(|| unauthorized("a bearer token is required (Authorization: Bearer <JWT>)"))
+}
+
+impl Verifier {}
 
 /// The token of `Authorization: Bearer <token>` (the scheme is case-insensitive).
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {

@@ -285,6 +285,20 @@ impl TasksClient {
         r.into_inner().member.ok_or_else(missing)
     }
 
+    /// The user id of an identity provider's string subject (made on first sight).
+    pub async fn resolve_user(&self, issuer: &str, subject: &str) -> Result<i64, tonic::Status> {
+        let m = v1::ResolveUserRequest {
+            issuer: issuer.into(),
+            subject: subject.into(),
+        };
+        Ok(self
+            .client()
+            .resolve_user(self.req(m, None))
+            .await?
+            .into_inner()
+            .user_id)
+    }
+
     pub async fn remove_member(
         &self,
         board_id: i64,

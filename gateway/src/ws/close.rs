@@ -18,6 +18,8 @@ pub(super) enum End {
     WriteTimeout,
     /// The bearer token's `exp` passed (1008): the client reconnects with a fresh token.
     TokenExpired,
+    /// An access change reached the socket (removed from a board, downgraded, board deleted).
+    Revoked(crate::fanout::access::Revoked),
     Io(String),
 }
 
@@ -32,6 +34,7 @@ impl End {
             End::ReplayUnavailable => "replay_unavailable",
             End::WriteTimeout => "write_timeout",
             End::TokenExpired => "token_expired",
+            End::Revoked(_) => "access_changed",
             End::Io(_) => "error",
         }
     }
@@ -56,6 +59,7 @@ impl std::fmt::Display for End {
             End::ReplayUnavailable => f.write_str("replay unavailable (1013)"),
             End::WriteTimeout => f.write_str("write timed out"),
             End::TokenExpired => f.write_str("token expired (1008)"),
+            End::Revoked(r) => write!(f, "{} ({})", r.reason, r.code),
             End::Io(e) => write!(f, "connection error: {e}"),
         }
     }

@@ -14,10 +14,15 @@ pub struct Feed {
 }
 
 impl Feed {
-    /// Subscribes to `boards` (every board when empty), with compressed frames when `deflate`;
-    /// also returns the latest seq the hub knew of each board at that instant.
-    pub fn new(hub: &Arc<Hub>, boards: &[i64], deflate: bool) -> (Feed, Vec<(i64, Option<i64>)>) {
-        let outlet = hub.outlet(deflate);
+    /// Subscribes `user`'s socket to `boards` (every board when empty), with compressed frames
+    /// when `deflate`; also returns the latest seq the hub knew of each board at that instant.
+    pub fn new(
+        hub: &Arc<Hub>,
+        boards: &[i64],
+        deflate: bool,
+        user: Option<i64>,
+    ) -> (Feed, Vec<(i64, Option<i64>)>) {
+        let outlet = hub.outlet(deflate, user);
         let known = hub.add(&outlet, boards);
         let feed = Feed {
             outlet,
@@ -53,7 +58,7 @@ mod tests {
     fn a_feed_falling_behind_is_told_so() {
         for boards in [vec![1], vec![1, 2], vec![]] {
             let hub = Arc::new(Hub::new(2));
-            let (feed, _) = Feed::new(&hub, &boards, false);
+            let (feed, _) = Feed::new(&hub, &boards, false, None);
             for seq in 1..=5 {
                 hub.publish(Delivery::new(1, seq, b"{}"));
             }
@@ -68,9 +73,9 @@ mod tests {
     #[test]
     fn dropping_a_feed_frees_its_boards() {
         let hub = Arc::new(Hub::new(2));
-        let (a, _) = Feed::new(&hub, &[1, 2], false);
-        let (b, _) = Feed::new(&hub, &[2], false);
-        let (all, _) = Feed::new(&hub, &[], false);
+        let (a, _) = Feed::new(&hub, &[1, 2], false, None);
+        let (b, _) = Feed::new(&hub, &[2], false, None);
+        let (all, _) = Feed::new(&hub, &[], false, None);
         assert_eq!(hub.board_count(), 2);
         drop(a);
         assert_eq!(hub.board_count(), 1, "board 2 is still watched");

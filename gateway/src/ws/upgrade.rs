@@ -101,6 +101,7 @@ pub async fn upgrade(state: &Arc<AppState>, mut req: Request<Incoming>, peer: So
             peer,
             expires_at: who.map(|p| expiry(p.expires_at)),
             deflate,
+            user: who.filter(|p| !p.service).map(|p| p.user),
         },
         state.replays.clone(),
     )
@@ -145,7 +146,7 @@ async fn authorize<B>(
         state.rate.address(peer.ip(), None)?;
         return Ok(None);
     };
-    let who = match verifier.authenticate(req.headers()) {
+    let who = match state.subjects.authenticate(verifier, req.headers()).await {
         Ok(p) => p,
         Err(e) => {
             state.rate.address(peer.ip(), None)?;

@@ -7,15 +7,15 @@ use taskboard_gateway::auth::{mint_hs256, now, Claims};
 
 use crate::helpers::*;
 
-const SECRET: &str = "gateway-test-secret-of-32-chars!!";
-const SERVICE_TOKEN: &str = "gateway-test-service-token";
+pub(crate) const SECRET: &str = "gateway-test-secret-of-32-chars!!";
+pub(crate) const SERVICE_TOKEN: &str = "gateway-test-service-token";
 
-async fn spawn_auth() -> TestApp {
+pub(crate) async fn spawn_auth() -> TestApp {
     spawn_auth_with(|g| g.jwt_leeway_secs = 0).await
 }
 
 /// Both services with AUTH=on, the gateway's config adjusted by `tune`.
-async fn spawn_auth_with(tune: impl FnOnce(&mut taskboard_gateway::Config)) -> TestApp {
+pub(crate) async fn spawn_auth_with(tune: impl FnOnce(&mut taskboard_gateway::Config)) -> TestApp {
     spawn_app_with(
         |t| {
             t.auth = "on".into();
@@ -31,7 +31,7 @@ async fn spawn_auth_with(tune: impl FnOnce(&mut taskboard_gateway::Config)) -> T
     .await
 }
 
-fn token_for(user: i64, roles: &[&str], exp_in: i64) -> String {
+pub(crate) fn token_for(user: i64, roles: &[&str], exp_in: i64) -> String {
     mint_hs256(
         SECRET,
         &Claims {
@@ -47,12 +47,12 @@ fn token_for(user: i64, roles: &[&str], exp_in: i64) -> String {
     .unwrap()
 }
 
-fn token(user: i64) -> String {
+pub(crate) fn token(user: i64) -> String {
     token_for(user, &[], 3600)
 }
 
 /// Sends a JSON request as `user`; returns the status and the body (Null when empty).
-async fn call(
+pub(crate) async fn call(
     app: &TestApp,
     method: reqwest::Method,
     path: &str,
@@ -72,7 +72,7 @@ async fn call(
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
-async fn new_board(app: &TestApp, owner: &str) -> i64 {
+pub(crate) async fn new_board(app: &TestApp, owner: &str) -> i64 {
     let (s, b) = call(
         app,
         reqwest::Method::POST,
@@ -671,28 +671,29 @@ async fn history_says_who_changed_what_and_is_for_members_only() {
     assert_eq!(
         got,
         vec![
-            (1, "created", 31, "draft"),
-            (2, "updated", 30, "final"),
-            (3, "deleted", 31, "final")
+            // seq 1: bob joining the board.
+            (2, "created", 31, "draft"),
+            (3, "updated", 30, "final"),
+            (4, "deleted", 31, "final")
         ]
     );
     assert!(h["events"][0]["committed_at"]
         .as_str()
         .unwrap()
         .ends_with('Z'));
-    assert_eq!(h["head_seq"], 3);
+    assert_eq!(h["head_seq"], 4);
 
     let (s, h) = call(
         &app,
         M::GET,
-        &format!("/api/boards/{b}/events?after=1&limit=1"),
+        &format!("/api/boards/{b}/events?after=2&limit=1"),
         Some(&bob),
         None,
     )
     .await;
     assert_eq!(s, 200, "{h}");
     assert_eq!(h["events"].as_array().unwrap().len(), 1);
-    assert_eq!(h["events"][0]["seq"], 2);
+    assert_eq!(h["events"][0]["seq"], 3);
     assert_eq!(h["events"][0]["actor"], 30);
 
     // Outsiders: the task is not found, the board forbidden.
@@ -851,7 +852,7 @@ async fn boards_are_renamed_archived_and_deleted_over_rest_and_subscribers_see_i
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(r.headers()["taskboard-seq"], "1");
+    assert_eq!(r.headers()["taskboard-seq"], "2");
     let body: Value = r.json().await.unwrap();
     assert_eq!(
         (
@@ -864,7 +865,7 @@ async fn boards_are_renamed_archived_and_deleted_over_rest_and_subscribers_see_i
     let ev = ws.event().await.unwrap();
     assert_eq!(
         (ev["type"].as_str(), ev["seq"].as_i64()),
-        (Some("board_updated"), Some(1))
+        (Some("board_updated"), Some(2))
     );
     assert_eq!(ev["board"]["name"], "Renamed");
 
@@ -930,7 +931,7 @@ async fn boards_are_renamed_archived_and_deleted_over_rest_and_subscribers_see_i
     .await;
     assert_eq!(s, 201);
     let seqs: Vec<i64> = ws.events(2).await.unwrap().iter().map(seq).collect();
-    assert_eq!(seqs, vec![3, 4]);
+    assert_eq!(seqs, vec![4, 5]);
 
     let (s, _) = call(&app, M::DELETE, &path, Some(&editor), None).await;
     assert_eq!(s, 403);
@@ -942,11 +943,11 @@ async fn boards_are_renamed_archived_and_deleted_over_rest_and_subscribers_see_i
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
-    assert_eq!(r.headers()["taskboard-seq"], "5");
+    assert_eq!(r.headers()["taskboard-seq"], "6");
     let last = ws.event().await.unwrap();
     assert_eq!(
         (last["type"].as_str(), last["seq"].as_i64()),
-        (Some("board_deleted"), Some(5))
+        (Some("board_deleted"), Some(6))
     );
     let (s, _) = call(&app, M::GET, &path, Some(&owner), None).await;
     assert_eq!(s, 404);

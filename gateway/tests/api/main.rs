@@ -1,5 +1,6 @@
 //! Gateway integration tests: both services for real, on port 0, each test with its own database
 //! and NATS subjects.
+mod access;
 mod auth;
 mod bounds;
 mod compression;

@@ -252,7 +252,7 @@ async fn api_call(
         return Ok(empty(StatusCode::OK));
     }
     let principal = match &state.auth {
-        Some(v) => match v.authenticate(req.headers()) {
+        Some(v) => match state.subjects.authenticate(v, req.headers()).await {
             Ok(p) => Some(p),
             Err(e) => {
                 // Failed attempts count against the address too (no free password spraying).

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::fanout::access::Change;
 use crate::fanout::budget::DirectBudget;
 use crate::fanout::delivery::{Delivery, Kind};
 use crate::fanout::outlet::Outlet;
@@ -111,14 +112,14 @@ impl Hub {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A new outlet with this hub's queue bound, not yet subscribed.
-    pub fn outlet(&self, deflate: bool) -> Arc<Outlet> {
-        Outlet::with_deflate(self.capacity, deflate && self.deflates())
+    /// A new outlet of `user`'s socket with this hub's queue bound, not yet subscribed.
+    pub fn outlet(&self, deflate: bool, user: Option<i64>) -> Arc<Outlet> {
+        Outlet::for_user(self.capacity, deflate && self.deflates(), user)
     }
 
     /// Subscribes a new outlet to one board, or to every board with `None`.
     pub fn subscribe(&self, board: Option<i64>) -> Arc<Outlet> {
-        let o = self.outlet(false);
+        let o = self.outlet(false, None);
         self.add(&o, board.as_slice());
         o
     }
@@ -214,6 +215,40 @@ impl Hub {
         }
         self.metrics.boards.set(inner.boards.len() as f64);
         self.signal(inner, before);
+    }
+
+    /// Applies an access change of `board`, published just before: the outlets it reaches leave
+    /// the board (nothing later is offered to them) and their sessions close once they have
+    /// written what came before. Returns how many it reached.
+    pub fn revoke(&self, board: i64, change: &Change) -> usize {
+        let reached: Vec<Arc<Outlet>> = {
+            let mut inner = self.lock();
+            let before = inner.changed.len();
+            let Some(e) = inner.boards.get_mut(&board) else {
+                return 0;
+            };
+            let (reached, kept): (Vec<_>, Vec<_>) = e
+                .subs
+                .iter()
+                .cloned()
+                .partition(|o| change.reaches(o.user()));
+            if reached.is_empty() {
+                return 0;
+            }
+            e.subs = Arc::new(kept);
+            if e.subs.is_empty() {
+                inner.boards.remove(&board);
+                inner.changed.insert(Some(board));
+            }
+            self.metrics.boards.set(inner.boards.len() as f64);
+            self.signal(inner, before);
+            reached
+        };
+        let why = change.close(board);
+        for o in &reached {
+            o.revoke(why.clone());
+        }
+        reached.len()
     }
 
     /// The intake has (or no longer has) a confirmed subscription to every board.

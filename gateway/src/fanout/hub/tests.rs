@@ -133,12 +133,12 @@ async fn the_first_subscriber_of_a_board_and_its_last_are_changes() {
 #[test]
 fn a_new_subscriber_learns_the_latest_seq_under_the_same_lock() {
     let hub = Hub::new(8);
-    let first = hub.outlet(false);
+    let first = hub.outlet(false, None);
     assert_eq!(hub.add(&first, &[3]), [(3, None)], "nothing known yet");
     hub.note_head(3, 5);
     hub.publish(d(3, 6));
     hub.note_head(3, 4);
-    let second = hub.outlet(false);
+    let second = hub.outlet(false, None);
     assert_eq!(hub.add(&second, &[3]), [(3, Some(6))], "never moves back");
     hub.publish(d(3, 7));
     assert_eq!(second.try_recv().unwrap().unwrap().seq, 7);
@@ -150,19 +150,19 @@ fn a_new_subscriber_learns_the_latest_seq_under_the_same_lock() {
 fn an_event_is_compressed_once_and_only_when_a_recipient_negotiated_it() {
     let payload = br#"{"type":"updated","task_id":41,"board_id":7,"title":"Compress me once, share me with everyone","completed":true,"seq":3}"#;
     let hub = Hub::new(8).with_deflate(64);
-    let plain = hub.outlet(false);
+    let plain = hub.outlet(false, None);
     hub.add(&plain, &[7]);
     hub.publish(Delivery::new(7, 1, payload));
     let only_plain = plain.try_recv().unwrap().unwrap();
     assert!(only_plain.deflated.is_none(), "nobody negotiated it");
     let zipped: Vec<_> = (0..3)
         .map(|_| {
-            let o = hub.outlet(true);
+            let o = hub.outlet(true, None);
             hub.add(&o, &[7]);
             o
         })
         .collect();
-    let all = hub.outlet(true);
+    let all = hub.outlet(true, None);
     hub.add(&all, &[]);
     hub.publish(Delivery::new(7, 2, payload));
     let got: Vec<Delivery> = zipped
@@ -187,7 +187,7 @@ fn an_event_is_compressed_once_and_only_when_a_recipient_negotiated_it() {
     hub.publish(Delivery::new(7, 3, b"{}"));
     assert!(zipped[0].try_recv().unwrap().unwrap().deflated.is_none());
     let off = Hub::new(8);
-    let o = off.outlet(true);
+    let o = off.outlet(true, None);
     off.add(&o, &[7]);
     off.publish(Delivery::new(7, 1, payload));
     assert!(o.try_recv().unwrap().unwrap().deflated.is_none());

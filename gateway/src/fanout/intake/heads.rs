@@ -33,7 +33,7 @@ impl Intake {
                         }
                         cursor = e.seq;
                         self.remember(board, e.seq);
-                        self.hub.publish(Delivery::new(board, e.seq, &e.payload));
+                        self.publish(Delivery::new(board, e.seq, &e.payload), &e.payload);
                     }
                 }
                 Ok(_) => return,

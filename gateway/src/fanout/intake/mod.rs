@@ -249,10 +249,25 @@ impl Intake {
             _ => {}
         }
         self.remember(board, seq);
-        Some(
-            self.hub
-                .publish(Delivery::live(board, seq, &payload, committed_us)),
-        )
+        Some(self.publish(Delivery::live(board, seq, &payload, committed_us), &payload))
+    }
+
+    /// Publishes `d` (whose browser JSON is `payload`), then applies the access change it makes,
+    /// if any: whom it reaches got the event itself and nothing after it.
+    pub(super) fn publish(&self, d: Delivery, payload: &[u8]) -> usize {
+        let board = d.board_id;
+        let n = self.hub.publish(d);
+        if let Some(change) = crate::fanout::access::of(payload) {
+            let closed = self.hub.revoke(board, &change);
+            tracing::info!(
+                board,
+                ?change,
+                sockets = closed,
+                "access change applied to open sockets"
+            );
+            crate::metrics::access_change();
+        }
+        n
     }
 
     fn remember(&mut self, board: i64, seq: i64) {

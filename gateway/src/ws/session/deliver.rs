@@ -46,7 +46,7 @@ impl Ctx {
                     self.flush(wr, batch, last).await?;
                     // Boxed: the gRPC call's state is large and only needed on this rare path,
                     // so it does not belong in every idle connection's task.
-                    Box::pin(self.replay(wr, d.board_id, last)).await?;
+                    Box::pin(self.replay(wr, d.board_id, last, true)).await?;
                     match d.kind {
                         DeliveryKind::Event if last.get(&d.board_id).is_none_or(|l| d.seq > *l) => {
                             last.insert(d.board_id, d.seq);
@@ -93,12 +93,16 @@ impl Ctx {
     }
 
     /// Sends the board's events after `last[board]` from the task service, until it has no more.
-    /// A `reset` (events pruned) is passed on as `{"type":"reset",...}`.
+    /// A `reset` (events pruned) is passed on as `{"type":"reset",...}`. With `gap` (events the
+    /// hub did not carry, after the session was authorized), an access change that reaches this
+    /// user ends the replay with it, as the hub would have (`since` replays of a session just
+    /// authorized do not: a removal there may have been followed by a new membership).
     pub(super) async fn replay<W: AsyncWrite + Unpin>(
         &self,
         wr: &mut Writer<W>,
         board: i64,
         last: &mut HashMap<i64, i64>,
+        gap: bool,
     ) -> Result<(), End> {
         loop {
             let after = last.get(&board).copied().unwrap_or(0);
@@ -114,8 +118,16 @@ impl Ctx {
                 last.insert(board, page.head_seq);
                 return Ok(());
             }
-            let frames: Vec<Bytes> = page
-                .events
+            let revoked = gap
+                .then(|| {
+                    page.events.iter().enumerate().find_map(|(i, e)| {
+                        let c = crate::fanout::access::of(&e.payload)?;
+                        c.reaches(self.user).then(|| (i, c.close(board)))
+                    })
+                })
+                .flatten();
+            let upto = revoked.as_ref().map_or(page.events.len(), |(i, _)| i + 1);
+            let frames: Vec<Bytes> = page.events[..upto]
                 .iter()
                 .map(|e| {
                     self.deflate
@@ -124,7 +136,7 @@ impl Ctx {
                         .unwrap_or_else(|| text_frame(&e.payload))
                 })
                 .collect();
-            let (last_seq, head) = (page.events.last().map(|e| e.seq), page.head_seq);
+            let (last_seq, head) = (page.events[..upto].last().map(|e| e.seq), page.head_seq);
             // Only the frames are kept while the client reads them.
             drop(page);
             wr.frames(&frames).await?;
@@ -137,6 +149,9 @@ impl Ctx {
                 return Ok(());
             };
             last.insert(board, seq);
+            if let Some((_, why)) = revoked {
+                return Err(End::Revoked(why));
+            }
             // Pages are cut by count and by bytes: done when the board's head is reached.
             if seq >= head {
                 return Ok(());

@@ -27,7 +27,7 @@ use super::socket;
 use super::Subscription;
 use crate::fanout::delivery::Delivery;
 use crate::fanout::hub::Hub;
-use crate::fanout::outlet::Lagged;
+use crate::fanout::outlet::Stop;
 use crate::upstream::client::TasksClient;
 use taskboard_telemetry::Slotted;
 
@@ -70,6 +70,8 @@ struct Ctx {
     replays: Arc<crate::fanout::replay::ReplayReads>,
     /// The client negotiated permessage-deflate.
     deflate: bool,
+    /// The user on the other end (`None`: AUTH=off, or the service role).
+    user: Option<i64>,
 }
 
 /// What woke a running session.
@@ -89,6 +91,9 @@ pub struct Client {
     pub expires_at: Option<tokio::time::Instant>,
     /// permessage-deflate was negotiated (see `ws::deflate`).
     pub deflate: bool,
+    /// The user (`None`: AUTH=off, or the service role): access changes naming them close the
+    /// session.
+    pub user: Option<i64>,
 }
 
 impl Session {
@@ -109,8 +114,9 @@ impl Session {
             peer,
             expires_at,
             deflate,
+            user,
         } = client;
-        let (feed, known) = Feed::new(&hub, &sub.boards, deflate);
+        let (feed, known) = Feed::new(&hub, &sub.boards, deflate, user);
         // Every board: answered once the gateway's subscription to every board is confirmed, so
         // nothing committed after the 101 is missed (there is no per-board head to catch up from).
         if sub.boards.is_empty() && !hub.all_boards_live(HEADS_DEADLINE).await {
@@ -160,6 +166,7 @@ impl Session {
                 expires_at,
                 replays,
                 deflate,
+                user,
             },
             feed,
         }
@@ -225,7 +232,7 @@ impl Ctx {
         }
         for &board in self.sub.since.keys() {
             let replayed = tokio::select! {
-                r = Box::pin(self.replay(&mut wr, board, &mut last)) => r,
+                r = Box::pin(self.replay(&mut wr, board, &mut last, false)) => r,
                 _ = self.shutdown.cancelled() => Err(End::Shutdown),
             };
             if let Err(end) = replayed {
@@ -277,7 +284,8 @@ impl Ctx {
                             Err(e) => e,
                         }
                     }
-                    Err(Lagged) => End::SlowConsumer,
+                    Err(Stop::Lagged) => End::SlowConsumer,
+                    Err(Stop::Revoked(why)) => End::Revoked(why),
                 },
                 Woke::Read(Ok(f)) => match f.kind {
                     Kind::Close => {
@@ -341,6 +349,10 @@ impl Ctx {
                 (1013, resume_hint("slow consumer", &self.sub.boards, last))
             }
             End::ReplayUnavailable => (1013, "replay unavailable; retry later".to_owned()),
+            End::Revoked(why) if why.resumable => {
+                (why.code, resume_hint(&why.reason, &self.sub.boards, last))
+            }
+            End::Revoked(why) => (why.code, why.reason.clone()),
             End::TokenExpired => (
                 1008,
                 resume_hint(

@@ -1,0 +1,73 @@
+//! String subjects (an identity provider's UUIDs and emails) turned into user ids: asked of the
+//! task service once per (issuer, subject), then cached (bounded; the mapping never changes).
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use http::{HeaderMap, StatusCode};
+
+use super::{request_token, unauthorized, Principal, Subject, Verifier};
+use crate::error::ApiError;
+use crate::upstream::client::TasksClient;
+
+/// Most mappings kept; past it the cache starts again (each entry is asked for once more).
+const MAX_CACHED: usize = 100_000;
+
+/// The resolver, shared by every request.
+pub struct Subjects {
+    tasks: TasksClient,
+    cache: Mutex<HashMap<(String, String), i64>>,
+}
+
+impl Subjects {
+    pub fn new(tasks: TasksClient) -> Self {
+        Subjects {
+            tasks,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The principal of a request: its token verified by `verifier`, its subject made a user id.
+    ///
+    /// # Errors
+    /// 401 for a missing or bad token; 503 when a new subject cannot be mapped now.
+    pub async fn authenticate(
+        &self,
+        verifier: &Verifier,
+        headers: &HeaderMap,
+    ) -> Result<Principal, ApiError> {
+        let v = verifier
+            .verify_token(request_token(headers)?)
+            .map_err(|m| unauthorized(&m))?;
+        let (issuer, subject) = match &v.subject {
+            Subject::Id(user) => return Ok(v.principal(*user)),
+            Subject::Named { issuer, subject } => (issuer, subject),
+        };
+        let key = (issuer.clone(), subject.clone());
+        if let Some(&user) = self.lock().get(&key) {
+            return Ok(v.principal(user));
+        }
+        let user = self
+            .tasks
+            .resolve_user(issuer, subject)
+            .await
+            .map_err(|s| {
+                tracing::warn!(issuer, subject, status = %s, "could not map a token's subject to a user id");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "Service unavailable",
+                )
+                .with_message("the user of this token cannot be looked up right now; retry")
+            })?;
+        let mut cache = self.lock();
+        if cache.len() >= MAX_CACHED {
+            cache.clear();
+        }
+        cache.insert(key, user);
+        Ok(v.principal(user))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), i64>> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
