@@ -50,6 +50,9 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   log "installing cargo-nextest"
   cargo install --locked cargo-nextest
 fi
+# The OpenID provider the identity-provider tests start (npm's oauth2-mock-server, pinned).
+log "npm ci gateway/tests/idp (the tests' OpenID provider)"
+(cd gateway/tests/idp && npm ci --prefer-offline --no-audit --no-fund --silent)
 log "Rust tests"
 cargo nextest run --workspace --no-fail-fast "$@"
 

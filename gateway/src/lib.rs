@@ -104,6 +104,14 @@ pub async fn run_with_metrics(
         ));
     }
     let verifier = config.verifier()?;
+    if let Some((v, r)) = verifier.as_ref().and_then(|v| Some((v, v.remote.clone()?))) {
+        // The first keys before the first request; a provider that is down now is retried in
+        // the background (tokens get 401 "not loaded yet" meanwhile).
+        if let Err(e) = r.fetch(v, "startup").await {
+            tracing::error!(error = %e, "the identity provider's keys could not be fetched at start; retrying in the background");
+        }
+        tracker.spawn(r.run(v.clone(), token.clone()));
+    }
     if verifier.is_none() {
         tracing::warn!("AUTH=off: anyone may read and change every board (development only)");
     }

@@ -1,6 +1,7 @@
 //! Authentication: bearer JWTs (RFC 7519) verified against the configured keys — an HS256 secret
 //! for development, an RS256/ES256 public key (PEM) or a JWKS file for production — and the
 //! principal a valid token names.
+pub mod jwks;
 pub mod ratelimit;
 pub mod subjects;
 
@@ -82,7 +83,7 @@ pub struct Claims {
 }
 
 /// One verification key; `kid` matches the token header's (a JWKS may hold several).
-struct Key {
+pub(crate) struct Key {
     kid: Option<String>,
     key: DecodingKey,
     validation: Validation,
@@ -97,11 +98,70 @@ pub enum KeySource {
     PublicKeyPem(Vec<u8>),
     /// A JSON Web Key Set document.
     Jwks(String),
+    /// Keys fetched from the identity provider ([`jwks::Remote`] fills them in).
+    Remote,
+}
+
+/// The refusal of a token whose `kid` names no key we hold (a refresh may find it).
+pub const NO_KEY: &str = "no key for this token's kid";
+
+/// The keys of a JWKS document that this gateway can use (signing keys of a known algorithm).
+fn keys_of_jwks(
+    doc: &[u8],
+    audience: &str,
+    issuer: Option<&str>,
+    leeway_secs: u64,
+) -> Result<Vec<Key>, String> {
+    let set: jsonwebtoken::jwk::JwkSet =
+        serde_json::from_slice(doc).map_err(|e| format!("is not a JWK set: {e}"))?;
+    Ok(set
+        .keys
+        .iter()
+        .filter(|jwk| {
+            !matches!(
+                jwk.common.public_key_use,
+                Some(jsonwebtoken::jwk::PublicKeyUse::Encryption)
+            )
+        })
+        .filter_map(|jwk| {
+            let key = DecodingKey::from_jwk(jwk).ok()?;
+            Some(Key {
+                kid: jwk.common.key_id.clone(),
+                validation: validation(key.family(), audience, issuer, leeway_secs),
+                key,
+            })
+        })
+        .collect())
 }
 
 /// Checks tokens. Cheap to share (`Arc`).
 pub struct Verifier {
-    keys: Vec<Key>,
+    keys: std::sync::RwLock<Arc<Vec<Key>>>,
+    audience: String,
+    issuer: Option<String>,
+    leeway_secs: u64,
+    /// With keys from the provider: their cache (refreshed on an unknown `kid`).
+    pub remote: Option<Arc<jwks::Remote>>,
+}
+
+/// The validation every key of the family `family` checks tokens with.
+fn validation(
+    family: jsonwebtoken::AlgorithmFamily,
+    audience: &str,
+    issuer: Option<&str>,
+    leeway_secs: u64,
+) -> Validation {
+    let mut v = Validation::new_for_family(family);
+    v.leeway = leeway_secs;
+    v.validate_nbf = true;
+    v.set_audience(&[audience]);
+    let mut required = vec!["exp", "sub", "aud"];
+    if let Some(iss) = issuer {
+        v.set_issuer(&[iss]);
+        required.push("iss");
+    }
+    v.set_required_spec_claims(&required);
+    v
 }
 
 impl Verifier {
@@ -115,19 +175,7 @@ impl Verifier {
         issuer: Option<&str>,
         leeway_secs: u64,
     ) -> Result<Arc<Self>, String> {
-        let validation = |family: jsonwebtoken::AlgorithmFamily| {
-            let mut v = Validation::new_for_family(family);
-            v.leeway = leeway_secs;
-            v.validate_nbf = true;
-            v.set_audience(&[audience]);
-            let mut required = vec!["exp", "sub", "aud"];
-            if let Some(iss) = issuer {
-                v.set_issuer(&[iss]);
-                required.push("iss");
-            }
-            v.set_required_spec_claims(&required);
-            v
-        };
+        let validation = |family| validation(family, audience, issuer, leeway_secs);
         let keys = match source {
             KeySource::Secret(s) => {
                 if s.len() < 32 {
@@ -152,27 +200,49 @@ impl Verifier {
                 }]
             }
             KeySource::Jwks(doc) => {
-                let set: jsonwebtoken::jwk::JwkSet = serde_json::from_str(doc)
-                    .map_err(|e| format!("JWT_JWKS_FILE is not a JWK set: {e}"))?;
-                let keys: Vec<Key> = set
-                    .keys
-                    .iter()
-                    .filter_map(|jwk| {
-                        let key = DecodingKey::from_jwk(jwk).ok()?;
-                        Some(Key {
-                            kid: jwk.common.key_id.clone(),
-                            validation: validation(key.family()),
-                            key,
-                        })
-                    })
-                    .collect();
+                let keys = keys_of_jwks(doc.as_bytes(), audience, issuer, leeway_secs)
+                    .map_err(|e| format!("JWT_JWKS_FILE {e}"))?;
                 if keys.is_empty() {
                     return Err("JWT_JWKS_FILE holds no usable key".into());
                 }
                 keys
             }
+            KeySource::Remote => Vec::new(),
         };
-        Ok(Arc::new(Verifier { keys }))
+        Ok(Arc::new(Verifier {
+            keys: std::sync::RwLock::new(Arc::new(keys)),
+            audience: audience.to_owned(),
+            issuer: issuer.map(str::to_owned),
+            leeway_secs,
+            remote: None,
+        }))
+    }
+
+    /// The same verifier, its keys kept by `remote`.
+    #[must_use]
+    pub fn with_remote(self: Arc<Self>, remote: Arc<jwks::Remote>) -> Arc<Self> {
+        let mut v = Arc::try_unwrap(self).unwrap_or_else(|_| unreachable!("not shared yet"));
+        v.remote = Some(remote);
+        Arc::new(v)
+    }
+
+    /// Replaces the keys with those of the JWKS document `doc`; how many there are now.
+    ///
+    /// # Errors
+    /// `doc` is not a JWK set, or has no key this gateway can use (the old keys stay).
+    pub fn load_jwks(&self, doc: &[u8]) -> Result<usize, String> {
+        let keys = keys_of_jwks(
+            doc,
+            &self.audience,
+            self.issuer.as_deref(),
+            self.leeway_secs,
+        )?;
+        if keys.is_empty() {
+            return Err("holds no usable signing key".into());
+        }
+        let n = keys.len();
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+        Ok(n)
     }
 
     /// Verifies `token` and names its principal, for tokens with a numeric subject.
@@ -196,15 +266,18 @@ impl Verifier {
     /// Why the token is not accepted, in words fit for the client.
     pub fn verify_token(&self, token: &str) -> Result<Verified, String> {
         let header = decode_header(token).map_err(|e| describe(e.kind()))?;
+        if let Some(r) = &self.remote {
+            r.usable()?;
+        }
+        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner()).clone();
         let key = match &header.kid {
-            Some(kid) => self
-                .keys
+            Some(kid) => keys
                 .iter()
                 .find(|k| k.kid.as_deref() == Some(kid))
-                .or_else(|| self.keys.iter().find(|k| k.kid.is_none())),
-            None => self.keys.first(),
+                .or_else(|| keys.iter().find(|k| k.kid.is_none())),
+            None => keys.first(),
         }
-        .ok_or_else(|| "no key for this token's kid".to_owned())?;
+        .ok_or_else(|| NO_KEY.to_owned())?;
         let data =
             decode::<Claims>(token, &key.key, &key.validation).map_err(|e| describe(e.kind()))?;
         let c = data.claims;
@@ -318,113 +391,4 @@ pub fn now() -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const SECRET: &str = "a-development-secret-of-32-chars!";
-
-    fn claims(sub: &str, exp_in: i64) -> Claims {
-        Claims {
-            sub: sub.into(),
-            exp: (now() as i64 + exp_in) as u64,
-            nbf: None,
-            iat: Some(now()),
-            aud: Some("taskboard".into()),
-            iss: None,
-            roles: Vec::new(),
-        }
-    }
-
-    fn verifier() -> Arc<Verifier> {
-        Verifier::new(&KeySource::Secret(SECRET.into()), "taskboard", None, 0).unwrap()
-    }
-
-    #[test]
-    fn a_valid_token_names_its_user_and_roles() {
-        let v = verifier();
-        let t = mint_hs256(SECRET, &claims("42", 60)).unwrap();
-        let p = v.verify(&t).unwrap();
-        assert_eq!((p.user, p.service), (42, false));
-        let mut c = claims("7", 60);
-        c.roles = vec!["service".into()];
-        assert!(v.verify(&mint_hs256(SECRET, &c).unwrap()).unwrap().service);
-    }
-
-    #[test]
-    fn bad_tokens_are_refused_with_the_reason() {
-        let v = verifier();
-        let expired = mint_hs256(SECRET, &claims("1", -120)).unwrap();
-        assert!(v.verify(&expired).unwrap_err().contains("expired"));
-        let other = mint_hs256("another-secret-that-is-32-chars-long", &claims("1", 60)).unwrap();
-        assert!(v.verify(&other).unwrap_err().contains("signature"));
-        let mut c = claims("1", 60);
-        c.aud = Some("elsewhere".into());
-        assert!(v
-            .verify(&mint_hs256(SECRET, &c).unwrap())
-            .unwrap_err()
-            .contains("audience"));
-        c.aud = None;
-        assert!(v
-            .verify(&mint_hs256(SECRET, &c).unwrap())
-            .unwrap_err()
-            .contains("aud"));
-        let mut c = claims("1", 60);
-        c.nbf = Some(now() + 3600);
-        assert!(v
-            .verify(&mint_hs256(SECRET, &c).unwrap())
-            .unwrap_err()
-            .contains("nbf"));
-        let alice = mint_hs256(SECRET, &claims("alice", 60)).unwrap();
-        assert!(v.verify(&alice).unwrap_err().contains("user id"));
-        assert!(v.verify("not.a.token").unwrap_err().contains("malformed"));
-        // "none" and other algorithms are never accepted for an HMAC key.
-        let unsigned = format!(
-            "{}.{}.",
-            "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0",
-            expired.split('.').nth(1).unwrap()
-        );
-        assert!(v.verify(&unsigned).is_err());
-    }
-
-    #[test]
-    fn issuer_is_required_when_configured() {
-        let v = Verifier::new(
-            &KeySource::Secret(SECRET.into()),
-            "taskboard",
-            Some("https://id.example"),
-            0,
-        )
-        .unwrap();
-        let mut c = claims("1", 60);
-        assert!(v
-            .verify(&mint_hs256(SECRET, &c).unwrap())
-            .unwrap_err()
-            .contains("iss"));
-        c.iss = Some("https://id.example".into());
-        assert!(v.verify(&mint_hs256(SECRET, &c).unwrap()).is_ok());
-    }
-
-    #[test]
-    fn tokens_come_from_the_header_or_the_websocket_subprotocol() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("bearer abc"),
-        );
-        assert_eq!(bearer(&h), Some("abc"));
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static("taskboard, bearer.x.y.z"),
-        );
-        assert_eq!(ws_token(&h), Some("x.y.z"));
-        assert_eq!(bearer(&h), None);
-        let e = verifier().authenticate(&HeaderMap::new()).unwrap_err();
-        assert_eq!(e.status, 401);
-    }
-
-    #[test]
-    fn a_short_secret_is_a_configuration_error() {
-        assert!(Verifier::new(&KeySource::Secret("short".into()), "a", None, 0).is_err());
-    }
-}
+mod tests;

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use http::{HeaderMap, StatusCode};
 
-use super::{request_token, unauthorized, Principal, Subject, Verifier};
+use super::{request_token, unauthorized, Principal, Subject, Verifier, NO_KEY};
 use crate::error::ApiError;
 use crate::upstream::client::TasksClient;
 
@@ -35,9 +35,18 @@ impl Subjects {
         verifier: &Verifier,
         headers: &HeaderMap,
     ) -> Result<Principal, ApiError> {
-        let v = verifier
-            .verify_token(request_token(headers)?)
-            .map_err(|m| unauthorized(&m))?;
+        let token = request_token(headers)?;
+        let v = match verifier.verify_token(token) {
+            // The provider may have rotated its keys: look again (rate-limited), then retry.
+            Err(m) if m == NO_KEY => match &verifier.remote {
+                Some(r) if r.refresh_for_unknown_kid(verifier).await => {
+                    verifier.verify_token(token)
+                }
+                _ => Err(m),
+            },
+            other => other,
+        }
+        .map_err(|m| unauthorized(&m))?;
         let (issuer, subject) = match &v.subject {
             Subject::Id(user) => return Ok(v.principal(*user)),
             Subject::Named { issuer, subject } => (issuer, subject),

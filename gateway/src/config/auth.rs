@@ -56,30 +56,53 @@ impl Config {
             let doc = read(p, "JWT_JWKS_FILE")?;
             sources.push(KeySource::Jwks(String::from_utf8_lossy(&doc).into_owned()));
         }
+        let mut remote = None;
+        if let Some(u) = &self.jwt_jwks_url {
+            remote = Some(crate::auth::jwks::Source::Url(u.trim().to_owned()));
+            sources.push(KeySource::Remote);
+        }
+        if sources.is_empty() {
+            if let Some(issuer) = &self.jwt_issuer {
+                remote = Some(crate::auth::jwks::Source::Discovery {
+                    issuer: issuer.clone(),
+                });
+                sources.push(KeySource::Remote);
+            }
+        }
         let source = match sources.as_slice() {
             [one] => one,
             [] => {
                 return Err(cfg(
                     "AUTH=on needs the key tokens are checked with: JWT_SECRET (HS256, \
-                     development), JWT_PUBLIC_KEY_FILE or JWT_JWKS_FILE. For development \
-                     without authentication set AUTH=off"
+                     development), JWT_PUBLIC_KEY_FILE, JWT_JWKS_FILE, JWT_JWKS_URL, or \
+                     JWT_ISSUER alone (OIDC discovery). For development without \
+                     authentication set AUTH=off"
                         .into(),
                 ))
             }
             _ => {
                 return Err(cfg(
-                    "set only one of JWT_SECRET, JWT_PUBLIC_KEY_FILE and JWT_JWKS_FILE".into(),
+                    "set only one of JWT_SECRET, JWT_PUBLIC_KEY_FILE, JWT_JWKS_FILE and \
+                     JWT_JWKS_URL"
+                        .into(),
                 ))
             }
         };
-        Verifier::new(
+        let v = Verifier::new(
             source,
             &self.jwt_audience,
             self.jwt_issuer.as_deref(),
             self.jwt_leeway_secs,
         )
-        .map(Some)
-        .map_err(cfg)
+        .map_err(cfg)?;
+        Ok(Some(match remote {
+            Some(src) => {
+                let max_stale = std::time::Duration::from_secs(self.jwt_jwks_max_stale_secs.max(1));
+                let r = crate::auth::jwks::Remote::new(src, max_stale).map_err(cfg)?;
+                v.with_remote(std::sync::Arc::new(r))
+            }
+            None => v,
+        }))
     }
 
     /// The token presented to the task service: required with AUTH=on.

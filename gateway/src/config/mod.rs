@@ -74,6 +74,18 @@ pub struct Config {
     #[arg(long, env = "JWT_JWKS_FILE")]
     pub jwt_jwks_file: Option<std::path::PathBuf>,
 
+    /// The identity provider's JWKS address (http or https): keys fetched at start and cached as
+    /// its Cache-Control says, refetched when a token names an unknown `kid` (at most every
+    /// 10 s). Unset with JWT_ISSUER and no other key: found by OIDC discovery
+    /// (`<JWT_ISSUER>/.well-known/openid-configuration`).
+    #[arg(long, env = "JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
+
+    /// How long the last keys fetched stay in use while the provider cannot be reached, seconds;
+    /// past it tokens are refused (a key the provider withdrew is not trusted forever).
+    #[arg(long, env = "JWT_JWKS_MAX_STALE_SECS", default_value_t = 86_400)]
+    pub jwt_jwks_max_stale_secs: u64,
+
     /// The `aud` tokens must carry.
     #[arg(long, env = "JWT_AUDIENCE", default_value = "taskboard")]
     pub jwt_audience: String,
@@ -262,6 +274,8 @@ impl Config {
             jwt_secret_file: None,
             jwt_public_key_file: None,
             jwt_jwks_file: None,
+            jwt_jwks_url: None,
+            jwt_jwks_max_stale_secs: 86_400,
             jwt_audience: "taskboard".into(),
             jwt_issuer: None,
             jwt_leeway_secs: 30,

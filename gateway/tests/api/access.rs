@@ -12,16 +12,24 @@ use crate::helpers::*;
 /// Well within the "about a second", on a loaded 2-core machine.
 const WITHIN: Duration = Duration::from_millis(1500);
 
-async fn second_gateway(app: &TestApp) -> TestApp {
+pub(crate) async fn second_gateway_with(
+    app: &TestApp,
+    tune: impl FnOnce(&mut taskboard_gateway::Config),
+) -> TestApp {
     let tasks = app.tasks.as_ref().unwrap();
     let nats = taskboard_tasks::testing::nats_url();
     let mut cfg = gw_config(&tasks.grpc_addr(), &tasks.subject_prefix, &nats);
     cfg.auth = "on".into();
     cfg.jwt_secret = Some(SECRET.into());
     cfg.service_token = Some(SERVICE_TOKEN.into());
+    tune(&mut cfg);
     let other = spawn_gateway(cfg).await;
     other.wait_ready().await;
     other
+}
+
+async fn second_gateway(app: &TestApp) -> TestApp {
+    second_gateway_with(app, |_| {}).await
 }
 
 async fn socket(gw: &TestApp, board: i64, user: i64) -> Ws {
@@ -43,7 +51,7 @@ async fn create(app: &TestApp, owner: &str, board: i64, title: &str) {
 }
 
 /// The next event's type, then (within [`WITHIN`] of `since`) the close.
-async fn event_then_close(ws: &mut Ws, kind: &str, since: Instant) -> (u16, String) {
+pub(crate) async fn event_then_close(ws: &mut Ws, kind: &str, since: Instant) -> (u16, String) {
     match ws.next().await.unwrap() {
         Next::Event(e) => assert_eq!(e["type"], kind, "{e}"),
         other => panic!("expected a {kind} event first, got {other:?}"),
@@ -173,7 +181,7 @@ async fn a_removed_member_s_socket_on_another_gateway_is_closed_and_gets_nothing
     assert!(m >= 3.0, "removal, downgrade and deletion counted: {m}");
 }
 
-async fn me(gw: &TestApp, t: &str) -> i64 {
+pub(crate) async fn me(gw: &TestApp, t: &str) -> i64 {
     let (s, me) = call(gw, M::GET, "/api/me", Some(t), None).await;
     assert_eq!(s, 200, "{me}");
     me["user_id"].as_i64().unwrap()

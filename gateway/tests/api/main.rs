@@ -8,6 +8,7 @@ mod delivery;
 mod failover;
 mod hardening;
 mod helpers;
+mod idp;
 mod resilience;
 mod rest;
 mod scale;
