@@ -49,7 +49,7 @@ pub struct AppState {
     /// Token verification; `None` with AUTH=off.
     pub auth: Option<Arc<auth::Verifier>>,
     /// String subjects' user ids (asked of the task service, cached).
-    pub subjects: auth::subjects::Subjects,
+    pub subjects: Arc<auth::subjects::Subjects>,
     /// Per-address and per-user rate limits.
     pub rate: auth::ratelimit::RateLimits,
     /// Replay page reads: shared between resumers, at most MAX_REPLAYS in flight.
@@ -207,7 +207,7 @@ pub async fn run_with_metrics(
         max_websockets = limits.max_websockets,
         "connection caps"
     );
-    let subjects = auth::subjects::Subjects::new(tasks.clone());
+    let subjects = Arc::new(auth::subjects::Subjects::new(tasks.clone()));
     let state = Arc::new(AppState {
         session: ws::SessionSettings {
             ping_interval: Duration::from_millis(config.ws_ping_interval_ms),

@@ -9,7 +9,11 @@ use metrics::{
 pub fn describe() {
     describe_counter!(
         "taskboard_access_changes_total",
-        "Access changes (member removed or downgraded, board deleted) applied to this gateway's open WebSockets"
+        "Access changes (member removed or downgraded, board deleted) of boards this gateway carries, whether or not they reached an open WebSocket (those closed: taskboard_ws_disconnects_total{reason=\"access_changed\"})"
+    );
+    describe_counter!(
+        "taskboard_ws_token_refreshes_total",
+        "In-band token refreshes ({\"type\":\"auth\"} messages) on WebSockets, by outcome (ok, refused, throttled, other_principal)"
     );
     describe_counter!(
         "taskboard_jwks_refreshes_total",
@@ -212,12 +216,17 @@ pub fn rejected(kind: &'static str) {
     counter!("taskboard_connections_rejected_total", "kind" => kind).increment(1);
 }
 
-/// `taskboard_ws_disconnects_total{reason}`.
-/// An access change applied to open sockets.
+/// An access change of a board this gateway carries (applied to whichever sockets it reaches).
 pub fn access_change() {
     counter!("taskboard_access_changes_total").increment(1);
 }
 
+/// `taskboard_ws_token_refreshes_total{outcome}`: an in-band `auth` message answered.
+pub fn token_refresh(outcome: &'static str) {
+    counter!("taskboard_ws_token_refreshes_total", "outcome" => outcome).increment(1);
+}
+
+/// `taskboard_ws_disconnects_total{reason}`.
 pub fn disconnect(reason: &'static str) {
     counter!("taskboard_ws_disconnects_total", "reason" => reason).increment(1);
 }

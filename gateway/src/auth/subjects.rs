@@ -35,7 +35,18 @@ impl Subjects {
         verifier: &Verifier,
         headers: &HeaderMap,
     ) -> Result<Principal, ApiError> {
-        let token = request_token(headers)?;
+        self.principal_of(verifier, request_token(headers)?).await
+    }
+
+    /// The principal `token` names (a request's, or one a WebSocket client sends in-band).
+    ///
+    /// # Errors
+    /// 401 for a bad token; 503 when a new subject cannot be mapped now.
+    pub async fn principal_of(
+        &self,
+        verifier: &Verifier,
+        token: &str,
+    ) -> Result<Principal, ApiError> {
         let v = match verifier.verify_token(token) {
             // The provider may have rotated its keys: look again (rate-limited), then retry.
             Err(m) if m == NO_KEY => match &verifier.remote {

@@ -18,6 +18,8 @@ pub(super) enum End {
     WriteTimeout,
     /// The bearer token's `exp` passed (1008): the client reconnects with a fresh token.
     TokenExpired,
+    /// A token sent in-band names another user or role (1008).
+    OtherPrincipal(&'static str),
     /// An access change reached the socket (removed from a board, downgraded, board deleted).
     Revoked(crate::fanout::access::Revoked),
     Io(String),
@@ -34,6 +36,7 @@ impl End {
             End::ReplayUnavailable => "replay_unavailable",
             End::WriteTimeout => "write_timeout",
             End::TokenExpired => "token_expired",
+            End::OtherPrincipal(_) => "token_other_principal",
             End::Revoked(_) => "access_changed",
             End::Io(_) => "error",
         }
@@ -59,6 +62,7 @@ impl std::fmt::Display for End {
             End::ReplayUnavailable => f.write_str("replay unavailable (1013)"),
             End::WriteTimeout => f.write_str("write timed out"),
             End::TokenExpired => f.write_str("token expired (1008)"),
+            End::OtherPrincipal(why) => write!(f, "{why} (1008)"),
             End::Revoked(r) => write!(f, "{} ({})", r.reason, r.code),
             End::Io(e) => write!(f, "connection error: {e}"),
         }

@@ -7,6 +7,7 @@ mod feed;
 pub mod frame;
 mod inbound;
 mod outbound;
+mod reauth;
 mod session;
 mod socket;
 mod upgrade;

@@ -99,9 +99,12 @@ pub async fn upgrade(state: &Arc<AppState>, mut req: Request<Incoming>, peer: So
         state.shutdown.clone(),
         super::session::Client {
             peer,
-            expires_at: who.map(|p| expiry(p.expires_at)),
+            expires_at: who.map(|p| super::reauth::deadline(p.expires_at)),
             deflate,
             user: who.filter(|p| !p.service).map(|p| p.user),
+            reauth: state.auth.clone().zip(who).map(|(verifier, principal)| {
+                super::reauth::Reauth::new(verifier, state.subjects.clone(), principal)
+            }),
         },
         state.replays.clone(),
     )
@@ -174,12 +177,6 @@ async fn authorize<B>(
             .map_err(|s| ApiError::from_status(&s, "ws authorize"))?;
     }
     Ok(Some(who))
-}
-
-/// The instant a token's `exp` (seconds since the epoch) passes.
-fn expiry(exp: u64) -> tokio::time::Instant {
-    let left = exp.saturating_sub(crate::auth::now());
-    tokio::time::Instant::now() + std::time::Duration::from_secs(left)
 }
 
 /// What RFC 6455 asks of the opening handshake and the upgrade crate does not check: HTTP/1.1 and

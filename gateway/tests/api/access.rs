@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 use reqwest::Method as M;
 use serde_json::json;
 
-use crate::auth::{call, new_board, spawn_auth, token, SECRET, SERVICE_TOKEN};
+use crate::auth::{
+    board_socket, call, create_as, new_board, spawn_auth, token, SECRET, SERVICE_TOKEN,
+};
 use crate::helpers::*;
 
 /// Well within the "about a second", on a loaded 2-core machine.
@@ -33,21 +35,7 @@ async fn second_gateway(app: &TestApp) -> TestApp {
 }
 
 async fn socket(gw: &TestApp, board: i64, user: i64) -> Ws {
-    let auth = format!("Bearer {}", token(user));
-    ws_connect_with(
-        gw.addr,
-        &format!("board_id={board}"),
-        &[("Authorization", &auth)],
-    )
-    .await
-    .unwrap()
-    .0
-}
-
-async fn create(app: &TestApp, owner: &str, board: i64, title: &str) {
-    let body = json!({ "board_id": board, "title": title });
-    let (s, t) = call(app, M::POST, "/api/tasks", Some(owner), Some(body)).await;
-    assert_eq!(s, 201, "{t}");
+    board_socket(gw.addr, board, &token(user)).await
 }
 
 /// The next event's type, then (within [`WITHIN`] of `since`) the close.
@@ -104,7 +92,7 @@ async fn a_removed_member_s_socket_on_another_gateway_is_closed_and_gets_nothing
     );
 
     // Everyone else keeps receiving: the removal, then a task.
-    create(&app, &owner, b, "after the removal").await;
+    create_as(&app, &owner, b, "after the removal").await;
     let seen: Vec<String> = owners
         .events(2)
         .await
@@ -158,7 +146,7 @@ async fn a_removed_member_s_socket_on_another_gateway_is_closed_and_gets_nothing
     )
     .await
     .unwrap();
-    create(&app, &owner, b, "after the downgrade").await;
+    create_as(&app, &owner, b, "after the downgrade").await;
     assert_eq!(back.event().await.unwrap()["title"], "after the downgrade");
 
     // A deleted board closes every socket on it, the owner's too, after the final event.

@@ -72,6 +72,33 @@ pub(crate) async fn call(
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
+/// Creates a task on `board` as the holder of `owner` (a token); it must succeed.
+pub(crate) async fn create_as(app: &TestApp, owner: &str, board: i64, title: &str) {
+    let body = json!({ "board_id": board, "title": title });
+    let (s, t) = call(
+        app,
+        reqwest::Method::POST,
+        "/api/tasks",
+        Some(owner),
+        Some(body),
+    )
+    .await;
+    assert_eq!(s, 201, "{t}");
+}
+
+/// A WebSocket on `board` of gateway `addr`, opened with `bearer` (a token).
+pub(crate) async fn board_socket(addr: std::net::SocketAddr, board: i64, bearer: &str) -> Ws {
+    let auth = format!("Bearer {bearer}");
+    ws_connect_with(
+        addr,
+        &format!("board_id={board}"),
+        &[("Authorization", &auth)],
+    )
+    .await
+    .unwrap()
+    .0
+}
+
 pub(crate) async fn new_board(app: &TestApp, owner: &str) -> i64 {
     let (s, b) = call(
         app,

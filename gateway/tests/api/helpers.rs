@@ -356,6 +356,31 @@ impl Ws {
     pub async fn close(mut self) {
         let _ = self.ws.write_frame(Frame::close(1000, b"bye")).await;
     }
+
+    /// Sends `v` as a text message (a client's in-band message, such as a token refresh).
+    pub async fn send_json(&mut self, v: &Value) -> Result<()> {
+        let text = serde_json::to_vec(v)?;
+        self.ws
+            .write_frame(Frame::text(fastwebsockets::Payload::Owned(text)))
+            .await
+            .map_err(|e| anyhow!("write: {e}"))
+    }
+
+    /// Sends `{"type":"auth","token":…}` and gives the gateway's answer (`auth_ok` or
+    /// `auth_error`), skipping events that arrive first.
+    pub async fn refresh(&mut self, token: &str) -> Result<Value> {
+        self.send_json(&json!({"type": "auth", "token": token}))
+            .await?;
+        loop {
+            match self.next().await? {
+                Next::Event(v) if v["type"] == "auth_ok" || v["type"] == "auth_error" => {
+                    return Ok(v)
+                }
+                Next::Event(_) => continue,
+                Next::Close(code, reason) => bail!("closed instead ({code} {reason})"),
+            }
+        }
+    }
 }
 
 /// The seq of an event.

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::access::{event_then_close, me, second_gateway_with};
-use crate::auth::{call, new_board, SERVICE_TOKEN};
+use crate::auth::{board_socket, call, create_as, new_board, SERVICE_TOKEN};
 use crate::helpers::*;
 
 /// The provider process; killed when dropped.
@@ -173,14 +173,7 @@ async fn tokens_of_a_real_provider_work_through_discovery_rotation_and_its_outag
     )
     .await;
     assert_eq!(s, 200, "{body}");
-    let auth = format!("Bearer {bob}");
-    let (mut ws, _) = ws_connect_with(
-        other.addr,
-        &format!("board_id={board}"),
-        &[("Authorization", &auth)],
-    )
-    .await
-    .unwrap();
+    let mut ws = board_socket(other.addr, board, &bob).await;
     let t = Instant::now();
     let (s, _) = call(
         &app,
@@ -194,6 +187,14 @@ async fn tokens_of_a_real_provider_work_through_discovery_rotation_and_its_outag
     let (code, reason) = event_then_close(&mut ws, "member_changed", t).await;
     assert_eq!(code, 4003, "{reason}");
 
+    // A socket opened with a short RS256 token, refreshed in-band with an ES256 one for the
+    // same string subject: it outlives the first token (checked after the outage below).
+    let first = idp.token("2c6f1d8a-alice", "k1", 2).await;
+    let mut mine = board_socket(other.addr, board, &first).await;
+    let fresh = idp.token("2c6f1d8a-alice", "k2", 3600).await;
+    let ok = mine.refresh(&fresh).await.unwrap();
+    assert_eq!(ok["type"], "auth_ok", "{ok}");
+
     // The provider goes down: the keys held keep working; the short token expires and is refused.
     idp.child.kill().await.unwrap();
     assert_eq!(me(&app, &alice).await, a);
@@ -203,6 +204,12 @@ async fn tokens_of_a_real_provider_work_through_discovery_rotation_and_its_outag
     let (s, e) = status(&app, &short).await;
     assert_eq!(s, 401, "{e}");
     assert!(e["message"].as_str().unwrap().contains("expired"), "{e}");
+    create_as(&app, &alice, board, "still here").await;
+    let e = mine.event().await.unwrap();
+    assert_eq!(
+        e["title"], "still here",
+        "the refreshed socket is open: {e}"
+    );
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@ mod failover;
 mod hardening;
 mod helpers;
 mod idp;
+mod refresh;
 mod resilience;
 mod rest;
 mod scale;

@@ -1,5 +1,6 @@
 //! Frames from a WebSocket client, read with a buffer that costs nothing while the client is
-//! silent. Clients of `/ws` only ever send pongs, pings and close (anything else is skipped), so
+//! silent. Clients of `/ws` send pongs, pings, close and now and then a text message (a token
+//! refresh; binary messages are skipped), so
 //! a connection should not pin a general-purpose 8 KiB read buffer for its whole life: at 100k
 //! idle connections that alone is 800 MiB (measured: 15 KiB per connection before, see
 //! BENCHMARKS.md). This reader grows its buffer only when bytes arrive and frees it when a large
@@ -14,7 +15,9 @@ pub enum Kind {
     Ping,
     Pong,
     Close,
-    /// Text, binary or continuation: ignored by the session.
+    /// A whole text message (after its last fragment, inflated): its payload is the text.
+    Text,
+    /// Any other data frame (binary, or a text fragment before the last): skipped.
     Data,
 }
 
@@ -50,6 +53,8 @@ pub struct Reader<R> {
     /// With permessage-deflate negotiated: compressed messages (RSV1 on their first frame) are
     /// inflated, within `max`, so that their text can be checked like any other.
     inflater: Option<Box<Inflater>>,
+    /// The text message in progress (at most `max` bytes in all its fragments).
+    text: Vec<u8>,
 }
 
 /// A data message in progress.
@@ -73,6 +78,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             message: None,
             partial: Vec::new(),
             inflater: deflate.then(Box::default),
+            text: Vec::new(),
         }
     }
 
@@ -80,11 +86,16 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     pub async fn next(&mut self) -> Result<Inbound, ReadError> {
         loop {
             let deflate = self.inflater.is_some();
-            if let Some((frame, used)) = parse(&self.buf, self.max, deflate)? {
-                if let Some(data) = frame.data {
-                    self.check_message(used, data)?;
+            if let Some((parsed, used)) = parse(&self.buf, self.max, deflate)? {
+                let mut frame = parsed.inbound;
+                if let Some(data) = parsed.data {
+                    if let Some(text) = self.check_message(used, data)? {
+                        frame = Inbound {
+                            kind: Kind::Text,
+                            payload: text,
+                        };
+                    }
                 }
-                let frame = frame.inbound;
                 self.buf.drain(..used);
                 if self.buf.is_empty() && self.buf.capacity() > KEEP {
                     self.buf = Vec::new();
@@ -105,7 +116,8 @@ impl<R> Reader<R> {
     /// Follows data frames across fragments: continuations only inside a message, no new
     /// message inside one, and text that is valid UTF-8 (RFC 6455 §8.1: else close with 1007),
     /// after inflation for a compressed message. The frame is the first `used` bytes of `buf`.
-    fn check_message(&mut self, used: usize, d: DataFrame) -> Result<(), ReadError> {
+    /// Returns the whole text of a text message its last fragment completes.
+    fn check_message(&mut self, used: usize, d: DataFrame) -> Result<Option<Vec<u8>>, ReadError> {
         let m = match (d.opcode, self.message) {
             (0x0, Some(m)) if !d.compressed => m,
             (0x0, Some(_)) => return Err(protocol("RSV1 set on a continuation frame")),
@@ -118,28 +130,48 @@ impl<R> Reader<R> {
         };
         self.message = (!d.fin).then_some(m);
         if !m.text && !m.compressed {
-            return Ok(());
+            return Ok(None);
         }
         let payload: Vec<u8> = self.buf[..used][d.payload.clone()]
             .iter()
             .enumerate()
             .map(|(i, v)| v ^ d.mask[i % 4])
             .collect();
-        let partial = &mut self.partial;
+        let (partial, text, max) = (&mut self.partial, &mut self.text, self.max);
+        // Text is kept (binary is only inflated, to check the stream) up to `max` in all.
+        let mut keep = |chunk: &[u8]| {
+            if m.text {
+                if text.len() + chunk.len() > max {
+                    return Err(too_big());
+                }
+                text.extend_from_slice(chunk);
+            }
+            Ok(())
+        };
         match self.inflater.as_deref_mut() {
             Some(inflater) if m.compressed => {
                 let mut check = |chunk: &[u8]| match m.text {
-                    true => utf8(partial, chunk, true),
+                    true => utf8(partial, chunk, true).and_then(|()| keep(chunk)),
                     false => Ok(()),
                 };
                 inflater.feed(&payload, d.fin, self.max, &mut check)?;
-                match m.text {
-                    true => utf8(partial, &[], !d.fin),
-                    false => Ok(()),
+                if m.text {
+                    utf8(partial, &[], !d.fin)?;
                 }
             }
-            _ => utf8(partial, &payload, !d.fin),
+            _ => {
+                utf8(partial, &payload, !d.fin)?;
+                keep(&payload)?;
+            }
         }
+        Ok((m.text && d.fin).then(|| std::mem::take(&mut self.text)))
+    }
+}
+
+fn too_big() -> ReadError {
+    ReadError::Protocol {
+        close_code: 1009,
+        reason: "message too big",
     }
 }
 
@@ -236,10 +268,7 @@ fn parse(b: &[u8], max: usize, deflate: bool) -> Result<Option<(Parsed, usize)>,
         return Err(protocol("invalid control frame"));
     }
     if len > max as u64 {
-        return Err(ReadError::Protocol {
-            close_code: 1009,
-            reason: "message too big",
-        });
+        return Err(too_big());
     }
     let len = len as usize;
     if b.len() < at + 4 + len {

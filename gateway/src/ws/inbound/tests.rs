@@ -36,16 +36,11 @@ async fn read_all(bytes: Vec<u8>) -> Result<Vec<Kind>, ReadError> {
 
 /// Reads every frame of `bytes`, with compression negotiated or not.
 async fn read_all_with(bytes: Vec<u8>, deflate: bool) -> Result<Vec<Kind>, ReadError> {
-    let mut io = tokio_test_io(bytes);
-    let mut r = Reader::new(&mut io, 4096, deflate);
-    let mut kinds = Vec::new();
-    loop {
-        match r.next().await {
-            Ok(f) => kinds.push(f.kind),
-            Err(ReadError::Eof) => return Ok(kinds),
-            Err(e) => return Err(e),
-        }
-    }
+    Ok(messages(bytes, deflate)
+        .await?
+        .into_iter()
+        .map(|m| m.kind)
+        .collect())
 }
 
 #[tokio::test]
@@ -104,19 +99,59 @@ async fn fragments_must_belong_to_a_message() {
     ok.extend(fragment(true, 0x0, b"b"));
     assert_eq!(
         read_all(ok).await.unwrap(),
-        vec![Kind::Data, Kind::Ping, Kind::Data]
+        vec![Kind::Data, Kind::Ping, Kind::Text]
     );
 }
 
+/// Every message of `bytes`, with its payload.
+async fn messages(bytes: Vec<u8>, deflate: bool) -> Result<Vec<Inbound>, ReadError> {
+    let mut io = tokio_test_io(bytes);
+    let mut r = Reader::new(&mut io, 4096, deflate);
+    let mut all = Vec::new();
+    loop {
+        match r.next().await {
+            Ok(f) => all.push(f),
+            Err(ReadError::Eof) => return Ok(all),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 #[tokio::test]
-async fn reads_control_frames_split_anywhere_and_skips_data() {
+async fn text_messages_arrive_whole_across_fragments_within_the_limit() {
+    let mut split = fragment(false, 0x1, b"{\"type\":");
+    split.extend(client_frame(0x9, b"p"));
+    split.extend(fragment(false, 0x0, b"\"auth\","));
+    split.extend(fragment(true, 0x0, b"\"token\":\"t\"}"));
+    split.extend(client_frame(0x2, b"binary is skipped"));
+    split.extend(client_frame(0x1, b"next"));
+    let got = messages(split, false).await.unwrap();
+    let texts: Vec<&[u8]> = got
+        .iter()
+        .filter(|m| m.kind == Kind::Text)
+        .map(|m| &m.payload[..])
+        .collect();
+    assert_eq!(
+        texts,
+        [&b"{\"type\":\"auth\",\"token\":\"t\"}"[..], b"next"]
+    );
+    assert_eq!(got[1].kind, Kind::Ping, "a control frame between fragments");
+    assert_eq!(got[4].kind, Kind::Data);
+    // Fragments each under the limit, together over it.
+    let mut long = fragment(false, 0x1, &[b'a'; 3000]);
+    long.extend(fragment(true, 0x0, &[b'a'; 3000]));
+    assert_eq!(messages(long, false).await.unwrap_err(), too_big());
+}
+
+#[tokio::test]
+async fn reads_frames_split_anywhere() {
     let mut bytes = client_frame(0x1, b"hello, ignored");
     bytes.extend(client_frame(0xA, b"pong-data"));
     bytes.extend(client_frame(0x8, &[0x03, 0xe8, b'b', b'y', b'e']));
     // Deliver one byte at a time: every split point must work.
     let mut builder = tokio_test_io(bytes);
     let mut r = Reader::new(&mut builder, 4096, false);
-    assert_eq!(r.next().await.unwrap().kind, Kind::Data);
+    assert_eq!(r.next().await.unwrap().payload, b"hello, ignored");
     assert_eq!(
         r.next().await.unwrap(),
         Inbound {
@@ -211,7 +246,13 @@ async fn compressed_messages_are_inflated_within_the_limit_once_negotiated() {
     two.extend(client_frame(0x9, b"ping"));
     assert_eq!(
         read_all_with(two.clone(), true).await.unwrap(),
-        [Kind::Data, Kind::Data, Kind::Ping]
+        [Kind::Text, Kind::Text, Kind::Ping]
+    );
+    let whole = messages(two.clone(), true).await.unwrap();
+    assert_eq!(
+        whole[1].payload,
+        "{\"type\":\"auth\",\"token\":\"caf\u{e9}\"}".as_bytes(),
+        "the second message, inflated"
     );
     // Not negotiated: RSV1 is a protocol error.
     assert_eq!(

@@ -23,6 +23,7 @@ use super::close::{close_of, resume_hint, sendable, End};
 use super::feed::Feed;
 use super::inbound::{self, Kind, ReadError};
 use super::outbound::Writer;
+use super::reauth::{self, Outcome, Reauth};
 use super::socket;
 use super::Subscription;
 use crate::fanout::delivery::Delivery;
@@ -31,8 +32,9 @@ use crate::fanout::outlet::Stop;
 use crate::upstream::client::TasksClient;
 use taskboard_telemetry::Slotted;
 
-/// Largest message accepted from a client (clients have nothing to say but pongs and close).
-const MAX_INBOUND: usize = 4096;
+/// Largest message accepted from a client: what clients say is pongs, close and token refreshes
+/// (`{"type":"auth","token":…}`; identity providers' tokens with many claims reach several KiB).
+const MAX_INBOUND: usize = 16 * 1024;
 /// How long the upgrade waits for the heads of new boards (where a subscriber without `since`
 /// starts) before it goes ahead without them.
 const HEADS_DEADLINE: Duration = Duration::from_secs(1);
@@ -72,6 +74,8 @@ struct Ctx {
     deflate: bool,
     /// The user on the other end (`None`: AUTH=off, or the service role).
     user: Option<i64>,
+    /// How a token sent in-band is checked (`None`: AUTH=off); the session takes it.
+    reauth: Option<Reauth>,
 }
 
 /// What woke a running session.
@@ -94,6 +98,8 @@ pub struct Client {
     /// The user (`None`: AUTH=off, or the service role): access changes naming them close the
     /// session.
     pub user: Option<i64>,
+    /// Checks a fresh token the client sends in-band (`None`: AUTH=off).
+    pub reauth: Option<Reauth>,
 }
 
 impl Session {
@@ -115,6 +121,7 @@ impl Session {
             expires_at,
             deflate,
             user,
+            reauth,
         } = client;
         let (feed, known) = Feed::new(&hub, &sub.boards, deflate, user);
         // Every board: answered once the gateway's subscription to every board is confirmed, so
@@ -167,6 +174,7 @@ impl Session {
                 replays,
                 deflate,
                 user,
+                reauth,
             },
             feed,
         }
@@ -174,7 +182,12 @@ impl Session {
 
     /// Runs the session on the upgraded socket until it ends.
     pub async fn run(self, ws: WebSocket<TokioIo<Upgraded>>) {
-        let Session { ctx, feed, start } = self;
+        let Session {
+            mut ctx,
+            feed,
+            start,
+        } = self;
+        let reauth = ctx.reauth.take();
         let total = ctx.hub.client_connected();
         tracing::info!(peer.addr = %ctx.peer, boards = ?ctx.sub.boards, "➕ Client connected. Total clients: {total}");
         let upgraded = ws.into_inner().into_inner();
@@ -192,18 +205,18 @@ impl Session {
                 let Slotted { io, slot: _slot } = io.into_inner();
                 let (r, w, shared) = socket::share(io);
                 feed.attach(shared);
-                ctx.serve(r, w, feed, start).await
+                ctx.serve(r, w, feed, start, reauth).await
             }
             Ok(parts) => {
                 let Slotted { io, slot: _slot } = parts.io.into_inner();
                 let (r, w, shared) = socket::share(io);
                 feed.attach(shared);
                 let r = std::io::Cursor::new(parts.read_buf).chain(r);
-                ctx.serve(r, w, feed, start).await
+                ctx.serve(r, w, feed, start, reauth).await
             }
             Err(upgraded) => {
                 let (r, w) = tokio::io::split(TokioIo::new(upgraded));
-                ctx.serve(r, w, feed, start).await
+                ctx.serve(r, w, feed, start, reauth).await
             }
         };
         crate::metrics::disconnect(end.label());
@@ -213,7 +226,14 @@ impl Session {
 }
 
 impl Ctx {
-    async fn serve<R, W>(&self, r: R, w: W, feed: Feed, start: HashMap<i64, i64>) -> End
+    async fn serve<R, W>(
+        &self,
+        r: R,
+        w: W,
+        feed: Feed,
+        start: HashMap<i64, i64>,
+        mut reauth: Option<Reauth>,
+    ) -> End
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
@@ -304,6 +324,27 @@ impl Ctx {
                         continue;
                     }
                     Kind::Data => continue,
+                    Kind::Text => match reauth::handle(
+                        reauth.as_mut(),
+                        &f.payload,
+                        tokio::time::Instant::now(),
+                    )
+                    .await
+                    {
+                        Outcome::Ignored => continue,
+                        Outcome::Renewed { expires_at, reply } => {
+                            expired.as_mut().reset(reauth::deadline(expires_at));
+                            match wr.bytes(&reply).await {
+                                Ok(()) => continue,
+                                Err(e) => e.into(),
+                            }
+                        }
+                        Outcome::Refused(reply) => match wr.bytes(&reply).await {
+                            Ok(()) => continue,
+                            Err(e) => e.into(),
+                        },
+                        Outcome::OtherPrincipal(why) => End::OtherPrincipal(why),
+                    },
                 },
                 Woke::Read(Err(ReadError::Protocol { close_code, reason })) => {
                     let _ = wr
@@ -353,6 +394,7 @@ impl Ctx {
                 (why.code, resume_hint(&why.reason, &self.sub.boards, last))
             }
             End::Revoked(why) => (why.code, why.reason.clone()),
+            End::OtherPrincipal(why) => (1008, (*why).to_owned()),
             End::TokenExpired => (
                 1008,
                 resume_hint(
