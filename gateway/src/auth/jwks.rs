@@ -1,6 +1,6 @@
 //! The identity provider's signing keys over HTTP(S): `JWT_JWKS_URL`, or found by OIDC discovery
-//! from `JWT_ISSUER`. Cached as the answer's `Cache-Control: max-age` says (30 s to 24 h; 5 min
-//! without one), refetched early when a token names an unknown `kid` (at most every
+//! from `JWT_ISSUER`. Cached as the answer's `Cache-Control: max-age` says (`JWT_JWKS_MIN_FRESH_SECS`,
+//! 30 s by default, to 24 h; 5 min without one), refetched early when a token names an unknown `kid` (at most every
 //! [`KID_REFRESH_EVERY`], so a flood of made-up `kid`s cannot hammer the provider), and kept
 //! while the provider is down for up to `JWT_JWKS_MAX_STALE_SECS`.
 use std::sync::Mutex;
@@ -12,9 +12,8 @@ use super::Verifier;
 
 /// Least time between two fetches caused by unknown `kid`s.
 pub const KID_REFRESH_EVERY: Duration = Duration::from_secs(10);
-/// Bounds on how long a fetched key set is fresh.
-const MIN_FRESH: Duration = Duration::from_secs(30);
-const MAX_FRESH: Duration = Duration::from_secs(86_400);
+/// The most a provider's `max-age` keeps a key set fresh (also the most `min_fresh` may be).
+pub const MAX_FRESH: Duration = Duration::from_secs(86_400);
 /// Freshness without a `max-age`.
 const DEFAULT_FRESH: Duration = Duration::from_secs(300);
 /// Retry delays after a failed fetch: 5 s doubling to 60 s.
@@ -48,6 +47,8 @@ pub struct Remote {
     source: Source,
     http: reqwest::Client,
     max_stale: Duration,
+    /// The least a fetched set is fresh, whatever the provider says (`no-cache`, `max-age=0`).
+    min_fresh: Duration,
     state: Mutex<State>,
     /// One fetch at a time.
     fetching: tokio::sync::Mutex<()>,
@@ -66,11 +67,12 @@ pub fn check_url(url: &str, what: &str) -> Result<(), String> {
 }
 
 impl Remote {
-    /// A fetcher of `source`'s keys, kept up to `max_stale` while the provider is down.
+    /// A fetcher of `source`'s keys, kept up to `max_stale` while the provider is down and
+    /// fetched at most every `min_fresh` on schedule (at most [`MAX_FRESH`]).
     ///
     /// # Errors
     /// A bad address.
-    pub fn new(source: Source, max_stale: Duration) -> Result<Self, String> {
+    pub fn new(source: Source, max_stale: Duration, min_fresh: Duration) -> Result<Self, String> {
         let jwks_url = match &source {
             Source::Url(u) => {
                 check_url(u, "JWT_JWKS_URL")?;
@@ -91,6 +93,7 @@ impl Remote {
             source,
             http,
             max_stale,
+            min_fresh: min_fresh.min(MAX_FRESH),
             state: Mutex::new(State {
                 jwks_url,
                 ..State::default()
@@ -202,7 +205,8 @@ impl Remote {
             .headers()
             .get(http::header::CACHE_CONTROL)
             .and_then(|v| v.to_str().ok())
-            .map_or(DEFAULT_FRESH, freshness);
+            .map_or(DEFAULT_FRESH, |cc| freshness(cc, self.min_fresh))
+            .max(self.min_fresh);
         let body = r.bytes().await.map_err(|e| format!("GET {url}: {e}"))?;
         let n = verifier
             .load_jwks(&body)
@@ -271,13 +275,13 @@ impl Remote {
     }
 }
 
-/// How long an answer with `cache_control` is fresh.
-fn freshness(cache_control: &str) -> Duration {
+/// How long an answer with `cache_control` is fresh, at least `min`.
+fn freshness(cache_control: &str, min: Duration) -> Duration {
     let mut fresh = DEFAULT_FRESH;
     for d in cache_control.split(',').map(str::trim) {
         let d = d.to_ascii_lowercase();
         if d == "no-cache" || d == "no-store" {
-            return MIN_FRESH;
+            return min;
         }
         if let Some(n) = d.strip_prefix("max-age=") {
             if let Ok(n) = n.trim_matches('"').parse::<u64>() {
@@ -285,7 +289,7 @@ fn freshness(cache_control: &str) -> Duration {
             }
         }
     }
-    fresh.clamp(MIN_FRESH, MAX_FRESH)
+    fresh.clamp(min, MAX_FRESH)
 }
 
 #[cfg(test)]
@@ -294,11 +298,14 @@ mod tests {
 
     #[test]
     fn cache_control_sets_freshness_within_bounds() {
-        assert_eq!(freshness("public, max-age=600"), Duration::from_secs(600));
-        assert_eq!(freshness("max-age=1"), MIN_FRESH);
-        assert_eq!(freshness("max-age=99999999"), MAX_FRESH);
-        assert_eq!(freshness("no-cache"), MIN_FRESH);
-        assert_eq!(freshness("private"), DEFAULT_FRESH);
+        let min = Duration::from_secs(30);
+        let f = |cc| freshness(cc, min);
+        assert_eq!(f("public, max-age=600"), Duration::from_secs(600));
+        assert_eq!(f("max-age=1"), min);
+        assert_eq!(f("max-age=99999999"), MAX_FRESH);
+        assert_eq!(f("no-cache"), min);
+        assert_eq!(f("private"), DEFAULT_FRESH);
+        assert_eq!(freshness("max-age=2", Duration::from_secs(1)).as_secs(), 2);
     }
 
     #[test]

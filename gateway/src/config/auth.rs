@@ -98,7 +98,8 @@ impl Config {
         Ok(Some(match remote {
             Some(src) => {
                 let max_stale = std::time::Duration::from_secs(self.jwt_jwks_max_stale_secs.max(1));
-                let r = crate::auth::jwks::Remote::new(src, max_stale).map_err(cfg)?;
+                let min_fresh = std::time::Duration::from_secs(self.jwt_jwks_min_fresh_secs);
+                let r = crate::auth::jwks::Remote::new(src, max_stale, min_fresh).map_err(cfg)?;
                 v.with_remote(std::sync::Arc::new(r))
             }
             None => v,

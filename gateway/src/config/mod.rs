@@ -86,6 +86,13 @@ pub struct Config {
     #[arg(long, env = "JWT_JWKS_MAX_STALE_SECS", default_value_t = 86_400)]
     pub jwt_jwks_max_stale_secs: u64,
 
+    /// The least time fetched keys are kept before the scheduled refetch, seconds (1 to 86400),
+    /// whatever the provider's Cache-Control asks (`no-cache`, `max-age=0`): the provider is
+    /// asked at most this often on schedule. A new `kid` is fetched sooner (at most every 10 s).
+    #[arg(long, env = "JWT_JWKS_MIN_FRESH_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub jwt_jwks_min_fresh_secs: u64,
+
     /// The `aud` tokens must carry.
     #[arg(long, env = "JWT_AUDIENCE", default_value = "taskboard")]
     pub jwt_audience: String,
@@ -276,6 +283,7 @@ impl Config {
             jwt_jwks_file: None,
             jwt_jwks_url: None,
             jwt_jwks_max_stale_secs: 86_400,
+            jwt_jwks_min_fresh_secs: 30,
             jwt_audience: "taskboard".into(),
             jwt_issuer: None,
             jwt_leeway_secs: 30,

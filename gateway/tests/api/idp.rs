@@ -1,7 +1,7 @@
 //! Against a real OpenID provider library nobody here wrote (npm's oauth2-mock-server, started
 //! with node by the test): OIDC discovery, keys fetched over HTTP, a key rotation, a flood of
-//! unknown `kid`s, the provider down, string subjects, and a removed member's socket on a second
-//! gateway.
+//! unknown `kid`s, the provider down, string subjects, a removed member's socket on a second
+//! gateway, an in-band token refresh, and the key cache following the provider's Cache-Control.
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -249,4 +249,57 @@ async fn a_provider_that_cannot_be_reached_at_start_is_said_so_and_tokens_wait_f
         .is_some_and(|n| n >= 1.0),
         "the failed fetch is counted"
     );
+}
+
+#[tokio::test]
+async fn the_key_cache_follows_the_provider_s_cache_control() {
+    let mut idp = Provider::start().await;
+    idp.cmd(json!({"cmd": "cache_control", "value": "public, max-age=2"}))
+        .await;
+    let url = idp.url.clone();
+    let app = spawn_app_with(
+        |t| {
+            t.auth = "on".into();
+            t.service_token = Some(SERVICE_TOKEN.into());
+        },
+        |g| {
+            use_provider(g, &url);
+            g.jwt_jwks_min_fresh_secs = 1;
+        },
+    )
+    .await;
+    let old = idp.token("dave@example.com", "k1", 3600).await;
+    let dave = me(&app, &old).await;
+
+    // The provider rotates: k2 published, k1 withdrawn, and from now on its answers say
+    // max-age=3600. No token names an unknown kid, so only the 2-second freshness of the keys
+    // held brings the change.
+    idp.cmd(json!({"cmd": "add_key", "alg": "ES256", "kid": "k2"}))
+        .await;
+    idp.cmd(json!({"cmd": "retire_key", "kid": "k1"})).await;
+    idp.cmd(json!({"cmd": "cache_control", "value": "max-age=3600"}))
+        .await;
+    let t = Instant::now();
+    let withdrawn = eventually(Duration::from_secs(6), || {
+        let (app, old) = (&app, &old);
+        async move { status(app, old).await.0 == 401 }
+    })
+    .await;
+    assert!(
+        withdrawn,
+        "k1 still accepted {:?} after it was withdrawn",
+        t.elapsed()
+    );
+    let new = idp.token("dave@example.com", "k2", 3600).await;
+    assert_eq!(me(&app, &new).await, dave, "the same user, by the new key");
+
+    // The set fetched said max-age=3600: nothing is fetched on schedule 3 s on.
+    let hits = idp.jwks_hits().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        idp.jwks_hits().await,
+        hits,
+        "refetched despite max-age=3600"
+    );
+    assert_eq!(me(&app, &new).await, dave);
 }

@@ -3,6 +3,8 @@
 // then answers one JSON line per command read on stdin:
 //   {"cmd":"token","sub":"alice","kid":"k1","expires_in":60}  -> {"token": "..."}
 //   {"cmd":"add_key","alg":"ES256","kid":"k2"}                 -> {"kid": "k2"}
+//   {"cmd":"retire_key","kid":"k1"}                            -> {"kid": "k1"} (left out of the JWKS)
+//   {"cmd":"cache_control","value":"max-age=3600"}             -> {"value": "..."} (of JWKS answers)
 //   {"cmd":"hits"}                                             -> {"jwks": n, "discovery": n}
 // The test stops it by killing the process ("the provider is down").
 import http from "node:http";
@@ -14,10 +16,19 @@ const issuer = new OAuth2Issuer();
 await issuer.keys.generate(process.env.FIRST_ALG || "RS256", { kid: "k1" });
 const service = new OAuth2Service(issuer);
 const hits = { jwks: 0, discovery: 0 };
+let cacheControl = process.env.JWKS_CACHE_CONTROL || "max-age=300";
+// Keys the provider no longer publishes (it still holds them, so it can sign with them).
+const retired = new Set();
 const server = http.createServer((req, res) => {
   if (req.url.startsWith("/jwks")) {
     hits.jwks += 1;
-    res.setHeader("Cache-Control", process.env.JWKS_CACHE_CONTROL || "max-age=300");
+    res.setHeader("Cache-Control", cacheControl);
+    if (retired.size > 0) {
+      const keys = issuer.keys.toJSON().filter((k) => !retired.has(k.kid));
+      res.setHeader("Content-Type", "application/json");
+      res.end(JSON.stringify({ keys }));
+      return;
+    }
   }
   if (req.url.startsWith("/.well-known/")) hits.discovery += 1;
   service.requestHandler(req, res);
@@ -44,6 +55,12 @@ for await (const line of readline.createInterface({ input: process.stdin })) {
     } else if (c.cmd === "add_key") {
       const jwk = await issuer.keys.generate(c.alg, { kid: c.kid });
       answer({ kid: jwk.kid });
+    } else if (c.cmd === "retire_key") {
+      retired.add(c.kid);
+      answer({ kid: c.kid });
+    } else if (c.cmd === "cache_control") {
+      cacheControl = c.value;
+      answer({ value: cacheControl });
     } else if (c.cmd === "hits") {
       answer(hits);
     } else {
