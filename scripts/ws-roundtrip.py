@@ -33,6 +33,7 @@ while True:
     payload = exact(n)
     if b0 & 0x0F == 1:
         event = json.loads(payload)
-        break
+        if event.get("type") != "presence":  # who is viewing: not an event
+            break
 assert event["type"] == "created" and event["task"] == task and event["seq"] == 1, event
 print("    event", event["type"], "seq", event["seq"], "task", task["id"])

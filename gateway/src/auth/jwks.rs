@@ -192,15 +192,7 @@ impl Remote {
                 u
             }
         };
-        let r = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| format!("GET {url}: {e}"))?;
-        if !r.status().is_success() {
-            return Err(format!("GET {url}: HTTP {}", r.status()));
-        }
+        let r = self.get(&url, "GET").await?;
         let fresh = r
             .headers()
             .get(http::header::CACHE_CONTROL)
@@ -217,6 +209,20 @@ impl Remote {
         Ok((n, fresh))
     }
 
+    /// A successful answer to GET `url`; errors begin with `what` and the address.
+    async fn get(&self, url: &str, what: &str) -> Result<reqwest::Response, String> {
+        let r = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| format!("{what} {url}: {e}"))?;
+        if !r.status().is_success() {
+            return Err(format!("{what} {url}: HTTP {}", r.status()));
+        }
+        Ok(r)
+    }
+
     /// The JWKS address the issuer's discovery document names.
     async fn discover(&self) -> Result<String, String> {
         let Source::Discovery { issuer } = &self.source else {
@@ -226,15 +232,7 @@ impl Remote {
             "{}/.well-known/openid-configuration",
             issuer.trim_end_matches('/')
         );
-        let r = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| format!("OIDC discovery GET {url}: {e}"))?;
-        if !r.status().is_success() {
-            return Err(format!("OIDC discovery GET {url}: HTTP {}", r.status()));
-        }
+        let r = self.get(&url, "OIDC discovery GET").await?;
         let doc: serde_json::Value = r
             .json()
             .await
