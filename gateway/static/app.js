@@ -173,6 +173,7 @@
     // Browsers cannot set headers on a WebSocket: the token travels as a subprotocol.
     const url = `${proto}//${location.host}/ws?board_id=${state.board}&since=${state.lastSeq}`;
     const ws = token ? new WebSocket(url, ["taskboard", `bearer.${token}`]) : new WebSocket(url);
+    ws.token = token; // the token in force on this socket (a refresh sent in-band replaces it)
     state.ws = ws;
     ws.onopen = () => {
       if (gen !== state.generation) return;
@@ -183,11 +184,19 @@
       if (gen !== state.generation) return;
       let ev;
       try { ev = JSON.parse(m.data); } catch { return; }
+      if (ev.type === "auth_ok") { ws.token = ws.refreshing; return; }
+      if (ev.type === "auth_error") { showError(`Your new sign-in was not accepted: ${ev.message}.`); return; }
       onEvent(ev);
     };
     ws.onclose = (c) => {
       if (gen !== state.generation) return;
       state.ws = null;
+      if (c.code === 1008 && token !== ws.token) {
+        // Signed in anew meanwhile (another tab, as someone else): open the board as them.
+        showWho();
+        loadBoard(state.board);
+        return;
+      }
       if (c.code === 1008) {
         setConn("offline");
         showError("Your sign-in has expired: sign in again.");
@@ -783,6 +792,21 @@
     setToken(t);
   });
   $("sign-out").addEventListener("click", () => setToken(""));
+
+  // Signed in (or out) in another tab. The same user's fresh token goes to the open socket
+  // in-band, so it outlives the old token without reconnecting; a token for someone else gets the
+  // socket closed (1008), and the board is opened again as them.
+  window.addEventListener("storage", (e) => {
+    if (e.key !== TOKEN_KEY || (e.newValue || "") === token) return;
+    token = e.newValue || "";
+    const ws = state.ws;
+    if (token && ws && ws.readyState === WebSocket.OPEN && ws.token) {
+      ws.refreshing = token;
+      ws.send(JSON.stringify({ type: "auth", token }));
+    } else {
+      setToken(token);
+    }
+  });
 
   window.addEventListener("hashchange", () => loadBoard(boardFromHash()));
   showWho();

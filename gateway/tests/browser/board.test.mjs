@@ -389,6 +389,38 @@ test("signing in: the token leaves the address, and 401/403 are shown in words",
   await ctx.close();
 });
 
+test("a sign-in in another tab reaches the open board in-band, and one as someone else reopens it", async () => {
+  const board = await newBoard("Refreshed");
+  await rest(gw1.url, "PUT", `/api/boards/${board}/members/2`, { role: "editor" });
+  // Opened with a token that expires in 3 s.
+  const page = await openBoard(board, undefined, gw1, tokenFor(1, 3));
+  // Sockets opened from now on (the first one is already open).
+  const reconnects = [];
+  page.on("websocket", (ws) => reconnects.push(ws.url()));
+  // Another tab of the same browser signs the same user in again with a fresh token.
+  const other = await page.context().newPage();
+  await other.goto(`${gw1.url}/#board=${board}&token=${tokenFor(1, 3600)}`);
+  await other.locator("#conn", { hasText: "connected" }).waitFor({ timeout: 5000 });
+  // Past the first token's expiry the first page is still live, on the same socket.
+  await new Promise((r) => setTimeout(r, 4500));
+  await rest(gw1.url, "POST", "/api/tasks", { board_id: board, title: "after the old token" });
+  await task(page, "after the old token").waitFor({ timeout: 2000 });
+  assert.equal(await page.locator("#conn").textContent(), "connected");
+  assert.equal(await page.locator("#error").isHidden(), true);
+  assert.equal(reconnects.length, 0, `reconnected: ${reconnects}`);
+  // A sign-in as user 2 in the other tab: the socket is closed (another user) and the board
+  // opens again as user 2.
+  const reopened = page.waitForEvent("websocket", { timeout: 5000 });
+  await other.evaluate((t) => localStorage.setItem("taskboard.token", t), tokenFor(2));
+  await reopened;
+  await page.locator("#who", { hasText: "signed in as user 2" }).waitFor({ timeout: 3000 });
+  await rest(gw1.url, "POST", "/api/tasks", { board_id: board, title: "seen by user 2" });
+  await task(page, "seen by user 2").waitFor({ timeout: 3000 });
+  assert.equal(reconnects.length, 1);
+  assert.deepEqual(page.pageErrors, []);
+  await page.context().close();
+});
+
 test("a new board is created from the page and opened", async () => {
   const board = await newBoard();
   const a = await openBoard(board);
