@@ -42,6 +42,18 @@ struct State {
     failures: u32,
 }
 
+/// How the fetcher behaves.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The last keys fetched stay in use this long while the provider cannot be reached.
+    pub max_stale: Duration,
+    /// The least a fetched set is fresh, whatever the provider says (at most [`MAX_FRESH`]).
+    pub min_fresh: Duration,
+    /// Certificates (PEM) trusted for the provider's TLS besides the system's: a provider
+    /// behind a private CA (`JWT_JWKS_CA_FILE`).
+    pub ca_pem: Option<Vec<u8>>,
+}
+
 /// The key cache's fetcher.
 pub struct Remote {
     source: Source,
@@ -67,12 +79,11 @@ pub fn check_url(url: &str, what: &str) -> Result<(), String> {
 }
 
 impl Remote {
-    /// A fetcher of `source`'s keys, kept up to `max_stale` while the provider is down and
-    /// fetched at most every `min_fresh` on schedule (at most [`MAX_FRESH`]).
+    /// A fetcher of `source`'s keys, as `settings` say.
     ///
     /// # Errors
-    /// A bad address.
-    pub fn new(source: Source, max_stale: Duration, min_fresh: Duration) -> Result<Self, String> {
+    /// A bad address, or a CA file without a certificate.
+    pub fn new(source: Source, settings: Settings) -> Result<Self, String> {
         let jwks_url = match &source {
             Source::Url(u) => {
                 check_url(u, "JWT_JWKS_URL")?;
@@ -83,17 +94,24 @@ impl Remote {
                 None
             }
         };
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(10))
-            .user_agent(concat!("taskboard-gateway/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("HTTP client: {e}"))?;
+            .user_agent(concat!("taskboard-gateway/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = &settings.ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| format!("JWT_JWKS_CA_FILE: {e}"))?;
+            if certs.is_empty() {
+                return Err("JWT_JWKS_CA_FILE holds no PEM certificate".into());
+            }
+            http = http.tls_certs_merge(certs);
+        }
+        let http = http.build().map_err(|e| format!("HTTP client: {e}"))?;
         Ok(Remote {
             source,
             http,
-            max_stale,
-            min_fresh: min_fresh.min(MAX_FRESH),
+            max_stale: settings.max_stale,
+            min_fresh: settings.min_fresh.min(MAX_FRESH),
             state: Mutex::new(State {
                 jwks_url,
                 ..State::default()
@@ -199,7 +217,10 @@ impl Remote {
             .and_then(|v| v.to_str().ok())
             .map_or(DEFAULT_FRESH, |cc| freshness(cc, self.min_fresh))
             .max(self.min_fresh);
-        let body = r.bytes().await.map_err(|e| format!("GET {url}: {e}"))?;
+        let body = r
+            .bytes()
+            .await
+            .map_err(|e| format!("GET {url}: {}", with_causes(&e)))?;
         let n = verifier
             .load_jwks(&body)
             .map_err(|e| format!("{url} {e}"))?;
@@ -216,7 +237,7 @@ impl Remote {
             .get(url)
             .send()
             .await
-            .map_err(|e| format!("{what} {url}: {e}"))?;
+            .map_err(|e| format!("{what} {url}: {}", with_causes(&e)))?;
         if !r.status().is_success() {
             return Err(format!("{what} {url}: HTTP {}", r.status()));
         }
@@ -271,6 +292,19 @@ impl Remote {
             let _ = self.fetch(&verifier, "schedule").await;
         }
     }
+}
+
+/// `e` and what caused it ("error sending request" alone does not say that a certificate was
+/// refused, or a connection).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
 }
 
 /// How long an answer with `cache_control` is fresh, at least `min`.

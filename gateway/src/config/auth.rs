@@ -97,9 +97,16 @@ impl Config {
         .map_err(cfg)?;
         Ok(Some(match remote {
             Some(src) => {
-                let max_stale = std::time::Duration::from_secs(self.jwt_jwks_max_stale_secs.max(1));
-                let min_fresh = std::time::Duration::from_secs(self.jwt_jwks_min_fresh_secs);
-                let r = crate::auth::jwks::Remote::new(src, max_stale, min_fresh).map_err(cfg)?;
+                let secs = std::time::Duration::from_secs;
+                let settings = crate::auth::jwks::Settings {
+                    max_stale: secs(self.jwt_jwks_max_stale_secs.max(1)),
+                    min_fresh: secs(self.jwt_jwks_min_fresh_secs),
+                    ca_pem: match &self.jwt_jwks_ca_file {
+                        Some(p) => Some(read(p, "JWT_JWKS_CA_FILE")?),
+                        None => None,
+                    },
+                };
+                let r = crate::auth::jwks::Remote::new(src, settings).map_err(cfg)?;
                 v.with_remote(std::sync::Arc::new(r))
             }
             None => v,

@@ -93,6 +93,11 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub jwt_jwks_min_fresh_secs: u64,
 
+    /// CA certificates (PEM) to trust for the identity provider's HTTPS besides the system's
+    /// (a provider behind a private CA). The system's store also honours SSL_CERT_FILE.
+    #[arg(long, env = "JWT_JWKS_CA_FILE")]
+    pub jwt_jwks_ca_file: Option<std::path::PathBuf>,
+
     /// The `aud` tokens must carry.
     #[arg(long, env = "JWT_AUDIENCE", default_value = "taskboard")]
     pub jwt_audience: String,
@@ -284,6 +289,7 @@ impl Config {
             jwt_jwks_url: None,
             jwt_jwks_max_stale_secs: 86_400,
             jwt_jwks_min_fresh_secs: 30,
+            jwt_jwks_ca_file: None,
             jwt_audience: "taskboard".into(),
             jwt_issuer: None,
             jwt_leeway_secs: 30,

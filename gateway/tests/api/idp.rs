@@ -23,6 +23,11 @@ struct Provider {
 
 impl Provider {
     async fn start() -> Provider {
+        Provider::start_with(&[]).await
+    }
+
+    /// The provider with extra environment (`TLS_KEY_FILE` and `TLS_CERT_FILE`: over HTTPS).
+    async fn start_with(env: &[(&str, &std::path::Path)]) -> Provider {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/idp");
         assert!(
             std::path::Path::new(dir)
@@ -33,6 +38,7 @@ impl Provider {
         let mut child = tokio::process::Command::new("node")
             .arg("provider.mjs")
             .current_dir(dir)
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -302,4 +308,84 @@ async fn the_key_cache_follows_the_provider_s_cache_control() {
         "refetched despite max-age=3600"
     );
     assert_eq!(me(&app, &new).await, dave);
+}
+
+/// A private CA and a server certificate for 127.0.0.1 it signed, made with the openssl command
+/// line in `dir`: (the server's key, its certificate, the CA's certificate).
+fn private_ca(dir: &std::path::Path) -> [std::path::PathBuf; 3] {
+    std::fs::create_dir_all(dir).unwrap();
+    let openssl = |args: &str| {
+        let out = std::process::Command::new("openssl")
+            .args(args.split_whitespace())
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1";
+    openssl(&format!(
+        "req -x509 {ec} -keyout ca.key -out ca.pem -subj /CN=TestCA"
+    ));
+    openssl(&format!(
+        "req {ec} -keyout key.pem -out server.csr -subj /CN=127.0.0.1"
+    ));
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(
+        "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 \
+         -extfile ext.cnf -out cert.pem",
+    );
+    ["key.pem", "cert.pem", "ca.pem"].map(|n| dir.join(n))
+}
+
+#[tokio::test]
+async fn a_provider_over_https_is_trusted_through_its_ca_file_and_never_without_it() {
+    let dir = std::env::temp_dir().join(format!("taskboard-idp-tls-{}", std::process::id()));
+    let [key, cert, ca] = private_ca(&dir);
+    let mut idp = Provider::start_with(&[("TLS_KEY_FILE", &key), ("TLS_CERT_FILE", &cert)]).await;
+    assert!(idp.url.starts_with("https://127.0.0.1:"), "{}", idp.url);
+    let url = idp.url.clone();
+    let app = spawn_app_with(
+        |t| {
+            t.auth = "on".into();
+            t.service_token = Some(SERVICE_TOKEN.into());
+        },
+        |g| {
+            use_provider(g, &url);
+            g.jwt_jwks_ca_file = Some(ca.clone());
+        },
+    )
+    .await;
+    let erin = idp.token("erin@example.com", "k1", 3600).await;
+    assert!(me(&app, &erin).await >= 1_000_000_000_000);
+
+    // Without the CA the certificate is not trusted: no keys, tokens refused, the failure counted.
+    let other = second_gateway_with(&app, |g| use_provider(g, &url)).await;
+    let (s, e) = status(&other, &erin).await;
+    assert_eq!(s, 401, "{e}");
+    assert!(
+        e["message"].as_str().unwrap().contains("not loaded yet"),
+        "{e}"
+    );
+    let failed = sample(
+        &scrape(other.metrics_addr).await,
+        "taskboard_jwks_refreshes_total",
+        &[("outcome", "error"), ("cause", "startup")],
+    );
+    assert_eq!(failed, Some(1.0));
+
+    // A CA file that holds no certificate is a configuration error.
+    let mut cfg = taskboard_gateway::Config::for_addrs("127.0.0.1:1", "nats://127.0.0.1:1");
+    use_provider(&mut cfg, &url);
+    cfg.jwt_jwks_ca_file = Some(key.clone());
+    let e = cfg.validate().unwrap_err().to_string();
+    assert!(e.contains("JWT_JWKS_CA_FILE"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
 }

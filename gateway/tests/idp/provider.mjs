@@ -6,8 +6,11 @@
 //   {"cmd":"retire_key","kid":"k1"}                            -> {"kid": "k1"} (left out of the JWKS)
 //   {"cmd":"cache_control","value":"max-age=3600"}             -> {"value": "..."} (of JWKS answers)
 //   {"cmd":"hits"}                                             -> {"jwks": n, "discovery": n}
-// The test stops it by killing the process ("the provider is down").
+// The test stops it by killing the process ("the provider is down"). With TLS_KEY_FILE and
+// TLS_CERT_FILE it speaks HTTPS (its issuer is then https://127.0.0.1:PORT).
+import fs from "node:fs";
 import http from "node:http";
+import https from "node:https";
 import readline from "node:readline";
 import { OAuth2Issuer, OAuth2Service } from "oauth2-mock-server";
 
@@ -19,7 +22,10 @@ const hits = { jwks: 0, discovery: 0 };
 let cacheControl = process.env.JWKS_CACHE_CONTROL || "max-age=300";
 // Keys the provider no longer publishes (it still holds them, so it can sign with them).
 const retired = new Set();
-const server = http.createServer((req, res) => {
+const tls = process.env.TLS_KEY_FILE
+  ? { key: fs.readFileSync(process.env.TLS_KEY_FILE), cert: fs.readFileSync(process.env.TLS_CERT_FILE) }
+  : null;
+const handler = (req, res) => {
   if (req.url.startsWith("/jwks")) {
     hits.jwks += 1;
     res.setHeader("Cache-Control", cacheControl);
@@ -32,9 +38,10 @@ const server = http.createServer((req, res) => {
   }
   if (req.url.startsWith("/.well-known/")) hits.discovery += 1;
   service.requestHandler(req, res);
-});
+};
+const server = tls ? https.createServer(tls, handler) : http.createServer(handler);
 server.listen(0, "127.0.0.1", () => {
-  issuer.url = `http://127.0.0.1:${server.address().port}`;
+  issuer.url = `${tls ? "https" : "http"}://127.0.0.1:${server.address().port}`;
   console.log(JSON.stringify({ url: issuer.url }));
 });
 
